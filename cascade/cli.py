@@ -1,0 +1,53 @@
+"""The `cascade` command: one entry point that dispatches to each subcommand's module.
+
+Every subcommand is a function `main(argv: list[str]) -> int | None` in its own module,
+imported only when that subcommand runs, so `cascade --help` stays fast and a missing
+optional dependency of one subcommand cannot break the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> ("module:function", one-line help). Keep sorted by name.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "sample-gaussian": (
+        "cascade.diffusion.demo:main",
+        "sample a closed-form Gaussian model with every sampler and report the moment errors",
+    ),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in SUBCOMMANDS)
+    lines = [
+        "usage: cascade <command> [options]",
+        "",
+        "cascaded pixel-space diffusion: base 64x64 -> SR 256 -> SR 1024",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in sorted(SUBCOMMANDS.items())]
+    lines += ["", "Run `cascade <command> --help` for the options of one command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"cascade: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    target, _ = SUBCOMMANDS[name]
+    module_name, function_name = target.split(":")
+    function = getattr(importlib.import_module(module_name), function_name)
+    result = function(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

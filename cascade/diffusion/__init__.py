@@ -1,0 +1,42 @@
+"""Diffusion math in pure torch: schedules, parameterisations, losses, samplers, guidance."""
+
+from .guidance import cfg_combine, dynamic_threshold, static_threshold
+from .loss import WEIGHTINGS, diffusion_loss, loss_weight, q_sample
+from .parameterization import (
+    TARGETS,
+    eps_from_v,
+    eps_from_x0,
+    predicted_x0,
+    training_target,
+    v_from_x0_eps,
+    x0_from_eps,
+    x0_from_prediction,
+    x0_from_v,
+)
+from .samplers import SAMPLERS, sample
+from .schedule import NoiseSchedule, alpha_from_log_snr, check_time, sigma_from_log_snr
+
+__all__ = [
+    "NoiseSchedule",
+    "SAMPLERS",
+    "TARGETS",
+    "WEIGHTINGS",
+    "alpha_from_log_snr",
+    "cfg_combine",
+    "check_time",
+    "diffusion_loss",
+    "dynamic_threshold",
+    "eps_from_v",
+    "eps_from_x0",
+    "loss_weight",
+    "predicted_x0",
+    "q_sample",
+    "sample",
+    "sigma_from_log_snr",
+    "static_threshold",
+    "training_target",
+    "v_from_x0_eps",
+    "x0_from_eps",
+    "x0_from_prediction",
+    "x0_from_v",
+]

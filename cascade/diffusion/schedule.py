@@ -1,0 +1,166 @@
+"""Noise schedules in continuous time, expressed through the log signal-to-noise ratio.
+
+A schedule maps t in [0, 1] to lambda(t) = log(alpha_t^2 / sigma_t^2), strictly decreasing,
+with t = 0 (almost) clean data and t = 1 (almost) pure noise. The variance-preserving
+process (Kingma et al. 2021, "Variational Diffusion Models", eq. 1-3) then has
+
+    alpha_t^2 = sigmoid(lambda(t)),   sigma_t^2 = sigmoid(-lambda(t)),   alpha^2 + sigma^2 = 1.
+
+One object serves training (q_sample, loss weighting) and every sampler.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+LOG_SNR_MAX = 20.0
+LOG_SNR_MIN = -20.0
+
+
+def check_time(t: torch.Tensor, name: str = "t") -> None:
+    """Raise ValueError naming `name` unless every entry of t is a finite number in [0, 1]."""
+    if not torch.is_tensor(t):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not torch.is_floating_point(t):
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if torch.isnan(t).any():
+        raise ValueError(f"{name} contains NaN")
+    if ((t < 0) | (t > 1)).any():
+        raise ValueError(f"{name} must lie in [0, 1]; got values in [{t.min().item():.4g}, {t.max().item():.4g}]")
+
+
+class NoiseSchedule:
+    """A variance-preserving noise schedule defined by its log-SNR function lambda(t).
+
+    Build one with `NoiseSchedule.cosine()`, `NoiseSchedule.shifted_cosine(shift)` or
+    `NoiseSchedule.linear(beta_start, beta_end, num_steps)`.
+    """
+
+    def __init__(self, log_snr_fn: Callable[[torch.Tensor], torch.Tensor], name: str, params: dict):
+        self._log_snr_fn = log_snr_fn
+        self.name = name
+        self.params = params
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"NoiseSchedule.{self.name}({args})"
+
+    # --- public, validated accessors -------------------------------------------------
+    def log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        """lambda(t) = log(alpha_t^2 / sigma_t^2). Raises ValueError if t is not in [0, 1]."""
+        check_time(t)
+        return self.log_snr_unchecked(t)
+
+    def alpha(self, t: torch.Tensor) -> torch.Tensor:
+        """alpha_t = sqrt(sigmoid(lambda(t)))."""
+        return alpha_from_log_snr(self.log_snr(t))
+
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """sigma_t = sqrt(sigmoid(-lambda(t)))."""
+        return sigma_from_log_snr(self.log_snr(t))
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_snr = self.log_snr(t)
+        return alpha_from_log_snr(log_snr), sigma_from_log_snr(log_snr)
+
+    # --- internal: callers that generate t themselves skip the host-syncing check ------
+    def log_snr_unchecked(self, t: torch.Tensor) -> torch.Tensor:
+        return self._log_snr_fn(t.float())
+
+    # --- constructors ------------------------------------------------------------------
+    @classmethod
+    def cosine(cls, log_snr_min: float = LOG_SNR_MIN, log_snr_max: float = LOG_SNR_MAX) -> "NoiseSchedule":
+        """The cosine schedule (Nichol & Dhariwal 2021): alpha_t = cos(pi t / 2), so
+        lambda(t) = -2 log tan(pi t / 2), truncated to [log_snr_min, log_snr_max] by an affine
+        change of the angle (Hoogeboom et al. 2023, "simple diffusion", eq. 4 / Alg. 1)."""
+        _check_range(log_snr_min, log_snr_max)
+        t_min = math.atan(math.exp(-0.5 * log_snr_max))
+        t_max = math.atan(math.exp(-0.5 * log_snr_min))
+
+        def log_snr_fn(t: torch.Tensor) -> torch.Tensor:
+            return -2.0 * torch.log(torch.tan(t_min + t * (t_max - t_min)))
+
+        return cls(log_snr_fn, "cosine", {"log_snr_min": log_snr_min, "log_snr_max": log_snr_max})
+
+    @classmethod
+    def shifted_cosine(
+        cls, shift: float, log_snr_min: float = LOG_SNR_MIN, log_snr_max: float = LOG_SNR_MAX
+    ) -> "NoiseSchedule":
+        """Resolution-shifted cosine (Hoogeboom et al. 2023, "simple diffusion", eq. 5):
+        lambda_shifted(t) = lambda_cosine(t) + 2 log(shift).
+
+        `shift` = reference_resolution / resolution: 64/256 = 0.25 makes a 256x256 model see
+        the same per-pixel-block noise as a 64x64 model on the cosine schedule (more noise
+        at every t). shift = 1 is the plain cosine schedule.
+        """
+        if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0):
+            raise ValueError(f"shift must be a positive finite number, got {shift!r}")
+        base = cls.cosine(log_snr_min, log_snr_max)
+        offset = 2.0 * math.log(shift)
+
+        def log_snr_fn(t: torch.Tensor) -> torch.Tensor:
+            return base.log_snr_unchecked(t) + offset
+
+        return cls(
+            log_snr_fn,
+            "shifted_cosine",
+            {"shift": shift, "log_snr_min": log_snr_min, "log_snr_max": log_snr_max},
+        )
+
+    @classmethod
+    def linear(cls, beta_start: float = 1e-4, beta_end: float = 0.02, num_steps: int = 1000) -> "NoiseSchedule":
+        """The discrete linear-beta schedule of DDPM (Ho et al. 2020, sec. 4), in continuous time.
+
+        beta_i rises linearly from beta_start to beta_end over i = 1..num_steps and
+        alpha_bar_i = prod_{j<=i} (1 - beta_j) (Ho et al. eq. 4). Step i sits at t = i / num_steps,
+        t = 0 is clean data (alpha_bar = 1), and log(alpha_bar) is interpolated linearly in t in
+        between, so a sampler on the uniform grid t = i / num_steps reproduces DDPM exactly.
+        """
+        if not (isinstance(num_steps, int) and num_steps >= 1):
+            raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+        if not (0 < beta_start <= beta_end < 1):
+            raise ValueError(
+                f"need 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}"
+            )
+        betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
+        log_alpha_bar = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(torch.log1p(-betas), 0)])
+        knots = log_alpha_bar.float()
+
+        def log_snr_fn(t: torch.Tensor) -> torch.Tensor:
+            position = t * num_steps
+            index = position.floor().clamp(max=num_steps - 1).long()
+            frac = position - index
+            table = knots.to(t.device)
+            log_ab = torch.lerp(table[index], table[index + 1], frac)
+            # lambda = log(abar / (1 - abar)); -expm1 keeps precision near abar = 1 (t -> 0).
+            return log_ab - torch.log(-torch.expm1(log_ab))
+
+        return cls(
+            log_snr_fn, "linear", {"beta_start": beta_start, "beta_end": beta_end, "num_steps": num_steps}
+        )
+
+    @classmethod
+    def from_config(cls, name: str, **params) -> "NoiseSchedule":
+        """Build a schedule by name: 'cosine', 'shifted_cosine' or 'linear' (used by YAML configs)."""
+        constructors = {"cosine": cls.cosine, "shifted_cosine": cls.shifted_cosine, "linear": cls.linear}
+        if name not in constructors:
+            raise ValueError(f"schedule name must be one of {sorted(constructors)}, got {name!r}")
+        return constructors[name](**params)
+
+
+def alpha_from_log_snr(log_snr: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(log_snr).sqrt()
+
+
+def sigma_from_log_snr(log_snr: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(-log_snr).sqrt()
+
+
+def _check_range(log_snr_min: float, log_snr_max: float) -> None:
+    if not (math.isfinite(log_snr_min) and math.isfinite(log_snr_max) and log_snr_min < log_snr_max):
+        raise ValueError(
+            f"need finite log_snr_min < log_snr_max, got log_snr_min={log_snr_min}, log_snr_max={log_snr_max}"
+        )

@@ -1,0 +1,1 @@
+"""Data: webdataset shards, shard writer, degradations, DataModules, the built-in captioned dataset."""

@@ -1,0 +1,1 @@
+"""Evaluation: FID / IS / precision-recall, CLIP score, human-evaluation sheets and reports."""
