@@ -133,3 +133,20 @@ def test_bad_arguments_raise_value_error_naming_the_argument(kwargs, name):
     arguments = {"sampler": "ddim", "steps": 5, **kwargs}
     with pytest.raises(ValueError, match=name):
         sample(gaussian_denoiser(schedule, MU, S), schedule, (2, 1), progress=False, **arguments)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp_2m"])
+def test_per_row_generators_make_each_row_independent_of_its_batch(sampler):
+    schedule = NoiseSchedule.cosine()
+    denoise = gaussian_denoiser(schedule, MU, S)
+
+    def rows(seeds):
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        return sample(denoise, schedule, (len(seeds), 2, 3), sampler, 8, generators, eta=0.5 if sampler == "ddim" else 0.0,
+                      progress=False)
+
+    together = rows([11, 12, 13])
+    torch.testing.assert_close(rows([12])[0], together[1])
+    torch.testing.assert_close(rows([13, 11])[1], together[0])
+    with pytest.raises(ValueError, match="generator"):
+        sample(denoise, schedule, (2, 1), sampler, 3, [torch.Generator()], progress=False)

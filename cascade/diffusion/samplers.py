@@ -20,7 +20,21 @@ import torch
 from .schedule import NoiseSchedule, alpha_from_log_snr, sigma_from_log_snr
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Generators = torch.Generator | list[torch.Generator] | None
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
+
+
+def randn(shape: tuple[int, ...], generator: Generators, device=None, dtype=None) -> torch.Tensor:
+    """Standard normal noise. With a list of generators, row i of the batch is drawn from
+    generator i, so an image's noise depends only on its own seed, not on how it was batched."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"generator: got {len(generator)} generators for a batch of {shape[0]}")
+        rows = [torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generator]
+        return torch.stack(rows).to(device or rows[0].device)
+    drawn_on = generator.device if generator is not None else device
+    noise = torch.randn(shape, generator=generator, device=drawn_on, dtype=dtype)
+    return noise if device is None else noise.to(device)
 
 
 def sample(
@@ -29,7 +43,7 @@ def sample(
     shape: tuple[int, ...],
     sampler: str = "dpmpp_2m",
     steps: int = 25,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     eta: float = 0.0,
     x_T: torch.Tensor | None = None,
     progress: bool = True,
@@ -40,7 +54,8 @@ def sample(
     sampler: "ddpm" (ancestral sampling from the posterior, Ho et al. 2020, Alg. 2),
              "ddim" (Song et al. 2021, eq. 12, stochasticity eta; eta = 1 is DDPM),
              "dpmpp_2m" (DPM-Solver++(2M), Lu et al. 2022, Alg. 2; deterministic).
-    generator: seeds x_T and the per-step noise of ddpm / ddim with eta > 0.
+    generator: seeds x_T and the per-step noise of ddpm / ddim with eta > 0; a list of one
+               generator per batch row makes each row reproducible on its own.
     x_T: the starting noise (defaults to N(0, I) drawn from `generator`).
     """
     if sampler not in SAMPLERS:
@@ -52,7 +67,7 @@ def sample(
     if sampler == "dpmpp_2m" and eta != 0:
         raise ValueError(f"eta must be 0 for the deterministic dpmpp_2m sampler, got {eta}")
     if x_T is None:
-        x = torch.randn(shape, generator=generator, device=device or "cpu")
+        x = randn(tuple(shape), generator, device=device)
     else:
         if tuple(x_T.shape) != tuple(shape):
             raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape is {tuple(shape)}")
@@ -86,7 +101,7 @@ def _ancestral_step(
     lambda_s: torch.Tensor,
     lambda_t: torch.Tensor,
     eta: float,
-    generator: torch.Generator | None,
+    generator: Generators,
 ) -> torch.Tensor:
     """One DDIM step with stochasticity eta (Song et al. 2021, eq. 12 and 16):
 
@@ -102,7 +117,7 @@ def _ancestral_step(
     eps_hat = (x - alpha_s * x0_hat) / sigma_s
     x_next = alpha_t * x0_hat + (sigma_t**2 - c**2).clamp(min=0).sqrt() * eps_hat
     if eta > 0 and float(c) > 0:
-        x_next = x_next + c * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x_next = x_next + c * randn(tuple(x.shape), generator, device=x.device, dtype=x.dtype)
     return x_next
 
 
