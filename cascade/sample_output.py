@@ -1,0 +1,121 @@
+"""The sample folder: which images to make, their seeds, their files, and resuming.
+
+A sample folder holds, per image, `<name>.png` and a `<name>.json` sidecar (the image's
+metadata), both written atomically (temporary file + rename), the sidecar last: an image
+counts as done when its sidecar exists. `metadata.jsonl` gathers the sidecars once every
+rank has finished. Work is split by rank as items[rank::world_size], so ranks never overlap
+and together leave no gaps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+METADATA_FILE = "metadata.jsonl"
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One image to generate: the condition (a prompt or a class id) and its sample index."""
+
+    condition_index: int
+    condition: str | int
+    sample_index: int
+    category: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.condition_index:05d}_{self.sample_index:03d}"
+
+    def seed(self, base_seed: int) -> int:
+        """A seed that depends only on (base seed, condition, sample index): a rerun, another
+        batch size or another number of ranks gives the same image."""
+        key = f"{base_seed}\x00{self.condition!r}\x00{self.sample_index}".encode()
+        return int.from_bytes(hashlib.sha256(key).digest()[:7], "big")
+
+
+def work_items(conditions: list[tuple[str | int, str | None]], per_condition: int) -> list[WorkItem]:
+    """Every (condition, sample index) pair in a fixed order; conditions are (value, category)."""
+    if per_condition < 1:
+        raise ValueError(f"--n-per-condition must be >= 1, got {per_condition}")
+    return [
+        WorkItem(i, condition, k, category)
+        for i, (condition, category) in enumerate(conditions)
+        for k in range(per_condition)
+    ]
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    """This process's rank and the number of ranks, from torchrun (RANK / WORLD_SIZE) or
+    Slurm (SLURM_PROCID / SLURM_NTASKS); (0, 1) when neither launched us."""
+    for rank_key, world_key in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+        if rank_key in os.environ and world_key in os.environ:
+            rank, world = int(os.environ[rank_key]), int(os.environ[world_key])
+            if not 0 <= rank < world:
+                raise ValueError(f"{rank_key}={rank} is outside [0, {world_key}={world})")
+            return rank, world
+    return 0, 1
+
+
+def shard_for_rank(items: list[WorkItem], rank: int, world_size: int) -> list[WorkItem]:
+    return items[rank::world_size]
+
+
+def is_done(folder: Path, item: WorkItem) -> bool:
+    return (folder / f"{item.name}.json").exists() and (folder / f"{item.name}.png").exists()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that a reader never sees a partial file."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """A (3, H, W) image in [-1, 1] as an (H, W, 3) uint8 array."""
+    scaled = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round()
+    return scaled.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def png_bytes(image: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(to_uint8(image)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_image(folder: Path, name: str, image: torch.Tensor, metadata: dict) -> None:
+    """The PNG first, then its sidecar: the sidecar marks the image complete."""
+    atomic_write_bytes(folder / f"{name}.png", png_bytes(image))
+    atomic_write_bytes(folder / f"{name}.json", (json.dumps(metadata, sort_keys=True) + "\n").encode())
+
+
+def merge_metadata(folder: Path) -> int:
+    """Gather every sidecar of a folder into metadata.jsonl (sorted by file name); returns the count."""
+    lines = [
+        sidecar.read_text().strip()
+        for sidecar in sorted(folder.glob("*.json"))
+        if (folder / f"{sidecar.stem}.png").exists()
+    ]
+    atomic_write_bytes(folder / METADATA_FILE, ("\n".join(lines) + "\n").encode() if lines else b"")
+    return len(lines)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,70 @@
+"""Work items, seeds, rank sharding and resumable atomic writes of the sample folder."""
+
+import json
+
+import pytest
+import torch
+
+from cascade.sample_output import (
+    METADATA_FILE,
+    is_done,
+    merge_metadata,
+    rank_and_world_size,
+    shard_for_rank,
+    work_items,
+    write_image,
+)
+
+CONDITIONS = [("a red circle", "Colors"), ("two blue squares", "Counting"), ("a green triangle", None)]
+
+
+def test_ranks_cover_every_item_exactly_once():
+    items = work_items(CONDITIONS, per_condition=5)
+    for world_size in (1, 2, 3, 4, 7):
+        shards = [shard_for_rank(items, rank, world_size) for rank in range(world_size)]
+        names = [item.name for shard in shards for item in shard]
+        assert sorted(names) == sorted(item.name for item in items)
+        assert len(set(names)) == len(names)
+
+
+def test_seed_depends_on_condition_and_index_only():
+    items = work_items(CONDITIONS, per_condition=2)
+    reordered = work_items(list(reversed(CONDITIONS)), per_condition=2)
+    by_key = {(item.condition, item.sample_index): item.seed(0) for item in items}
+    assert all(by_key[(item.condition, item.sample_index)] == item.seed(0) for item in reordered)
+    assert len(set(by_key.values())) == len(by_key)
+    assert items[0].seed(0) != items[0].seed(1)
+
+
+def test_rank_from_torchrun_or_slurm_environment(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(key, raising=False)
+    assert rank_and_world_size() == (0, 1)
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    assert rank_and_world_size() == (1, 2)
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert rank_and_world_size() == (2, 4)
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(ValueError, match="RANK"):
+        rank_and_world_size()
+
+
+def test_an_image_is_done_only_when_its_sidecar_is_written(tmp_path):
+    item = work_items(CONDITIONS, 1)[0]
+    assert not is_done(tmp_path, item)
+    (tmp_path / f"{item.name}.png").write_bytes(b"partial")  # a png without its sidecar: redo it
+    assert not is_done(tmp_path, item)
+    write_image(tmp_path, item.name, torch.zeros(3, 8, 8), {"file": f"{item.name}.png"})
+    assert is_done(tmp_path, item)
+    assert not list(tmp_path.glob(".*tmp*")), "temporary files must not remain"
+
+
+def test_merge_metadata_gathers_complete_images_sorted(tmp_path):
+    for item in reversed(work_items(CONDITIONS, 2)):
+        write_image(tmp_path, item.name, torch.rand(3, 4, 4) * 2 - 1, {"file": f"{item.name}.png", "prompt": item.condition})
+    (tmp_path / "99999_000.json").write_text("{}")  # a sidecar without its image is not listed
+    assert merge_metadata(tmp_path) == 6
+    lines = [json.loads(line) for line in (tmp_path / METADATA_FILE).read_text().splitlines()]
+    assert [line["file"] for line in lines] == sorted(line["file"] for line in lines)
