@@ -1,0 +1,138 @@
+"""The shard writer: limits, sources, atomic writes and exact resume."""
+
+import csv
+import glob
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data.cli import main as data_main
+from data.image_io import ImageEncoding
+from data.shards import read_samples, resolve_shards, shard_keys
+from data.sources import CaptionListSource, FolderSource, SyntheticSource
+from data.writer import write_shards
+
+
+class CrashingSource(SyntheticSource):
+    """A synthetic source whose encoding fails at one index, like a run killed mid-shard."""
+
+    crash_at: int = -1
+
+    def sample(self, index):
+        if index == self.crash_at:
+            raise KeyboardInterrupt("simulated kill")
+        return super().sample(index)
+
+
+def _shard_bytes(folder):
+    return {os.path.basename(p): open(p, "rb").read() for p in sorted(glob.glob(os.path.join(folder, "*.tar")))}
+
+
+def _photo(path, size=(40, 30), seed=0):
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def test_synthetic_shards_respect_the_sample_limit(tmp_path):
+    summary = write_shards(SyntheticSource(23, resolution=32), str(tmp_path), max_samples=10, progress=False)
+    assert [s["samples"] for s in summary.shards] == [10, 10, 3]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["samples"] == 23 and manifest["shards"] == summary.shards
+    assert len(json.loads((tmp_path / "classes.json").read_text())) == 15
+    first = next(read_samples(str(tmp_path / "shard-000000.tar")))
+    assert set(first) == {"__key__", "png", "cls", "txt", "json"}
+    scene = json.loads(first["json"])
+    assert first["txt"].decode() == scene["caption"] and int(first["cls"]) == scene["class"]
+
+
+def test_shards_respect_the_byte_limit(tmp_path):
+    summary = write_shards(SyntheticSource(12, resolution=32), str(tmp_path), max_bytes=12_000 + 10_240, progress=False)
+    assert len(summary.shards) > 1 and summary.samples == 12
+    for path in glob.glob(str(tmp_path / "*.tar")):
+        with tarfile.open(path) as tar:
+            members = sum(512 + -(-m.size // 512) * 512 for m in tar.getmembers())
+        assert members <= 12_000 or len(shard_keys(path)) == 1
+
+
+def test_crash_mid_shard_then_rerun_gives_the_same_shards(tmp_path):
+    reference = tmp_path / "reference"
+    write_shards(SyntheticSource(20, resolution=32), str(reference), max_samples=6, progress=False)
+
+    out = tmp_path / "resumed"
+    crashing = CrashingSource(20, resolution=32)
+    crashing.crash_at = 14  # the third shard (samples 12..17) is half written
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(crashing, str(out), max_samples=6, progress=False)
+    assert sorted(os.listdir(out)) == ["shard-000000.tar", "shard-000001.tar", "writer.json"]
+    # a hard kill (no chance to clean up) leaves a temporary file behind
+    (out / "shard-000002.tar.tmp").write_bytes(b"half a shard")
+
+    summary = write_shards(SyntheticSource(20, resolution=32), str(out), max_samples=6, progress=False)
+    assert summary.resumed_shards == 2
+    assert not glob.glob(str(out / "*.tmp"))
+    assert _shard_bytes(out) == _shard_bytes(reference)
+    assert json.loads((out / "manifest.json").read_text()) == json.loads((reference / "manifest.json").read_text())
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    write_shards(SyntheticSource(4, resolution=32), str(tmp_path), max_samples=2, progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        write_shards(SyntheticSource(4, resolution=32), str(tmp_path), max_samples=3, progress=False)
+
+
+def test_folder_source_uses_sorted_class_folders_and_skips_unreadable_files(tmp_path):
+    root = tmp_path / "imagenet"
+    for label in ("zebra", "apple"):
+        (root / label).mkdir(parents=True)
+        for i in range(3):
+            _photo(root / label / f"{label}_{i}.jpg", seed=i)
+    (root / "apple" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "apple" / "notes.txt").write_text("not an image")
+
+    summary = write_shards(FolderSource(str(root)), str(tmp_path / "out"), progress=False)
+    assert summary.samples == 6 and summary.unreadable == 1
+    assert json.loads((tmp_path / "out" / "classes.json").read_text()) == ["apple", "zebra"]
+    samples = [s for shard in resolve_shards(str(tmp_path / "out"), "t") for s in read_samples(shard)]
+    for sample in samples:
+        metadata = json.loads(sample["json"])
+        assert int(sample["cls"]) == ["apple", "zebra"].index(metadata["class_name"])
+        assert os.path.basename(os.path.dirname(metadata["source"])) == metadata["class_name"]
+        # "keep": the stored bytes are the original file
+        assert sample["jpg"] == open(metadata["source"], "rb").read()
+    keys = [s["__key__"] for s in samples]
+    assert keys == sorted(keys) and len(set(keys)) == 6
+
+
+def test_caption_lists_in_jsonl_and_csv(tmp_path):
+    for i in range(3):
+        _photo(tmp_path / f"img{i}.png", size=(64, 48), seed=i)
+    rows = [{"image": f"img{i}.png", "caption": f"caption {i}", "license": "cc0"} for i in range(3)]
+    (tmp_path / "list.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with open(tmp_path / "list.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["image", "caption", "license"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+    for name in ("list.jsonl", "list.csv"):
+        source = CaptionListSource(str(tmp_path / name), encoding=ImageEncoding(format="jpg", resize=24))
+        out = tmp_path / f"out-{name}"
+        write_shards(source, str(out), progress=False)
+        samples = list(read_samples(str(out / "shard-000000.tar")))
+        assert sorted(s["txt"].decode() for s in samples) == ["caption 0", "caption 1", "caption 2"]
+        for sample in samples:
+            assert Image.open(io.BytesIO(sample["jpg"])).size == (32, 24)
+            assert json.loads(sample["json"])["license"] == "cc0"
+
+
+def test_cli_writes_synthetic_shards_and_reports_bad_settings(tmp_path, capsys):
+    out = tmp_path / "cli"
+    args = ["write-shards", "--source", "synthetic", "--count", "5", "--resolution", "32", "--out", str(out)]
+    assert data_main(args + ["--max-samples", "2", "--no-progress"]) == 0
+    assert len(glob.glob(str(out / "*.tar"))) == 3
+    assert data_main(["write-shards", "--source", "folder:" + str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "missing" in capsys.readouterr().err
