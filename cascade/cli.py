@@ -12,6 +12,9 @@ import sys
 
 # name -> ("module:function", one-line help). Keep sorted by name.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("data.cli:main", "write webdataset shards, precompute text embeddings, benchmark the loader"),
+    "eval": ("eval.cli:main", "evaluate samples: FID / IS / precision-recall, SR consistency, human-eval sheets, reports"),
+    "model-info": ("cascade.nn.model_info:main", "print parameter counts of the UNets in stage configs"),
     "sample-gaussian": (
         "cascade.diffusion.demo:main",
         "sample a closed-form Gaussian model with every sampler and report the moment errors",

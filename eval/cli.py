@@ -6,7 +6,9 @@ import importlib
 import sys
 
 # name -> ("module:function", one-line help)
-EVAL_COMMANDS: dict[str, tuple[str, str]] = {}
+EVAL_COMMANDS: dict[str, tuple[str, str]] = {
+    "sheets": ("eval.sheets.cli:main", "make blinded DrawBench-style comparison sheets, ingest filled ones"),
+}
 
 
 def _usage() -> str:

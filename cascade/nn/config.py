@@ -1,0 +1,189 @@
+"""`UNetConfig`: every architectural choice of the UNet, as plain values a YAML file can hold.
+
+LightningCLI (jsonargparse) builds this dataclass from the `unet:` section of a stage config,
+so every field is an int, float, bool, str or a tuple/list of ints. The defaults describe a
+small unconditional ADM-style 64x64 model; the reference configurations in `configs/` set the
+fields for each stage of the cascade.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TIME_EMBEDDINGS = ("sinusoidal", "fourier")
+
+
+@dataclass
+class UNetConfig:
+    """Architecture of one `cascade.nn.UNet` (base or super-resolution stage).
+
+    Layout follows ADM (Dhariwal & Nichol 2021, "Diffusion Models Beat GANs on Image
+    Synthesis") with the Efficient U-Net options of Imagen (Saharia et al. 2022, "Photorealistic
+    Text-to-Image Diffusion Models with Deep Language Understanding", appendix B.1).
+
+    Fields:
+        image_size: side of the training images, in pixels (SR: the output side). Only used to
+            turn `attention_resolutions` / `cross_attention_resolutions` into levels of the
+            UNet; the network accepts any size divisible by 2**(len(channel_mults)-1), and
+            attention stays at the same levels (e.g. SR trained on crops, sampled full size).
+        in_channels: channels of the noisy image x_t (3 for RGB).
+        out_channels: channels of the prediction (3 for eps / v / x0 of an RGB image).
+        base_channels: width of the first level; level i has base_channels * channel_mults[i].
+        channel_mults: width multiplier per level, highest resolution first. The number of
+            levels is len(channel_mults); each level but the last halves the resolution.
+        num_res_blocks: residual blocks per level on the way down (the way up has one more,
+            as in ADM). An int for every level, or one int per level: Efficient U-Net puts
+            more blocks at low resolution, e.g. [2, 4, 8, 8].
+        attention_resolutions: resolutions (pixels, relative to image_size) with
+            multi-head self-attention after every residual block. Empty = none (Efficient
+            U-Net at 1024 px).
+        cross_attention_resolutions: resolutions with cross-attention from image tokens to
+            the text tokens (Imagen). Needs text_dim > 0.
+        num_heads: attention heads per attention layer (used when head_channels is 0).
+        head_channels: channels per head; when > 0 the number of heads is channels //
+            head_channels at every level (ADM uses 64) and num_heads is ignored.
+        norm_groups: groups of every GroupNorm; must divide every level's width.
+        dropout: dropout probability inside residual blocks (ADM: 0.1 on ImageNet 64).
+        skip_scale: factor on the encoder features carried to the decoder by the UNet skip
+            connections; Efficient U-Net uses 1/sqrt(2) = 0.7071.
+        resblock_updown: down/upsample with residual blocks (BigGAN style, as in ADM) instead
+            of a strided convolution / nearest-upsample + convolution.
+        num_classes: number of class labels (0 = not class-conditional). The embedding table
+            has num_classes + 1 rows; the last one is the learned null class (Ho & Salimans
+            2022, "Classifier-Free Diffusion Guidance").
+        text_dim: width of the frozen text encoder's token embeddings (0 = no text; 4096 for
+            T5-XXL, 384 for MiniLM). Text enters pooled into the conditioning vector and,
+            where configured, through attention.
+        text_concat_to_self_attn: also append the text tokens to the keys/values of every
+            self-attention layer (GLIDE, Nichol et al. 2021). Needs text_dim > 0.
+        lowres_channels: channels of the low-resolution conditioning image concatenated to
+            x_t (3 for super-resolution stages, 0 for a base stage).
+        use_aug_cond: embed the noise-augmentation level of the low-res image (Ho et al. 2021
+            "Cascaded Diffusion Models", Imagen) and add it to the conditioning vector.
+        time_embedding: features of the noise level before its MLP: "sinusoidal" (ADM /
+            Transformer positions) or "fourier" (fixed random Fourier features, Tancik et al.
+            2020, as in Song et al. 2021 score-SDE).
+        fourier_scale: standard deviation of the random frequencies of the "fourier" features
+            (features are sin/cos(2*pi*f*x)); 16 suits inputs of order 1 such as log-SNR / 10,
+            use a smaller scale for 1000*t.
+        gradient_checkpointing: recompute each block's activations during backward
+            (torch.utils.checkpoint) to save memory; can be switched on a built model through
+            `UNet.gradient_checkpointing`.
+    """
+
+    image_size: int = 64
+    in_channels: int = 3
+    out_channels: int = 3
+    base_channels: int = 128
+    channel_mults: tuple[int, ...] = (1, 2, 3, 4)
+    num_res_blocks: int | list[int] = 2
+    attention_resolutions: tuple[int, ...] = (32, 16, 8)
+    cross_attention_resolutions: tuple[int, ...] = ()
+    num_heads: int = 4
+    head_channels: int = 0
+    norm_groups: int = 32
+    dropout: float = 0.0
+    skip_scale: float = 1.0
+    resblock_updown: bool = False
+    num_classes: int = 0
+    text_dim: int = 0
+    text_concat_to_self_attn: bool = False
+    lowres_channels: int = 0
+    use_aug_cond: bool = False
+    time_embedding: str = "sinusoidal"
+    fourier_scale: float = 16.0
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        self.channel_mults = tuple(self.channel_mults)
+        self.attention_resolutions = tuple(self.attention_resolutions)
+        self.cross_attention_resolutions = tuple(self.cross_attention_resolutions)
+        if not isinstance(self.num_res_blocks, int):
+            self.num_res_blocks = list(self.num_res_blocks)
+        self._validate()
+
+    # ---- derived quantities -------------------------------------------------------------
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.channel_mults)
+
+    @property
+    def level_channels(self) -> list[int]:
+        """Width of every level, highest resolution first."""
+        return [self.base_channels * mult for mult in self.channel_mults]
+
+    @property
+    def level_resolutions(self) -> list[int]:
+        """Feature-map side of every level for an image_size input, highest first."""
+        return [self.image_size // 2**level for level in range(self.num_levels)]
+
+    @property
+    def res_blocks_per_level(self) -> list[int]:
+        if isinstance(self.num_res_blocks, int):
+            return [self.num_res_blocks] * self.num_levels
+        return list(self.num_res_blocks)
+
+    @property
+    def embedding_channels(self) -> int:
+        """Width of the conditioning vector (time + aug + class + pooled text), 4x base as in ADM.
+
+        It is also the width of the projected text tokens that attention layers read.
+        """
+        return 4 * self.base_channels
+
+    @property
+    def uses_text_context(self) -> bool:
+        """True when some attention layer reads the text tokens (not only the pooled vector)."""
+        return bool(self.cross_attention_resolutions) or (
+            self.text_concat_to_self_attn and bool(self.attention_resolutions)
+        )
+
+    def heads_for(self, channels: int) -> int:
+        return channels // self.head_channels if self.head_channels > 0 else self.num_heads
+
+    # ---- validation ---------------------------------------------------------------------
+
+    def _validate(self) -> None:
+        errors = []
+        if self.num_levels == 0 or any(m <= 0 for m in self.channel_mults):
+            errors.append(f"channel_mults must be non-empty positive ints, got {self.channel_mults}")
+        if self.base_channels <= 0:
+            errors.append(f"base_channels must be positive, got {self.base_channels}")
+        if errors:
+            raise ValueError("invalid UNetConfig: " + "; ".join(errors))
+
+        factor = 2 ** (self.num_levels - 1)
+        if self.image_size % factor:
+            errors.append(f"image_size {self.image_size} is not divisible by 2**(levels-1) = {factor}")
+        blocks = self.res_blocks_per_level
+        if len(blocks) != self.num_levels or any(b < 1 for b in blocks):
+            errors.append(
+                f"num_res_blocks must be a positive int or {self.num_levels} positive ints "
+                f"(one per level), got {self.num_res_blocks}"
+            )
+        for name in ("attention_resolutions", "cross_attention_resolutions"):
+            unknown = sorted(set(getattr(self, name)) - set(self.level_resolutions))
+            if unknown:
+                errors.append(f"{name} {unknown} are not level resolutions {self.level_resolutions}")
+        if self.text_dim <= 0 and (self.cross_attention_resolutions or self.text_concat_to_self_attn):
+            errors.append("cross_attention_resolutions / text_concat_to_self_attn need text_dim > 0")
+        if self.time_embedding not in TIME_EMBEDDINGS:
+            errors.append(f"time_embedding must be one of {TIME_EMBEDDINGS}, got {self.time_embedding!r}")
+        attended = set(self.attention_resolutions) | set(self.cross_attention_resolutions)
+        for channels, resolution in zip(self.level_channels, self.level_resolutions):
+            if channels % self.norm_groups:
+                errors.append(f"norm_groups {self.norm_groups} does not divide level width {channels}")
+            heads = self.heads_for(channels)
+            if resolution in attended and (heads <= 0 or channels % heads):
+                errors.append(f"level width {channels} cannot be split into {heads} attention heads")
+        if not 0.0 <= self.dropout < 1.0:
+            errors.append(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("in_channels", "out_channels"):
+            if getattr(self, name) <= 0:
+                errors.append(f"{name} must be positive")
+        for name in ("num_classes", "text_dim", "lowres_channels", "head_channels"):
+            if getattr(self, name) < 0:
+                errors.append(f"{name} must be >= 0")
+        if errors:
+            raise ValueError("invalid UNetConfig: " + "; ".join(sorted(set(errors))))

@@ -1,0 +1,96 @@
+"""`cascade model-info CONFIG.yaml [...]`: parameter counts of the UNets in stage configs.
+
+Reads `model.init_args.unet` (LightningCLI layout) or `model.unet` from each YAML file, builds
+the UNet on the meta device (no memory, no time; `--device cpu` builds it for real) and prints
+one table row per config.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from cascade.nn.config import UNetConfig
+from cascade.nn.unet import UNet
+
+
+def unet_section(config: dict) -> tuple[str, dict]:
+    """(stage class name, unet dict) from a parsed stage YAML; ValueError when there is none."""
+    model = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(model, dict):
+        raise ValueError("no `model:` section")
+    init_args = model.get("init_args", model)
+    unet = init_args.get("unet") if isinstance(init_args, dict) else None
+    if not isinstance(unet, dict):
+        raise ValueError("no `model.init_args.unet` (or `model.unet`) section")
+    stage = str(model.get("class_path", "?")).rsplit(".", 1)[-1]
+    return stage, unet
+
+
+def unet_config_from_dict(values: dict) -> UNetConfig:
+    """UNetConfig from a YAML mapping; ValueError names fields UNetConfig does not have."""
+    known = {field.name for field in fields(UNetConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown UNetConfig fields {unknown}")
+    return UNetConfig(**values)
+
+
+def count_parameters(unet: UNet) -> int:
+    return sum(parameter.numel() for parameter in unet.parameters())
+
+
+def describe_conditioning(config: UNetConfig) -> str:
+    kinds = []
+    if config.num_classes:
+        kinds.append(f"class {config.num_classes}")
+    if config.text_dim:
+        kinds.append(f"text {config.text_dim}")
+    if config.lowres_channels:
+        kinds.append("low-res" + (" + aug" if config.use_aug_cond else ""))
+    return " + ".join(kinds) or "none"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cascade model-info", description=__doc__.splitlines()[0])
+    parser.add_argument("configs", nargs="+", type=Path, help="stage config YAML files")
+    parser.add_argument("--device", default="meta", choices=["meta", "cpu"], help="where to build the UNets")
+    args = parser.parse_args(argv)
+
+    console = Console()
+    if not console.is_terminal:  # logs and pipes: wide enough for one line per config
+        console = Console(width=120)
+    errors = Console(stderr=True)
+    table = Table(title="UNet parameters")
+    for column in ("config", "stage", "size", "conditioning", "level widths"):
+        table.add_column(column)
+    table.add_column("parameters", justify="right")
+
+    status = 0
+    for path in args.configs:
+        try:
+            stage, values = unet_section(yaml.safe_load(path.read_text()))
+            config = unet_config_from_dict(values)
+        except (OSError, ValueError, TypeError, yaml.YAMLError) as error:
+            errors.print(f"[red]{path}: {error}[/red]")
+            status = 1
+            continue
+        with torch.device(args.device):
+            parameters = count_parameters(UNet(config))
+        table.add_row(
+            str(path),
+            stage,
+            f"{config.image_size}px",
+            describe_conditioning(config),
+            "/".join(str(width) for width in config.level_channels),
+            f"{parameters / 1e6:,.1f} M",
+        )
+    if table.row_count:
+        console.print(table)
+    return status

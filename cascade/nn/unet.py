@@ -1,0 +1,289 @@
+"""The conditional UNet shared by every stage of the cascade (base 64x64, SR 256, SR 1024).
+
+Architecture: ADM (Dhariwal & Nichol 2021, "Diffusion Models Beat GANs on Image Synthesis")
+with the Efficient U-Net options of Imagen (Saharia et al. 2022, appendix B.1: more residual
+blocks at low resolution, skip connections scaled by 1/sqrt(2), no self-attention at high
+resolution) and text conditioning as in GLIDE (Nichol et al. 2021) and Imagen.
+
+Conditioning:
+- one vector per example, the sum of the noise-level embedding, the SR augmentation-level
+  embedding, the class embedding and the pooled text, drives every residual block's
+  GroupNorm scale and shift;
+- text tokens reach the feature maps through cross-attention and/or GLIDE-style
+  concatenation to the self-attention keys;
+- SR stages concatenate the (upsampled, noise-augmented) low-res image to x_t;
+- rows flagged in `null_cond` use learned null class / text conditions (classifier-free
+  guidance, Ho & Salimans 2022), mixed per row with torch.where so that every parameter is in
+  the autograd graph of every forward pass (DDP with find_unused_parameters=False).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from cascade.nn.attention import AttentionBlock
+from cascade.nn.config import UNetConfig
+from cascade.nn.embeddings import ScalarEmbedding
+from cascade.nn.resblock import Downsample, GroupNorm32, ResBlock, Upsample, zero_init
+from cascade.nn.text_conditioning import TextConditioning
+
+
+class UNetBlock(nn.ModuleList):
+    """Layers applied in order; each gets what it needs (ADM's `TimestepEmbedSequential`).
+
+    Residual blocks read the conditioning vector, attention blocks the text context,
+    resampling layers only the feature map. One UNetBlock is the unit of gradient checkpointing
+    and, on the way down, of the skip connections.
+    """
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        embedding: torch.Tensor,
+        context: torch.Tensor | None,
+        context_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                h = layer(h, embedding)
+            elif isinstance(layer, AttentionBlock):
+                h = layer(h, context, context_mask)
+            else:
+                h = layer(h)
+        return h
+
+
+class UNet(nn.Module):
+    """Conditional ADM / Efficient U-Net; see `UNetConfig` for every option.
+
+    Call: `unet(x_t, noise_cond, class_labels=None, text_tokens=None, text_mask=None,
+    null_cond=None, lowres=None, aug_cond=None) -> (B, out_channels, H, W)`.
+    """
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = config
+        self.gradient_checkpointing = config.gradient_checkpointing
+        embedding_channels = config.embedding_channels
+        context_channels = embedding_channels if config.uses_text_context else 0
+
+        self.time_embedding = ScalarEmbedding(
+            config.base_channels, embedding_channels, config.time_embedding, config.fourier_scale
+        )
+        self.aug_embedding = (
+            ScalarEmbedding(config.base_channels, embedding_channels, config.time_embedding, config.fourier_scale)
+            if config.use_aug_cond
+            else None
+        )
+        # The last row is the learned null class for classifier-free guidance.
+        self.class_embedding = (
+            nn.Embedding(config.num_classes + 1, embedding_channels) if config.num_classes > 0 else None
+        )
+        self.text_conditioning = (
+            TextConditioning(config.text_dim, embedding_channels, context_channels) if config.text_dim > 0 else None
+        )
+
+        def attention_layers(channels: int, resolution: int) -> list[nn.Module]:
+            layers: list[nn.Module] = []
+            heads = config.heads_for(channels)
+            if resolution in config.attention_resolutions:
+                concat_text = context_channels if config.text_concat_to_self_attn else 0
+                layers.append(AttentionBlock(channels, heads, config.norm_groups, True, concat_text))
+            if resolution in config.cross_attention_resolutions:
+                layers.append(AttentionBlock(channels, heads, config.norm_groups, False, context_channels))
+            return layers
+
+        def res_block(in_channels: int, out_channels: int, resample: str | None = None) -> ResBlock:
+            return ResBlock(
+                in_channels, out_channels, embedding_channels, config.norm_groups, config.dropout, resample
+            )
+
+        input_channels = config.in_channels + config.lowres_channels
+        self.conv_in = nn.Conv2d(input_channels, config.base_channels, 3, padding=1)
+
+        channels = config.base_channels
+        skip_channels = [channels]
+        self.down_blocks = nn.ModuleList()
+        last_level = config.num_levels - 1
+        for level, (width, resolution, blocks) in enumerate(
+            zip(config.level_channels, config.level_resolutions, config.res_blocks_per_level)
+        ):
+            for _ in range(blocks):
+                self.down_blocks.append(UNetBlock([res_block(channels, width), *attention_layers(width, resolution)]))
+                channels = width
+                skip_channels.append(channels)
+            if level != last_level:
+                downsample = res_block(channels, channels, "down") if config.resblock_updown else Downsample(channels)
+                self.down_blocks.append(UNetBlock([downsample]))
+                skip_channels.append(channels)
+
+        self.middle_block = UNetBlock(
+            [
+                res_block(channels, channels),
+                *attention_layers(channels, config.level_resolutions[-1]),
+                res_block(channels, channels),
+            ]
+        )
+
+        self.up_blocks = nn.ModuleList()
+        for level in reversed(range(config.num_levels)):
+            width = config.level_channels[level]
+            resolution = config.level_resolutions[level]
+            blocks = config.res_blocks_per_level[level]
+            for index in range(blocks + 1):
+                layers = [res_block(channels + skip_channels.pop(), width), *attention_layers(width, resolution)]
+                channels = width
+                if level != 0 and index == blocks:
+                    layers.append(res_block(channels, channels, "up") if config.resblock_updown else Upsample(channels))
+                self.up_blocks.append(UNetBlock(layers))
+
+        self.norm_out = GroupNorm32(config.norm_groups, channels)
+        self.conv_out = zero_init(nn.Conv2d(channels, config.out_channels, 3, padding=1))
+
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        noise_cond: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        text_tokens: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        null_cond: torch.Tensor | None = None,
+        lowres: torch.Tensor | None = None,
+        aug_cond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict the stage's target (eps, v or x0) for x_t.
+
+        Args:
+            x_t: (B, in_channels, H, W) noisy image; H and W divisible by 2**(levels-1).
+            noise_cond: (B,) float noise level (1000*t or log-SNR; the stage decides).
+            class_labels: (B,) long in [0, num_classes); None = every row uses the null class.
+            text_tokens: (B, L, text_dim) float; None = every row uses the null text.
+            text_mask: (B, L) bool, True = real token; None = all tokens real.
+            null_cond: (B,) bool, True = that row uses the learned null class / text
+                (classifier-free guidance); None = no row is null.
+            lowres: (B, lowres_channels, H, W) low-res image, already upsampled to H x W and
+                noise-augmented by the stage (SR stages only, required there).
+            aug_cond: (B,) float augmentation level of `lowres` (required when use_aug_cond).
+        Returns:
+            (B, out_channels, H, W).
+        """
+        self._check_inputs(x_t, noise_cond, class_labels, text_tokens, text_mask, null_cond, lowres, aug_cond)
+        batch = x_t.shape[0]
+        null = (
+            null_cond.to(device=x_t.device, dtype=torch.bool)
+            if null_cond is not None
+            else torch.zeros(batch, dtype=torch.bool, device=x_t.device)
+        )
+
+        embedding = self.time_embedding(noise_cond)
+        if self.aug_embedding is not None:
+            embedding = embedding + self.aug_embedding(aug_cond)
+        if self.class_embedding is not None:
+            null_class = torch.full((batch,), self.config.num_classes, dtype=torch.long, device=x_t.device)
+            if class_labels is None:
+                labels = null_class
+            else:
+                labels = torch.where(null, null_class, class_labels.to(torch.long))
+            embedding = embedding + self.class_embedding(labels)
+
+        context = context_mask = None
+        if self.text_conditioning is not None:
+            text_null = null
+            if text_tokens is None:
+                # No text at all: every row gets the null text. A one-token all-padding
+                # placeholder keeps the text projections in the graph (DDP) at negligible cost.
+                text_tokens = x_t.new_zeros(batch, 1, self.config.text_dim)
+                text_mask = torch.zeros(batch, 1, dtype=torch.bool, device=x_t.device)
+                text_null = torch.ones_like(null)
+            elif text_mask is None:
+                text_mask = torch.ones(text_tokens.shape[:2], dtype=torch.bool, device=x_t.device)
+            pooled, context, context_mask = self.text_conditioning(text_tokens, text_mask.bool(), text_null)
+            embedding = embedding + pooled
+
+        h = x_t if lowres is None else torch.cat([x_t, lowres.to(x_t.dtype)], dim=1)
+        h = self.conv_in(h)
+        skips = [h]
+        for block in self.down_blocks:
+            h = self._run(block, h, embedding, context, context_mask)
+            skips.append(h)
+        h = self._run(self.middle_block, h, embedding, context, context_mask)
+        for block in self.up_blocks:
+            h = torch.cat([h, skips.pop() * self.config.skip_scale], dim=1)
+            h = self._run(block, h, embedding, context, context_mask)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+    def _run(
+        self,
+        block: UNetBlock,
+        h: torch.Tensor,
+        embedding: torch.Tensor,
+        context: torch.Tensor | None,
+        context_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Run one block, recomputing its activations in backward when checkpointing is on."""
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, h, embedding, context, context_mask, use_reentrant=False)
+        return block(h, embedding, context, context_mask)
+
+    def _check_inputs(
+        self,
+        x_t: torch.Tensor,
+        noise_cond: torch.Tensor,
+        class_labels: torch.Tensor | None,
+        text_tokens: torch.Tensor | None,
+        text_mask: torch.Tensor | None,
+        null_cond: torch.Tensor | None,
+        lowres: torch.Tensor | None,
+        aug_cond: torch.Tensor | None,
+    ) -> None:
+        """Raise ValueError on wrong shapes or on inputs the configuration cannot use.
+
+        Only shapes are inspected (no tensor values), so the check never syncs with the GPU.
+        """
+        config = self.config
+        if x_t.ndim != 4 or x_t.shape[1] != config.in_channels:
+            raise ValueError(f"x_t must be (B, {config.in_channels}, H, W), got {tuple(x_t.shape)}")
+        batch, _, height, width = x_t.shape
+        factor = 2 ** (config.num_levels - 1)
+        if height % factor or width % factor:
+            raise ValueError(f"x_t height and width must be divisible by {factor}, got {height}x{width}")
+
+        def check_vector(name: str, value: torch.Tensor | None) -> None:
+            if value is not None and tuple(value.shape) != (batch,):
+                raise ValueError(f"{name} must have shape ({batch},), got {tuple(value.shape)}")
+
+        check_vector("noise_cond", noise_cond)
+        check_vector("class_labels", class_labels)
+        check_vector("null_cond", null_cond)
+        check_vector("aug_cond", aug_cond)
+
+        if class_labels is not None and config.num_classes == 0:
+            raise ValueError("class_labels given but the UNet is not class-conditional (num_classes=0)")
+        if text_tokens is not None:
+            if config.text_dim == 0:
+                raise ValueError("text_tokens given but the UNet is not text-conditional (text_dim=0)")
+            if text_tokens.ndim != 3 or text_tokens.shape[0] != batch or text_tokens.shape[2] != config.text_dim:
+                raise ValueError(f"text_tokens must be ({batch}, L, {config.text_dim}), got {tuple(text_tokens.shape)}")
+            if text_mask is not None and tuple(text_mask.shape) != tuple(text_tokens.shape[:2]):
+                raise ValueError(f"text_mask must be {tuple(text_tokens.shape[:2])}, got {tuple(text_mask.shape)}")
+        elif text_mask is not None:
+            raise ValueError("text_mask given without text_tokens")
+
+        if config.lowres_channels > 0:
+            expected = (batch, config.lowres_channels, height, width)
+            if lowres is None or tuple(lowres.shape) != expected:
+                got = None if lowres is None else tuple(lowres.shape)
+                raise ValueError(
+                    f"this super-resolution UNet needs lowres of shape {expected} (upsampled to the "
+                    f"output size by the stage), got {got}"
+                )
+        elif lowres is not None:
+            raise ValueError("lowres given but the UNet is not a super-resolution UNet (lowres_channels=0)")
+
+        if config.use_aug_cond and aug_cond is None:
+            raise ValueError("this UNet embeds the augmentation level: pass aug_cond (B,)")
+        if not config.use_aug_cond and aug_cond is not None:
+            raise ValueError("aug_cond given but the UNet has use_aug_cond=False")

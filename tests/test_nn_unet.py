@@ -1,0 +1,369 @@
+"""Tests of cascade.nn.UNet / UNetConfig and `cascade model-info`, on tiny CPU networks."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from cascade.nn import UNet, UNetConfig
+from cascade.nn import model_info
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE_CONFIGS = sorted((REPO / "configs").glob("*.yaml")) + sorted((REPO / "configs" / "demo").glob("*.yaml"))
+TEXT_DIM = 12
+NUM_CLASSES = 5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks gain nothing from a second thread, and on a shared 2-core machine the
+    OpenMP threads of one op wait on each other for 10x the compute time."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(**overrides) -> UNetConfig:
+    values = dict(
+        image_size=16,
+        base_channels=16,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(8,),
+        norm_groups=8,
+        head_channels=8,
+    )
+    values.update(overrides)
+    return UNetConfig(**values)
+
+
+CLASS_CONFIG = dict(num_classes=NUM_CLASSES)
+TEXT_CONFIG = dict(text_dim=TEXT_DIM, cross_attention_resolutions=(16, 8), text_concat_to_self_attn=True)
+SR_CONFIG = dict(
+    lowres_channels=3,
+    use_aug_cond=True,
+    text_dim=TEXT_DIM,
+    attention_resolutions=(),
+    cross_attention_resolutions=(8,),
+    num_res_blocks=[1, 2],
+    skip_scale=1 / math.sqrt(2),
+)
+
+
+def build(seed: int = 0, nonzero_output: bool = True, **overrides) -> UNet:
+    """A tiny UNet; with nonzero_output the zero-initialised layers get random weights."""
+    torch.manual_seed(seed)
+    unet = UNet(tiny_config(**overrides))
+    if nonzero_output:
+        generator = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for parameter in unet.parameters():
+                if parameter.dim() > 1 and not parameter.any():
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    return unet
+
+
+def inputs(unet: UNet, batch: int = 2, height: int = 16, width: int = 16, seed: int = 0, text_length: int = 5) -> dict:
+    """Random inputs for every conditioning the UNet's config uses."""
+    config = unet.config
+    generator = torch.Generator().manual_seed(seed)
+    values = dict(
+        x_t=torch.randn(batch, config.in_channels, height, width, generator=generator),
+        noise_cond=torch.rand(batch, generator=generator) * 1000,
+    )
+    if config.num_classes:
+        values["class_labels"] = torch.randint(0, config.num_classes, (batch,), generator=generator)
+    if config.text_dim:
+        values["text_tokens"] = torch.randn(batch, text_length, config.text_dim, generator=generator)
+        mask = torch.ones(batch, text_length, dtype=torch.bool)
+        mask[0, 3:] = False  # the first prompt is shorter
+        values["text_mask"] = mask
+    if config.lowres_channels:
+        values["lowres"] = torch.randn(batch, config.lowres_channels, height, width, generator=generator)
+    if config.use_aug_cond:
+        values["aug_cond"] = torch.rand(batch, generator=generator)
+    return values
+
+
+def assert_changes(before: torch.Tensor, after: torch.Tensor) -> None:
+    assert (before - after).abs().amax() > 1e-4
+
+
+# ---- shapes --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["class", "text", "sr"])
+@pytest.mark.parametrize("size", [(16, 16), (32, 32), (8, 24)])
+def test_output_shape_equals_input_shape(kind, size):
+    overrides = {"class": CLASS_CONFIG, "text": TEXT_CONFIG, "sr": SR_CONFIG}[kind]
+    unet = build(**overrides).eval()
+    with torch.no_grad():
+        out = unet(**inputs(unet, 2, *size))
+    assert out.shape == (2, 3, *size)
+    assert torch.isfinite(out).all()
+
+
+def test_fresh_network_outputs_zero():
+    """ADM initialisation: the output convolution starts at zero."""
+    unet = build(nonzero_output=False, **TEXT_CONFIG)
+    assert not unet(**inputs(unet)).any()
+
+
+# ---- conditioning is used ------------------------------------------------------------------
+
+
+def test_class_label_changes_output():
+    unet = build(**CLASS_CONFIG).eval()
+    values = inputs(unet)
+    with torch.no_grad():
+        before = unet(**values)
+        values["class_labels"] = (values["class_labels"] + 1) % NUM_CLASSES
+        assert_changes(before, unet(**values))
+
+
+def test_text_changes_output():
+    unet = build(**TEXT_CONFIG).eval()
+    values = inputs(unet)
+    with torch.no_grad():
+        before = unet(**values)
+        values["text_tokens"] = values["text_tokens"] + torch.randn_like(values["text_tokens"])
+        after = unet(**values)
+    for row in range(2):
+        assert_changes(before[row], after[row])
+
+
+def test_text_changes_output_through_pooled_vector_alone():
+    unet = build(text_dim=TEXT_DIM).eval()  # no attention reads text: only the pooled vector
+    values = inputs(unet)
+    with torch.no_grad():
+        before = unet(**values)
+        values["text_tokens"] = -values["text_tokens"]
+        assert_changes(before, unet(**values))
+
+
+def test_lowres_and_aug_level_change_output():
+    unet = build(**SR_CONFIG).eval()
+    values = inputs(unet)
+    with torch.no_grad():
+        before = unet(**values)
+        assert_changes(before, unet(**{**values, "lowres": values["lowres"].flip(-1)}))
+        assert_changes(before, unet(**{**values, "aug_cond": values["aug_cond"] + 0.5}))
+
+
+def test_noise_level_changes_output():
+    unet = build(time_embedding="fourier", fourier_scale=0.05).eval()
+    values = inputs(unet)
+    with torch.no_grad():
+        assert_changes(unet(**values), unet(**{**values, "noise_cond": values["noise_cond"] / 2}))
+
+
+def test_padding_tokens_do_not_change_output():
+    unet = build(**TEXT_CONFIG).eval()
+    values = inputs(unet, text_length=5)
+    with torch.no_grad():
+        before = unet(**values)
+        tokens = values["text_tokens"].clone()
+        tokens[0, 3:] = float("nan")  # padding may hold anything, even NaN
+        after = unet(**{**values, "text_tokens": tokens})
+        # more padding at the end of every prompt
+        longer_tokens = torch.cat([values["text_tokens"], 100 * torch.randn(2, 4, TEXT_DIM)], dim=1)
+        longer_mask = torch.cat([values["text_mask"], torch.zeros(2, 4, dtype=torch.bool)], dim=1)
+        longer = unet(**{**values, "text_tokens": longer_tokens, "text_mask": longer_mask})
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+    torch.testing.assert_close(longer, before, rtol=0, atol=1e-5)
+
+
+def test_prompt_with_no_real_tokens_gives_finite_output():
+    unet = build(**TEXT_CONFIG).eval()
+    values = inputs(unet)
+    values["text_mask"] = torch.zeros_like(values["text_mask"])
+    with torch.no_grad():
+        assert torch.isfinite(unet(**values)).all()
+
+
+# ---- the null condition (classifier-free guidance) ------------------------------------------
+
+
+def test_mixed_null_batch_matches_all_null_batch():
+    unet = build(**CLASS_CONFIG, **TEXT_CONFIG).eval()
+    values = inputs(unet, batch=4)
+    null = torch.tensor([True, False, True, False])
+    with torch.no_grad():
+        mixed = unet(**values, null_cond=null)
+        all_null = unet(**values, null_cond=torch.ones(4, dtype=torch.bool))
+        no_condition = unet(values["x_t"], values["noise_cond"])  # no class, no text: all null
+        conditional = unet(**values)
+    torch.testing.assert_close(mixed[null], all_null[null], rtol=0, atol=1e-5)
+    torch.testing.assert_close(no_condition, all_null, rtol=0, atol=1e-5)
+    torch.testing.assert_close(mixed[~null], conditional[~null], rtol=0, atol=1e-5)
+    assert_changes(mixed[null], conditional[null])
+
+
+GRADIENT_CASES = {
+    "class": dict(CLASS_CONFIG, resblock_updown=True, dropout=0.1),
+    "text cross+concat": TEXT_CONFIG,
+    "text pooled only": dict(text_dim=TEXT_DIM),
+    "sr": dict(SR_CONFIG, time_embedding="fourier"),
+    "class+text": dict(CLASS_CONFIG, **TEXT_CONFIG),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GRADIENT_CASES))
+@pytest.mark.parametrize("all_null_by", ["null_cond", "missing inputs"])
+def test_all_null_batch_gives_every_parameter_a_gradient(case, all_null_by):
+    """DDP runs with find_unused_parameters=False: every parameter must be in every graph."""
+    unet = build(nonzero_output=False, **GRADIENT_CASES[case]).train()
+    values = inputs(unet)
+    if all_null_by == "null_cond":
+        values["null_cond"] = torch.ones(2, dtype=torch.bool)
+    else:
+        for key in ("class_labels", "text_tokens", "text_mask"):
+            values.pop(key, None)
+    unet(**values).square().mean().backward()
+    missing = [name for name, parameter in unet.named_parameters() if parameter.grad is None]
+    assert not missing
+
+
+# ---- memory / precision switches -----------------------------------------------------------
+
+
+def test_gradient_checkpointing_gives_same_output_and_gradients():
+    unet = build(**CLASS_CONFIG, **TEXT_CONFIG).train()
+    values = inputs(unet)
+
+    def run() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        unet.zero_grad(set_to_none=True)
+        out = unet(**values, null_cond=torch.tensor([True, False]))
+        out.square().mean().backward()
+        return out.detach(), {name: p.grad.clone() for name, p in unet.named_parameters()}
+
+    unet.gradient_checkpointing = False
+    plain_out, plain_grads = run()
+    unet.gradient_checkpointing = True
+    checkpointed_out, checkpointed_grads = run()
+    torch.testing.assert_close(checkpointed_out, plain_out, rtol=0, atol=1e-6)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(checkpointed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_channels_last_matches_contiguous():
+    unet = build(**SR_CONFIG).eval()
+    values = inputs(unet)
+    with torch.no_grad():
+        expected = unet(**values)
+        unet = unet.to(memory_format=torch.channels_last)
+        values["x_t"] = values["x_t"].to(memory_format=torch.channels_last)
+        values["lowres"] = values["lowres"].to(memory_format=torch.channels_last)
+        got = unet(**values)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_autocast_forward_backward():
+    unet = build(**CLASS_CONFIG, **TEXT_CONFIG).train()
+    values = inputs(unet)
+    with torch.no_grad():
+        reference = unet(**values)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = unet(**values, null_cond=torch.tensor([False, True]))
+    out.float().square().mean().backward()
+    assert torch.isfinite(out).all()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in unet.parameters())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low_precision = unet(**values).float()
+    relative_error = (low_precision - reference).norm() / reference.norm()
+    assert relative_error < 0.05
+
+
+# ---- input and configuration checks --------------------------------------------------------
+
+
+def test_wrong_inputs_raise_clear_errors():
+    sr = build(**SR_CONFIG)
+    values = inputs(sr)
+    with pytest.raises(ValueError, match="lowres"):
+        sr(**{**values, "lowres": None})
+    with pytest.raises(ValueError, match="upsampled"):
+        sr(**{**values, "lowres": values["lowres"][:, :, ::2, ::2]})
+    with pytest.raises(ValueError, match="aug_cond"):
+        sr(**{**values, "aug_cond": None})
+    with pytest.raises(ValueError, match="class-conditional"):
+        sr(**values, class_labels=torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="divisible"):
+        sr(**inputs(sr, height=15, width=15))
+    with pytest.raises(ValueError, match="text_tokens"):
+        sr(**{**values, "text_tokens": values["text_tokens"][..., :4]})
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(attention_resolutions=(4,)), "not level resolutions"),
+        (dict(cross_attention_resolutions=(8,)), "text_dim"),
+        (dict(num_res_blocks=[1, 2, 3]), "num_res_blocks"),
+        (dict(base_channels=12), "norm_groups"),
+        (dict(time_embedding="learned"), "time_embedding"),
+        (dict(image_size=17), "divisible"),
+    ],
+)
+def test_invalid_config_raises(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**overrides)
+
+
+def test_config_accepts_lists_from_yaml():
+    config = tiny_config(channel_mults=[1, 2], attention_resolutions=[8], num_res_blocks=[1, 3])
+    assert config.channel_mults == (1, 2)
+    assert config.res_blocks_per_level == [1, 3]
+    unet = UNet(config)
+    assert len(unet.down_blocks) == 1 + 1 + 3  # level 0: block + downsample; level 1: 3 blocks
+
+
+# ---- reference configurations and `cascade model-info` -------------------------------------
+
+
+@pytest.mark.parametrize("path", REFERENCE_CONFIGS, ids=lambda path: path.relative_to(REPO / "configs").as_posix())
+def test_reference_config_builds_through_jsonargparse(path):
+    """The `unet:` section parses into UNetConfig the way LightningCLI parses it, and builds."""
+    from jsonargparse import ArgumentParser
+
+    unet_section = yaml.safe_load(path.read_text())["model"]["init_args"]["unet"]
+    parser = ArgumentParser()
+    parser.add_argument("--unet", type=UNetConfig)
+    config = parser.instantiate(parser.parse_object({"unet": unet_section})).unet
+    assert isinstance(config, UNetConfig)
+    with torch.device("meta"):
+        parameters = sum(p.numel() for p in UNet(config).parameters())
+    if path.parent.name == "demo":
+        assert parameters < 5e6
+    else:
+        assert 2e8 < parameters < 1e9
+
+
+def test_sr1024_config_has_no_self_attention_and_cross_attention_only_at_lowest_resolution():
+    section = yaml.safe_load((REPO / "configs" / "sr1024.yaml").read_text())["model"]["init_args"]["unet"]
+    config = UNetConfig(**section)
+    assert config.attention_resolutions == ()
+    assert config.cross_attention_resolutions == (config.level_resolutions[-1],)
+
+
+def test_model_info_prints_parameter_counts(capsys):
+    assert model_info.main([str(REPO / "configs" / "demo" / "base.yaml")]) == 0
+    printed = capsys.readouterr().out
+    assert "base.yaml" in printed and "BaseStage" in printed and " M" in printed
+
+
+def test_model_info_is_a_cascade_subcommand(capsys, tmp_path):
+    from cascade.cli import main as cascade_main
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model:\n  init_args: {}\n")
+    assert cascade_main(["model-info", str(REPO / "configs" / "demo" / "sr1.yaml"), str(broken)]) == 1
+    captured = capsys.readouterr()
+    assert "SuperResStage" in captured.out
+    assert "broken.yaml" in captured.err and "unet" in captured.err
