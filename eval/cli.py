@@ -7,7 +7,12 @@ import sys
 
 # name -> ("module:function", one-line help)
 EVAL_COMMANDS: dict[str, tuple[str, str]] = {
+    "benchmark": ("eval.benchmark:main", "feature-extraction images/s and FID-from-cached-statistics time"),
+    "metrics": ("eval.metrics_cli:main", "FID / IS / precision-recall / KID (/ CLIP score) of samples or a sweep"),
+    "report": ("eval.report:main", "HTML + Markdown report: metrics, sweep plots, sample grids, human eval"),
     "sheets": ("eval.sheets.cli:main", "make blinded DrawBench-style comparison sheets, ingest filled ones"),
+    "sr": ("eval.metrics_cli:sr_main", "per-stage SR evaluation: FID vs real high-res, low-res consistency PSNR"),
+    "stats": ("eval.metrics_cli:stats_main", "compute and cache reference statistics of a real image set"),
 }
 
 

@@ -1,0 +1,54 @@
+"""Atomic file writes: write to a temporary file in the same folder, then rename over the target.
+
+A reader (or a rerun after a kill) sees either the old complete file or the new complete
+file, never half of one: `os.replace` is atomic on POSIX when source and target are on the
+same file system, which a sibling temporary file guarantees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to `target`; on success rename it onto `target`.
+
+    On an exception the temporary file is removed and `target` is left untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes(target: str | os.PathLike[str], data: bytes) -> Path:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+    return Path(target)
+
+
+def write_text(target: str | os.PathLike[str], text: str) -> Path:
+    return write_bytes(target, text.encode("utf-8"))
+
+
+def save_npz(target: str | os.PathLike[str], **arrays: Any) -> Path:
+    """`numpy.savez` to `target` atomically (the name is kept exactly, no `.npz` appended)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return write_bytes(target, buffer.getvalue())
