@@ -14,11 +14,17 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("data.cli:main", "write webdataset shards, precompute text embeddings, benchmark the loader"),
     "eval": ("eval.cli:main", "evaluate samples: FID / IS / precision-recall, SR consistency, human-eval sheets, reports"),
+    "demo": ("cascade.demo:main", "train a tiny text-to-image cascade on CPU, sample, evaluate, write a report"),
+    "export": ("cascade.stages.export:main", "write a stage checkpoint's EMA weights (safetensors) and config (YAML)"),
+    "fit": ("cascade.stages.cli:fit_main", "train a stage: LightningCLI, e.g. cascade fit -c configs/demo/base.yaml"),
     "model-info": ("cascade.nn.model_info:main", "print parameter counts of the UNets in stage configs"),
+    "sample": ("cascade.sample_cli:main", "generate images for prompts or classes through the cascade (resumable, rank-sharded)"),
     "sample-gaussian": (
         "cascade.diffusion.demo:main",
         "sample a closed-form Gaussian model with every sampler and report the moment errors",
     ),
+    "slurm": ("cascade.slurm:main", "fill an sbatch template from a stage config and submit it"),
+    "validate": ("cascade.stages.cli:validate_main", "validation loss of a stage checkpoint, in t-buckets"),
 }
 
 

@@ -1,0 +1,185 @@
+"""`cascade demo`: the whole pipeline on the built-in captioned dataset, on a CPU, in one command.
+
+1. writes the synthetic captioned dataset as webdataset shards (train / val) and real renders
+   of held-out captions (captions that never occur in training) as the reference set;
+2. trains the tiny text-conditional base (MiniLM text encoder) and the two tiny SR stages with
+   `cascade fit` on `configs/demo/*.yaml`;
+3. samples the held-out captions through the whole cascade without guidance (scale 1) and with
+   it, keeping every stage's output;
+4. evaluates caption alignment with the dataset's deterministic detector (`eval.alignment`)
+   and FID / precision / recall in an offline feature space;
+5. writes an HTML and Markdown report (`report.html`) with grids, tables, curves and configs.
+
+Every step resumes: rerunning the command skips finished shards, trained stages and samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from .demo_eval import evaluate_demo
+from .demo_report import write_demo_report
+from .pipeline import Cascade, StageSettings
+from .sample_cli import FolderJob, sample_folder
+from .sample_output import merge_metadata
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "demo"
+STAGES = ("base", "sr1", "sr2")
+SHARD_RESOLUTION = 128
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """How much of everything the demo does (the full run and `--fast` differ only here)."""
+
+    train_images: int = 6000
+    val_images: int = 128
+    heldout_captions: int = 48
+    samples_per_caption: int = 1
+    train_steps: tuple[int, int, int] = (1000, 300, 300)
+    val_check_interval: int = 250
+    guidance: float = 3.0  # the base stage's guidance "on"; the SR stages sample unguided
+    sampling_steps: tuple[int, int, int] = (25, 15, 10)
+    aug_levels: tuple[float, float] = (0.1, 0.1)
+    batch_size: int = 16
+
+
+FULL = DemoPlan()
+FAST = DemoPlan(
+    train_images=128, val_images=32, heldout_captions=6, samples_per_caption=1,
+    train_steps=(8, 4, 4), val_check_interval=4, sampling_steps=(4, 3, 3),
+)
+
+
+def write_datasets(out: Path, plan: DemoPlan, console: Console) -> dict[str, Path]:
+    """Train / val shards at SHARD_RESOLUTION (each stage resizes) and held-out reference renders."""
+    from PIL import Image
+
+    from data import synthetic
+    from data.sources import SyntheticSource
+    from data.writer import write_shards
+
+    paths = {"train": out / "shards" / "train", "val": out / "shards" / "val", "reference": out / "reference"}
+    for split_name, count, seed in (("train", plan.train_images, 0), ("val", plan.val_images, 1)):
+        summary = write_shards(
+            SyntheticSource(count=count, resolution=SHARD_RESOLUTION, seed=seed, split="train"),
+            str(paths[split_name]), max_samples=1000, progress=True,
+        )
+        console.print(f"shards/{split_name}: {summary.samples} samples in {len(summary.shards)} shards")
+    paths["reference"].mkdir(parents=True, exist_ok=True)
+    scenes = heldout_scenes(plan)
+    for index, scene in enumerate(scenes):
+        target = paths["reference"] / f"{index:05d}.png"
+        if not target.exists():
+            pixels, _ = synthetic.render_sample(scene["index"], SHARD_RESOLUTION, seed=scene["seed"], split="heldout")
+            Image.fromarray(pixels).save(target)
+    (paths["reference"] / "scenes.json").write_text(json.dumps(scenes, indent=1))
+    return paths
+
+
+def heldout_scenes(plan: DemoPlan) -> list[dict]:
+    """Scenes whose captions never occur in training (`data.synthetic` splits by caption)."""
+    from data import synthetic
+
+    return [synthetic.sample_scene(index, seed=2, split="heldout") for index in range(plan.heldout_captions)]
+
+
+def train_stage(name: str, out: Path, data: dict[str, Path], plan: DemoPlan, steps: int, console: Console) -> Path:
+    """`cascade fit` of one demo stage; returns its last checkpoint (skips a finished stage)."""
+    from .stages.cli import run
+
+    run_dir = out / "runs" / name
+    last = run_dir / "checkpoints" / "last.ckpt"
+    done_marker = run_dir / "finished.json"
+    if done_marker.exists() and json.loads(done_marker.read_text()).get("steps") == steps and last.exists():
+        console.print(f"{name}: already trained for {steps} steps, skipping")
+        return last
+    argv = [
+        "-c", str(CONFIG_DIR / f"{name}.yaml"),
+        "--run_dir", str(run_dir),
+        "--data.init_args.train_shards", str(data["train"]),
+        "--data.init_args.val_shards", str(data["val"]),
+        "--data.init_args.batch_size", str(plan.batch_size),
+        "--data.init_args.val_batch_size", str(2 * plan.batch_size),
+        "--trainer.max_steps", str(steps),
+        "--trainer.val_check_interval", str(min(plan.val_check_interval, steps)),
+        "--trainer.enable_progress_bar", "true",
+    ]
+    if last.exists():
+        argv += ["--ckpt_path", str(last)]
+    started = time.perf_counter()
+    code = run("fit", argv)
+    if code != 0 or not last.exists():
+        raise RuntimeError(f"training the {name} stage failed (exit code {code}); see the messages above")
+    done_marker.write_text(json.dumps({"steps": steps, "seconds": time.perf_counter() - started}))
+    return last
+
+
+def sample_heldout(cascade: Cascade, scenes: list[dict], out: Path, plan: DemoPlan, console: Console) -> dict[float, Path]:
+    """Held-out captions through the cascade with the base stage's guidance at 1 (off) and plan.guidance."""
+    conditions = [(scene["caption"], None) for scene in scenes]
+    job = FolderJob(n_per_condition=plan.samples_per_caption, batch_size=plan.batch_size, keep_intermediate=True)
+    folders = {}
+    for guidance in (1.0, plan.guidance):
+        folder = out / "samples" / f"guidance={guidance:g}"
+        sample_folder(cascade.updated(0, guidance=guidance), conditions, job, folder, console=console)
+        merge_metadata(folder)
+        folders[guidance] = folder
+    return folders
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="cascade demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="working and output folder")
+    parser.add_argument("--fast", action="store_true", help="a few steps of everything (a smoke test, for CI)")
+    parser.add_argument("--base-steps", type=int, default=None, help="override the base stage's training steps")
+    args = parser.parse_args(argv)
+    plan = FAST if args.fast else FULL
+    if args.base_steps is not None:
+        plan = replace(plan, train_steps=(args.base_steps,) + plan.train_steps[1:])
+    console = Console()
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    timings = {}
+
+    def step(title: str) -> None:
+        console.rule(f"[bold]{title}[/bold]  ({time.perf_counter() - started:.0f} s so far)")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    step("1/5 writing the synthetic captioned dataset")
+    data = write_datasets(args.out, plan, console)
+    timings["data"] = time.perf_counter() - started
+    checkpoints = []
+    for index, name in enumerate(STAGES):
+        step(f"2/5 training stage {name} ({plan.train_steps[index]} steps)")
+        begun = time.perf_counter()
+        checkpoints.append(train_stage(name, args.out, data, plan, plan.train_steps[index], console))
+        timings[f"train {name}"] = time.perf_counter() - begun
+    step("3/5 sampling held-out captions through the cascade")
+    begun = time.perf_counter()
+    settings = [StageSettings(steps=plan.sampling_steps[0], guidance=plan.guidance)] + [
+        StageSettings(steps=steps, guidance=1.0, aug_level=aug)
+        for steps, aug in zip(plan.sampling_steps[1:], plan.aug_levels)
+    ]
+    cascade = Cascade.from_paths(checkpoints, settings)
+    scenes = heldout_scenes(plan)
+    folders = sample_heldout(cascade, scenes, args.out, plan, console)
+    timings["sampling"] = time.perf_counter() - begun
+    step("4/5 evaluating alignment and FID / precision / recall")
+    begun = time.perf_counter()
+    evaluation = evaluate_demo(folders, data["reference"], scenes, console)
+    timings["evaluation"] = time.perf_counter() - begun
+    step("5/5 writing the report")
+    timings["total"] = time.perf_counter() - started
+    files = write_demo_report(args.out, plan=asdict(plan), settings=[s.as_dict() for s in settings],
+                              folders=folders, evaluation=evaluation, timings=timings, fast=args.fast)
+    console.print(f"[green]report: {files.html}[/green] (and {files.markdown})")
+    console.print(f"total {time.perf_counter() - started:.0f} s")
+    return 0

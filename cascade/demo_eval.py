@@ -1,0 +1,65 @@
+"""The demo's evaluation: caption alignment from the dataset's detector, and FID / precision /
+recall in the offline (random-weight Inception) feature space."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
+
+from eval.alignment import aggregate, score
+from eval.evaluate import evaluate_samples
+from eval.extractors import build_extractor
+from eval.features import reference_statistics
+
+ALIGNMENT_CHECKS = ("colour", "shape", "count", "exact", "relation")
+FEATURE_INPUT_SIZE = 128  # the random-weight extractor runs at the demo's final resolution
+
+
+def read_metadata(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines() if line.strip()]
+
+
+def alignment_of_folder(folder: Path, scenes: list[dict]) -> dict[str, float]:
+    """Detector accuracy of a sample folder against the scenes its captions came from."""
+    scores = [
+        score(np.asarray(Image.open(folder / entry["file"]).convert("RGB")), scenes[entry["condition_index"]])
+        for entry in read_metadata(folder)
+    ]
+    return aggregate(scores)
+
+
+def alignment_of_reference(reference_dir: Path, scenes: list[dict]) -> dict[str, float]:
+    """The detector on the real renders of the same captions: how far it can be trusted."""
+    return aggregate(
+        score(np.asarray(Image.open(reference_dir / f"{index:05d}.png").convert("RGB")), scene)
+        for index, scene in enumerate(scenes)
+    )
+
+
+def evaluate_demo(folders: dict[float, Path], reference_dir: Path, scenes: list[dict], console: Console) -> dict:
+    """{"alignment": {label: accuracies}, "metrics": [EvaluationResult], "extractor": name}."""
+    alignment = {"real renders": alignment_of_reference(reference_dir, scenes)}
+    for guidance, folder in folders.items():
+        alignment[f"guidance {guidance:g}"] = alignment_of_folder(folder, scenes)
+    extractor = build_extractor("random-inception", random_input_size=FEATURE_INPUT_SIZE, device="cpu")
+    reference, _ = reference_statistics(str(reference_dir), extractor, cache_dir=reference_dir.parent / "stats",
+                                        progress=False)
+    metrics = [
+        evaluate_samples(folder, reference, extractor, metrics=("fid", "pr"), setting={"guidance": guidance},
+                         recursive=False, progress=False)
+        for guidance, folder in folders.items()
+    ]
+    table = Table(title="Caption alignment on held-out captions (detector accuracy)")
+    for column in ("images", "n") + ALIGNMENT_CHECKS:
+        table.add_column(column)
+    for label, values in alignment.items():
+        table.add_row(label, f"{values['n']:.0f}", *[f"{values[c]:.2f}" for c in ALIGNMENT_CHECKS])
+    console.print(table)
+    for result in metrics:
+        console.print(f"{result.label}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.metrics.items()))
+    return {"alignment": alignment, "metrics": metrics, "extractor": extractor.name}

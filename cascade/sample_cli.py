@@ -1,0 +1,259 @@
+"""`cascade sample`: images for a prompt set or a class list, through the whole cascade, to disk.
+
+    cascade sample --stages base.ckpt sr1/ sr2/ --prompts drawbench --n-per-condition 4 \\
+        --out samples/ --guidance 5,3,1 --aug-level 0.1 --sweep guidance=1,3,5
+
+Per-stage settings take one value for every stage or a comma list with one per stage. Each
+`--sweep key=v1,v2` multiplies the settings; every combination goes to its own sub-folder
+(`guidance=3,aug_level=0.1/`). Rerunning the same command resumes: finished images are skipped.
+Under torchrun or srun the work is split by rank with no overlap and no gaps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from data.prompt_sets import read_prompt_set
+
+from .pipeline import Cascade, StageSettings
+from .sample_output import (
+    file_sha256,
+    is_done,
+    merge_metadata,
+    rank_and_world_size,
+    shard_for_rank,
+    work_items,
+    write_image,
+)
+
+SETTING_TYPES = {
+    "sampler": str,
+    "steps": int,
+    "guidance": float,
+    "dynamic_threshold": lambda text: None if text.lower() in ("off", "none") else float(text),
+    "aug_level": float,
+}
+
+
+def parse_per_stage(flag: str, text: str | None, num_stages: int) -> list | None:
+    """'3' -> [3, 3, 3]; '5,3,1' -> [5, 3, 1]; None -> None (keep the default)."""
+    if text is None:
+        return None
+    parse = SETTING_TYPES[flag]
+    try:
+        values = [parse(part.strip()) for part in text.split(",")]
+    except ValueError as error:
+        raise ValueError(f"--{flag.replace('_', '-')}: cannot read {text!r}: {error}") from None
+    if len(values) == 1:
+        return values * num_stages
+    if len(values) != num_stages:
+        raise ValueError(f"--{flag.replace('_', '-')}: give one value or {num_stages} (one per stage), got {text!r}")
+    return values
+
+
+def parse_sweeps(sweeps: list[str]) -> list[tuple[str, list]]:
+    """['guidance=1,3', 'aug_level=0,0.1'] -> [('guidance', [1.0, 3.0]), ('aug_level', [0.0, 0.1])]."""
+    parsed = []
+    for sweep in sweeps:
+        key, separator, values = sweep.partition("=")
+        key = key.strip().replace("-", "_")
+        if not separator or key not in SETTING_TYPES or not values:
+            raise ValueError(f"--sweep {sweep!r}: expected KEY=V1,V2,... with KEY one of {sorted(SETTING_TYPES)}")
+        try:
+            parsed.append((key, [SETTING_TYPES[key](value.strip()) for value in values.split(",")]))
+        except ValueError as error:
+            raise ValueError(f"--sweep {sweep!r}: {error}") from None
+    return parsed
+
+
+def stage_settings(args: argparse.Namespace, num_stages: int) -> list[StageSettings]:
+    defaults = [StageSettings() for _ in range(num_stages)]
+    for flag in SETTING_TYPES:
+        values = parse_per_stage(flag, getattr(args, flag), num_stages)
+        if values is not None:
+            defaults = [StageSettings(**{**s.as_dict(), flag: v}) for s, v in zip(defaults, values)]
+    return defaults
+
+
+def read_conditions(args: argparse.Namespace) -> list[tuple[str | int, str | None]]:
+    if args.prompts:
+        records = read_prompt_set(args.prompts)
+        conditions = [(record.prompt, record.category) for record in records]
+    else:
+        try:
+            conditions = [(int(value), None) for value in args.classes.split(",") if value.strip()]
+        except ValueError:
+            raise ValueError(f"--classes must be comma-separated integers, got {args.classes!r}") from None
+    if args.limit is not None:
+        conditions = conditions[: args.limit]
+    if not conditions:
+        raise ValueError("no conditions to sample: the prompt file or class list is empty")
+    return conditions
+
+
+@dataclass(frozen=True)
+class FolderJob:
+    """What to generate into one folder: every condition n_per_condition times."""
+
+    n_per_condition: int = 1
+    batch_size: int = 8
+    seed: int = 0
+    keep_intermediate: bool = False
+    progress: bool = True
+
+
+def sample_folder(cascade: Cascade, conditions, job: FolderJob, folder: Path, rank: int = 0, world_size: int = 1,
+                  console: Console | None = None) -> int:
+    """Generate this rank's missing images of one folder; returns how many it wrote."""
+    console = console or Console(stderr=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    items = shard_for_rank(work_items(conditions, job.n_per_condition), rank, world_size)
+    todo = [item for item in items if not is_done(folder, item)]
+    hashes = [_source_hash(source) for source in cascade.sources]
+    settings = [setting.as_dict() for setting in cascade.settings]
+    intermediate_dirs = []
+    if job.keep_intermediate:
+        for index, stage in enumerate(cascade.stages[:-1]):
+            intermediate_dirs.append(folder / "intermediate" / f"stage{index}_{stage.image_size}px")
+            intermediate_dirs[-1].mkdir(parents=True, exist_ok=True)
+    if len(todo) < len(items):
+        console.print(f"rank {rank}: {folder}: {len(items) - len(todo)} of {len(items)} images already done, resuming", markup=False)
+    text = cascade.conditioning == "text"
+    with _progress(console, job.progress) as progress:
+        task = progress.add_task(f"rank {rank}: {folder.name}", total=len(todo))
+        for start in range(0, len(todo), job.batch_size):
+            batch = todo[start : start + job.batch_size]
+            seeds = [item.seed(job.seed) for item in batch]
+            conditions_batch = [item.condition for item in batch]
+            outputs = cascade.generate(
+                seeds,
+                prompts=conditions_batch if text else None,
+                class_labels=None if text else conditions_batch,
+                keep_intermediate=job.keep_intermediate,
+            )
+            for row, (item, seed) in enumerate(zip(batch, seeds)):
+                for directory, images in zip(intermediate_dirs, outputs[:-1]):
+                    write_image(directory, item.name, images[row], {"file": f"{item.name}.png", "seed": seed})
+                metadata = {
+                    "file": f"{item.name}.png",
+                    "condition_index": item.condition_index,
+                    "index": item.sample_index,
+                    "seed": seed,
+                    ("prompt" if text else "class_label"): item.condition,
+                    "category": item.category,
+                    "stages": [
+                        {"source": source, "sha256": digest, "image_size": stage.image_size, **setting}
+                        for source, digest, stage, setting in zip(cascade.sources, hashes, cascade.stages, settings)
+                    ],
+                }
+                write_image(folder, item.name, outputs[-1][row], metadata)
+            progress.advance(task, len(batch))
+    return len(todo)
+
+
+def _source_hash(source: str) -> str | None:
+    """sha256 of a checkpoint file, or of an export's weights file."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    return file_sha256(path) if path.is_file() else None
+
+
+def _progress(console: Console, enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, disable=not enabled,
+    )
+
+
+def _barrier_if_distributed(world_size: int) -> None:
+    """Wait for every rank (gloo over MASTER_ADDR / MASTER_PORT) before metadata is merged."""
+    if world_size == 1:
+        return
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        rank, world = rank_and_world_size()
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29517")
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.barrier()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cascade sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stages", nargs="+", required=True, help="base then SR stages: .ckpt files or export directories")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--prompts", help="prompt file (txt, CSV with a prompt column, TSV) or a shipped set: drawbench, partiprompts")
+    which.add_argument("--classes", help="comma-separated class ids")
+    parser.add_argument("--n-per-condition", type=int, default=1, help="images per prompt or class")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0, help="base seed; each image's seed derives from it, its condition and its index")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N conditions")
+    for flag, help_ in (
+        ("sampler", "ddpm, ddim or dpmpp_2m"),
+        ("steps", "denoising steps"),
+        ("guidance", "classifier-free guidance scale (1 = plain conditional)"),
+        ("dynamic-threshold", "dynamic-thresholding percentile, or 'off' for static clipping"),
+        ("aug-level", "SR stages: noise-augmentation level s in [0, 1] of the low-res input"),
+    ):
+        parser.add_argument(f"--{flag}", default=None, help=f"{help_}: one value, or one per stage (comma list)")
+    parser.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2", help="one sub-folder per value (repeatable: cross product)")
+    parser.add_argument("--keep-intermediate", action="store_true", help="also save every stage's lower-resolution output")
+    parser.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK (or SLURM_LOCALID) when CUDA is available, else cpu")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=True)
+    try:
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        rank, world_size = rank_and_world_size()
+        conditions = read_conditions(args)
+        settings = stage_settings(args, len(args.stages))
+        sweeps = parse_sweeps(args.sweep)
+        for path in args.stages:
+            if not Path(path).exists():
+                raise FileNotFoundError(f"--stages: {path} does not exist")
+    except (ValueError, FileNotFoundError) as error:
+        console.print(f"[red]cascade sample: {error}[/red]")
+        return 2
+    local_rank = os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))
+    device = args.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    cascade = Cascade.from_paths(args.stages, settings, device=device)
+    job = FolderJob(args.n_per_condition, args.batch_size, args.seed, args.keep_intermediate, not args.no_progress)
+    started = time.perf_counter()
+    folders = []
+    for combination in itertools.product(*[[(key, value) for value in values] for key, values in sweeps]):
+        variant = cascade
+        for key, value in combination:
+            variant = variant.updated(None, **{key: value})
+        folder = args.out / ",".join(f"{key}={value}" for key, value in combination) if combination else args.out
+        written = sample_folder(variant, conditions, job, folder, rank, world_size, console)
+        console.print(f"rank {rank}: {folder}: wrote {written} images", markup=False)
+        folders.append(folder)
+    _barrier_if_distributed(world_size)
+    if rank == 0:
+        for folder in folders:
+            count = merge_metadata(folder)
+            console.print(f"{folder}/metadata.jsonl: {count} images")
+    console.print(f"rank {rank}: done in {time.perf_counter() - started:.1f} s", markup=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

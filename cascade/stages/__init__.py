@@ -1,0 +1,40 @@
+"""Lightning stages of the cascade: the shared `DiffusionStage`, `BaseStage` and `SuperResStage`,
+their callbacks (`EMA`, `SampleGrid`, `TrainingSpeed`), and loading trained stages for inference.
+
+    from cascade.stages import load_stage
+    base = load_stage("runs/base/export")              # an export directory or a .ckpt file
+    condition = base.make_condition(prompts=["a red circle"])
+    images = base.generate(condition, guidance_scale=3.0)
+"""
+
+from .base_stage import BaseStage
+from .callbacks import SampleGrid, TrainingSpeed
+from .conditioning import Condition, TextEncoderConfig
+from .config import SamplingConfig, ScheduleConfig, StageConfigError, ValidationConfig
+from .diffusion_stage import DiffusionStage, NonFiniteLossError
+from .ema import EMA
+from .export import export_stage, load_checkpoint, load_exported, load_stage
+from .optim import OptimizerConfig
+from .super_res import BlurConfig, SuperResStage
+
+__all__ = [
+    "EMA",
+    "BaseStage",
+    "BlurConfig",
+    "Condition",
+    "DiffusionStage",
+    "NonFiniteLossError",
+    "OptimizerConfig",
+    "SampleGrid",
+    "SamplingConfig",
+    "ScheduleConfig",
+    "StageConfigError",
+    "SuperResStage",
+    "TextEncoderConfig",
+    "TrainingSpeed",
+    "ValidationConfig",
+    "export_stage",
+    "load_checkpoint",
+    "load_exported",
+    "load_stage",
+]

@@ -1,0 +1,205 @@
+"""Training callbacks: sample grids from fixed seeds and conditions, training speed."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_only
+from torchvision.utils import make_grid, save_image
+
+from .conditioning import Condition
+from .diffusion_stage import DiffusionStage
+from .ema import EMA
+from .super_res import SuperResStage
+
+
+class SampleGrid(pl.Callback):
+    """Every `every_n_steps` optimiser steps (and when training ends), sample a grid with the EMA
+    weights (the live weights when there is no `EMA` callback), from fixed seeds and conditions.
+
+    Conditions: `prompts` (text stages) or `class_labels` (class stages); left empty, they are
+    taken from the first validation batch. SR stages always take their low-res inputs from the
+    first validation batch, and the grid shows three rows: low-res input | sample | target.
+    The grid goes to TensorBoard (`samples`) and to <run dir>/samples/step_NNNNNNN.png.
+
+    Args:
+        every_n_steps: how often (0: only at the end of training).
+        num_samples: images per grid.
+        prompts / class_labels: fixed conditions (cycled to num_samples).
+        guidance_scale / steps / sampler / aug_level: sampling settings (None: the stage's).
+        seed: seed of the starting noise.
+        scale: nearest-neighbour magnification of the saved grid (tiny images are hard to see).
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 1000,
+        num_samples: int = 8,
+        prompts: list[str] | None = None,
+        class_labels: list[int] | None = None,
+        guidance_scale: float | None = None,
+        steps: int | None = None,
+        sampler: str | None = None,
+        aug_level: float | None = None,
+        seed: int = 0,
+        scale: int = 1,
+    ):
+        if every_n_steps < 0 or num_samples < 1 or scale < 1:
+            raise ValueError("SampleGrid needs every_n_steps >= 0, num_samples >= 1 and scale >= 1")
+        self.every_n_steps = every_n_steps
+        self.num_samples = num_samples
+        self.prompts = list(prompts) if prompts else None
+        self.class_labels = list(class_labels) if class_labels else None
+        self.guidance_scale = guidance_scale
+        self.steps = steps
+        self.sampler = sampler
+        self.aug_level = aug_level
+        self.seed = seed
+        self.scale = scale
+        self._reference: dict[str, Any] | None = None
+        self._last_step = -1
+
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self._reference is None and batch_idx == 0 and dataloader_idx == 0:
+            self._reference = _first_rows(batch, self.num_samples)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_step:
+            self._write_grid(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step != self._last_step:
+            self._write_grid(trainer, pl_module)
+
+    @rank_zero_only
+    def _write_grid(self, trainer: pl.Trainer, pl_module: DiffusionStage) -> None:
+        self._last_step = trainer.global_step
+        stage = _ema_copy(trainer) or pl_module
+        rows = self._grid_rows(stage)
+        if rows is None:
+            return
+        grid = make_grid(torch.cat(rows).float().cpu().add(1).div(2).clamp(0, 1), nrow=rows[0].shape[0], padding=1)
+        if self.scale > 1:
+            grid = F.interpolate(grid[None], scale_factor=self.scale, mode="nearest")[0]
+        path = Path(trainer.default_root_dir) / "samples" / f"step_{trainer.global_step:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(grid, path)
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_image"):
+                experiment.add_image("samples", grid, global_step=trainer.global_step)
+
+    def _grid_rows(self, stage: DiffusionStage) -> list[torch.Tensor] | None:
+        reference = self._reference
+        lowres = None
+        if isinstance(stage, SuperResStage):
+            if reference is None or "lowres" not in reference:
+                return None
+            lowres = reference["lowres"].to(stage.device)
+        count = self.num_samples if lowres is None else lowres.shape[0]
+        condition = self._condition(stage, reference, count)
+        if condition is None:
+            return None
+        generator = torch.Generator(device=stage.device).manual_seed(self.seed)
+        samples = stage.generate(
+            condition,
+            num_samples=count,
+            guidance_scale=self.guidance_scale,
+            lowres=lowres,
+            aug_level=self.aug_level,
+            sampler=self.sampler,
+            steps=self.steps,
+            generator=generator,
+        )
+        if lowres is None:
+            return [samples]
+        shown_lowres = F.interpolate(lowres.float(), size=samples.shape[-2:], mode="nearest")
+        return [shown_lowres, samples, reference["image"].to(samples.device, samples.dtype)]
+
+    def _condition(self, stage: DiffusionStage, reference: dict[str, Any] | None, count: int) -> Condition | None:
+        if stage.conditioning == "none":
+            return Condition()
+        if stage.conditioning == "class":
+            labels = self.class_labels or (reference or {}).get("class_label")
+            if labels is None:
+                return None
+            return stage.make_condition(class_labels=_cycle(list(labels), count))
+        if self.prompts:
+            return stage.make_condition(prompts=_cycle(self.prompts, count))
+        if reference is None:
+            return None
+        if "text_tokens" in reference:
+            return stage.make_condition(text_tokens=reference["text_tokens"], text_mask=reference.get("text_mask"))
+        return stage.make_condition(prompts=reference["caption"])
+
+
+def _ema_copy(trainer: pl.Trainer) -> DiffusionStage | None:
+    for callback in trainer.callbacks:
+        if isinstance(callback, EMA):
+            return callback.averaged_module()
+    return None
+
+
+def _cycle(values: list, length: int) -> list:
+    return [values[i % len(values)] for i in range(length)]
+
+
+def _first_rows(batch: dict, count: int) -> dict[str, Any]:
+    """The first `count` rows of every field of a batch, tensors detached on the CPU."""
+    rows = {}
+    for key, value in batch.items():
+        if torch.is_tensor(value):
+            rows[key] = value[:count].detach().cpu()
+        elif isinstance(value, (list, tuple)):
+            rows[key] = list(value[:count])
+    return rows
+
+
+class TrainingSpeed(pl.Callback):
+    """Logs `speed/steps_per_sec` and `speed/samples_per_sec` (this rank's batches) after every
+    step, averaged over the last `window` steps, data loading included. The window empties at
+    each validation, so the figure is the training loop alone.
+    """
+
+    def __init__(self, window: int = 20):
+        if window < 1:
+            raise ValueError(f"TrainingSpeed window must be >= 1, got {window}")
+        self.window = window
+        self._ends: deque[tuple[float, int]] = deque(maxlen=window + 1)  # (time, batch size) per step
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._ends.clear()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._ends.clear()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        size = len(batch["image"]) if isinstance(batch, dict) and "image" in batch else 0
+        self._ends.append((time.perf_counter(), size))
+        if len(self._ends) < 2:
+            return
+        elapsed = self._ends[-1][0] - self._ends[0][0]
+        steps = len(self._ends) - 1
+        pl_module.log("speed/steps_per_sec", steps / elapsed)
+        if size:
+            samples = sum(batch_size for _, batch_size in list(self._ends)[1:])
+            pl_module.log("speed/samples_per_sec", samples / elapsed)

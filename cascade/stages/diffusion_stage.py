@@ -1,0 +1,466 @@
+"""`DiffusionStage`: the Lightning module shared by every stage of the cascade.
+
+One UNet, one noise schedule, one prediction target. Training: t ~ U(0, 1) per sample,
+x_t = alpha_t x0 + sigma_t eps, weighted MSE on the target (eps | v | x0; uniform or
+min-SNR-gamma weighting, Hang et al. 2023), with classifier-free-guidance dropout of the condition
+(Ho & Salimans 2022). Validation: the loss in equal t-buckets at fixed seeds. Sampling:
+`make_denoiser` gives one guided denoising function (conditional and null rows in one batched
+forward pass, optional dynamic thresholding of Saharia et al. 2022) and `generate` runs a
+`cascade.diffusion` sampler with it.
+
+`BaseStage` and `SuperResStage` add only what differs (image sizes, the low-res input and its
+noise-conditioning augmentation).
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities.parsing import collect_init_args
+
+from cascade.diffusion import (
+    SAMPLERS,
+    TARGETS,
+    WEIGHTINGS,
+    NoiseSchedule,
+    cfg_combine,
+    diffusion_loss,
+    dynamic_threshold as apply_dynamic_threshold,
+    predicted_x0,
+    q_sample,
+    sample,
+    static_threshold,
+)
+from cascade.diffusion.samplers import Generators
+from cascade.nn import UNet, UNetConfig
+
+from .conditioning import CONDITIONINGS, Condition, FrozenTextEncoder, TextEncoderConfig, cfg_dropout_mask
+from .config import (
+    SamplingConfig,
+    ScheduleConfig,
+    StageConfigError,
+    ValidationConfig,
+    as_dataclass,
+    to_plain,
+)
+from .optim import OptimizerConfig, build_adamw, build_lr_scheduler, check_optimizer_config
+
+NOISE_CONDS = ("t1000", "log_snr")
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def collect_stage_init_args(frame) -> dict[str, Any]:
+    """The arguments of every `__init__` in the chain that reached `frame` (leaf class wins)."""
+    init_args: dict[str, Any] = {}
+    for frame_args in collect_init_args(frame, [], classes=(DiffusionStage,)):
+        init_args.update(frame_args)
+    return init_args
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped after too many consecutive steps with a NaN/inf loss or gradient."""
+
+
+class DiffusionStage(pl.LightningModule):
+    """A diffusion model over images in [-1, 1] (one stage of the cascade).
+
+    Args:
+        unet: the `cascade.nn.UNetConfig` of the denoiser.
+        image_size: side of the generated images (SR: of the full-size output).
+
+    The constructor arguments are saved as plain hyper-parameters (`stage_config()`), so a
+    checkpoint or an export rebuilds the stage without pickled objects.
+        schedule: the noise schedule (`ScheduleConfig`: name and parameters).
+        target: what the UNet predicts: "eps", "v" (Salimans & Ho 2022) or "x0".
+        loss_weighting: "uniform" or "min_snr" (Hang et al. 2023) with `min_snr_gamma`.
+        noise_cond: what the UNet receives as its noise level: "t1000" (1000 t, as ADM) or
+            "log_snr" (lambda(t), Kingma et al. 2021). The SR augmentation level uses the same.
+        conditioning: "class", "text" or "none".
+        text_encoder: the frozen encoder of a text-conditional stage (`TextEncoderConfig`).
+        p_uncond: probability that a training row's condition is replaced by the null condition.
+        optimizer: AdamW and learning-rate schedule (`OptimizerConfig`).
+        validation: t-bucketed validation loss (`ValidationConfig`).
+        sampling: defaults of `generate` and of the logged sample grids (`SamplingConfig`).
+        max_consecutive_nonfinite: stop training (with a checkpoint) after this many optimiser
+            steps in a row whose loss or gradient is NaN/inf; such steps are skipped.
+    """
+
+    def __init__(
+        self,
+        unet: UNetConfig,
+        image_size: int = 64,
+        schedule: ScheduleConfig = ScheduleConfig(),
+        target: str = "v",
+        loss_weighting: str = "uniform",
+        min_snr_gamma: float = 5.0,
+        noise_cond: str = "t1000",
+        conditioning: str = "class",
+        text_encoder: TextEncoderConfig | None = None,
+        p_uncond: float = 0.1,
+        optimizer: OptimizerConfig = OptimizerConfig(),
+        validation: ValidationConfig = ValidationConfig(),
+        sampling: SamplingConfig = SamplingConfig(),
+        max_consecutive_nonfinite: int = 5,
+    ):
+        super().__init__()
+        # Not sent to the loggers: the saved config.yaml has them, and names may clash with the data's.
+        self.save_hyperparameters(to_plain(collect_stage_init_args(inspect.currentframe())), logger=False)
+        unet = as_dataclass(unet, UNetConfig, "unet")
+        self.schedule_config = as_dataclass(schedule, ScheduleConfig, "schedule")
+        self.optimizer_config = as_dataclass(optimizer, OptimizerConfig, "optimizer")
+        self.validation_config = as_dataclass(validation, ValidationConfig, "validation")
+        self.sampling_config = as_dataclass(sampling, SamplingConfig, "sampling")
+        text_encoder = None if text_encoder is None else as_dataclass(text_encoder, TextEncoderConfig, "text_encoder")
+        self.image_size = image_size
+        self.target = target
+        self.loss_weighting = loss_weighting
+        self.min_snr_gamma = min_snr_gamma
+        self.noise_cond = noise_cond
+        self.conditioning = conditioning
+        self.p_uncond = p_uncond
+        self.max_consecutive_nonfinite = max_consecutive_nonfinite
+        self._check_settings(unet, text_encoder)
+        self.schedule = NoiseSchedule.from_config(self.schedule_config.name, **self.schedule_config.params)
+        self.unet = UNet(unet)
+        self._text = FrozenTextEncoder(text_encoder) if text_encoder is not None else None
+        self.nonfinite_steps_total = 0
+        self.nonfinite_steps_in_a_row = 0
+
+    # ------------------------------------------------------------------ configuration
+    def _check_settings(self, unet: UNetConfig, text_encoder: TextEncoderConfig | None) -> None:
+        problems = []
+        if self.image_size < 1:
+            problems.append(("image_size", f"must be >= 1, got {self.image_size}"))
+        if self.target not in TARGETS:
+            problems.append(("target", f"must be one of {TARGETS}, got {self.target!r}"))
+        if self.loss_weighting not in WEIGHTINGS:
+            problems.append(("loss_weighting", f"must be one of {WEIGHTINGS}, got {self.loss_weighting!r}"))
+        if self.loss_weighting == "min_snr" and not self.min_snr_gamma > 0:
+            problems.append(("min_snr_gamma", f"must be > 0, got {self.min_snr_gamma}"))
+        if self.noise_cond not in NOISE_CONDS:
+            problems.append(("noise_cond", f"must be one of {NOISE_CONDS}, got {self.noise_cond!r}"))
+        if self.conditioning not in CONDITIONINGS:
+            problems.append(("conditioning", f"must be one of {CONDITIONINGS}, got {self.conditioning!r}"))
+        if self.conditioning == "class" and unet.num_classes <= 0:
+            problems.append(("unet.num_classes", "must be > 0 for conditioning: class"))
+        if self.conditioning == "text":
+            if unet.text_dim <= 0:
+                problems.append(("unet.text_dim", "must be > 0 for conditioning: text"))
+            if text_encoder is None:
+                problems.append(("text_encoder", "is required for conditioning: text"))
+        if not 0.0 <= self.p_uncond <= 1.0:
+            problems.append(("p_uncond", f"must be in [0, 1], got {self.p_uncond}"))
+        if self.max_consecutive_nonfinite < 1:
+            problems.append(("max_consecutive_nonfinite", f"must be >= 1, got {self.max_consecutive_nonfinite}"))
+        try:
+            NoiseSchedule.from_config(self.schedule_config.name, **self.schedule_config.params)
+        except (TypeError, ValueError) as error:
+            problems.append(("schedule", str(error)))
+        if self.validation_config.num_t_buckets < 1:
+            problems.append(("validation.num_t_buckets", "must be >= 1"))
+        if self.sampling_config.sampler not in SAMPLERS:
+            problems.append(("sampling.sampler", f"must be one of {SAMPLERS}, got {self.sampling_config.sampler!r}"))
+        if self.sampling_config.steps < 1:
+            problems.append(("sampling.steps", "must be >= 1"))
+        if self.sampling_config.guidance_scale < 0:
+            problems.append(("sampling.guidance_scale", "must be >= 0"))
+        threshold = self.sampling_config.dynamic_threshold
+        if threshold is not None and not 0.0 < threshold <= 1.0:
+            problems.append(("sampling.dynamic_threshold", f"must be a percentile in (0, 1] or null, got {threshold}"))
+        problems += check_optimizer_config(self.optimizer_config)
+        if problems:
+            raise StageConfigError(problems)
+
+    def stage_config(self) -> dict[str, Any]:
+        """{"class_path", "init_args"}: everything needed to rebuild this stage, as plain data."""
+        cls = type(self)
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": to_plain(dict(self.hparams))}
+
+    # ------------------------------------------------------------------ conditions
+    @property
+    def text_encoder(self) -> FrozenTextEncoder | None:
+        """The frozen text encoder (None unless conditioning is "text"); not part of state_dict."""
+        return self._text
+
+    def make_condition(
+        self,
+        class_labels: torch.Tensor | list[int] | None = None,
+        prompts: list[str] | None = None,
+        text_tokens: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+    ) -> Condition:
+        """The `Condition` for this stage from class ids, prompts (encoded with the stage's text
+        encoder) or precomputed text encodings. Unconditional stages take nothing."""
+        if self.conditioning == "none":
+            return Condition()
+        if self.conditioning == "class":
+            if class_labels is None:
+                raise ValueError("this stage is class-conditional: pass class_labels")
+            return Condition(class_labels=torch.as_tensor(class_labels, dtype=torch.long, device=self.device))
+        if text_tokens is None:
+            if prompts is None:
+                raise ValueError("this stage is text-conditional: pass prompts or text_tokens")
+            text_tokens, text_mask = self._text.encode(list(prompts), self.device)
+        text_mask = None if text_mask is None else text_mask.to(self.device)
+        return Condition(text_tokens=text_tokens.to(self.device), text_mask=text_mask)
+
+    def condition_from_batch(self, batch: dict) -> Condition:
+        """The batch's condition: `class_label`, precomputed `text_tokens`/`text_mask`, or `caption`."""
+        if self.conditioning == "class":
+            if "class_label" not in batch:
+                raise KeyError("conditioning is 'class' but the batch has no 'class_label' (shards without 'cls')")
+            return self.make_condition(class_labels=batch["class_label"])
+        if self.conditioning == "text":
+            if "text_tokens" in batch:
+                return self.make_condition(text_tokens=batch["text_tokens"], text_mask=batch.get("text_mask"))
+            if "caption" not in batch:
+                raise KeyError("conditioning is 'text' but the batch has neither 'text_tokens' nor 'caption'")
+            return self.make_condition(prompts=batch["caption"])
+        return Condition()
+
+    # ------------------------------------------------------------------ the network call
+    def noise_cond_input(self, t: torch.Tensor) -> torch.Tensor:
+        """The UNet's noise-level input for times t (B,): 1000 t or lambda(t)."""
+        if self.noise_cond == "log_snr":
+            return self.schedule.log_snr_unchecked(t)
+        return 1000.0 * t
+
+    def image_inputs(self, batch: dict, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        """Extra UNet inputs derived from a training/validation batch (SR: lowres, aug_cond)."""
+        return {}
+
+    def sampling_inputs(
+        self, lowres: torch.Tensor | None, aug_level: float | None, generator: Generators = None
+    ) -> dict[str, torch.Tensor]:
+        """Extra UNet inputs at sampling time (SR: the upsampled low-res image noised to aug_level)."""
+        if lowres is not None:
+            raise ValueError(f"{type(self).__name__} takes no low-res input")
+        return {}
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, condition: Condition, **image_inputs) -> torch.Tensor:
+        """The raw network output (eps, v or x0 according to `target`) at times t (B,)."""
+        return self.unet(x_t, self.noise_cond_input(t), **condition.unet_kwargs(), **image_inputs)
+
+    # ------------------------------------------------------------------ training
+    def per_sample_loss(
+        self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, condition: Condition, image_inputs: dict
+    ) -> torch.Tensor:
+        """The weighted denoising loss (B,) of x0 noised to t with `noise`."""
+        x_t = q_sample(x0, t, self.schedule, noise)
+        prediction = self(x_t, t, condition, **image_inputs)
+        return diffusion_loss(
+            prediction, x0, noise, t, self.schedule, self.target, self.loss_weighting, self.min_snr_gamma
+        )
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        x0 = batch["image"]
+        batch_size = x0.shape[0]
+        condition = self.condition_from_batch(batch)
+        if not condition.is_empty:
+            condition = condition.with_null(cfg_dropout_mask(batch_size, self.p_uncond, x0.device))
+        image_inputs = self.image_inputs(batch, generator=None)
+        t = torch.rand(batch_size, device=x0.device)
+        noise = torch.randn_like(x0)
+        loss = self.per_sample_loss(x0, t, noise, condition, image_inputs).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        if "skipped" in batch:
+            self.log("data/skipped", batch["skipped"].max().float(), reduce_fx="max", batch_size=batch_size)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip the update when the loss or a gradient is NaN/inf.
+
+        Gradients are already all-reduced here, so under DDP every rank sees the same norm and
+        takes the same decision. A skipped step clears the gradients: AdamW then leaves every
+        parameter and its moments untouched (the step counter and LR schedule still advance).
+        """
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:
+            return
+        grad_norm = torch.nn.utils.get_total_norm(grads)
+        if bool(torch.isfinite(grad_norm)):
+            self.nonfinite_steps_in_a_row = 0
+            self.log("train/grad_norm", grad_norm)
+        else:
+            for parameter in self.parameters():
+                parameter.grad = None
+            self.nonfinite_steps_total += 1
+            self.nonfinite_steps_in_a_row += 1
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps_total))
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.nonfinite_steps_in_a_row < self.max_consecutive_nonfinite:
+            return
+        path = Path(self._checkpoint_dir()) / "nonfinite-stop.ckpt"
+        self.trainer.save_checkpoint(path)
+        raise NonFiniteLossError(
+            f"{self.nonfinite_steps_in_a_row} consecutive optimiser steps had a NaN/inf loss or gradient "
+            f"(step {self.global_step}, {self.nonfinite_steps_total} in total); stopped training. "
+            f"The last good weights are saved in {path}. Lower the learning rate, check the data, "
+            f"or raise model.init_args.max_consecutive_nonfinite."
+        )
+
+    def _checkpoint_dir(self) -> str:
+        callback = self.trainer.checkpoint_callback
+        if callback is not None and getattr(callback, "dirpath", None):
+            return callback.dirpath
+        return self.trainer.default_root_dir
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["cascade_stage"] = self.stage_config()
+        checkpoint["cascade_nonfinite"] = {
+            "total": self.nonfinite_steps_total,
+            "in_a_row": self.nonfinite_steps_in_a_row,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        counts = checkpoint.get("cascade_nonfinite", {})
+        self.nonfinite_steps_total = int(counts.get("total", 0))
+        self.nonfinite_steps_in_a_row = int(counts.get("in_a_row", 0))
+
+    def configure_optimizers(self):
+        config = self.optimizer_config
+        total_steps = config.total_steps
+        if total_steps is None and self.trainer.max_steps > 0:
+            total_steps = self.trainer.max_steps
+        optimizer = build_adamw(list(self.unet.named_parameters()), config, fused=self.device.type == "cuda")
+        scheduler = build_lr_scheduler(optimizer, config, total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ validation
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """The loss of every image at one t in each of `num_t_buckets` equal slices of [0, 1].
+
+        t, the noise (and the SR augmentation) come from a CPU generator seeded by
+        (validation.seed, batch index, bucket), so runs on the same data are comparable.
+        """
+        x0 = batch["image"]
+        batch_size = x0.shape[0]
+        condition = self.condition_from_batch(batch)
+        buckets = self.validation_config.num_t_buckets
+        losses = []
+        for bucket in range(buckets):
+            generator = torch.Generator().manual_seed(
+                self.validation_config.seed * 1_000_003 + batch_idx * buckets + bucket
+            )
+            t = (bucket + torch.rand(batch_size, generator=generator)) / buckets
+            noise = torch.randn(x0.shape, generator=generator)
+            image_inputs = self.image_inputs(batch, generator=generator)
+            loss = self.per_sample_loss(
+                x0, t.to(x0.device), noise.to(x0.device, x0.dtype), condition, image_inputs
+            ).mean()
+            losses.append(loss)
+            low, high = bucket / buckets, (bucket + 1) / buckets
+            self.log(f"val/loss_t{low:.1f}-{high:.1f}", loss, sync_dist=True, batch_size=batch_size)
+        self.log("val/loss", torch.stack(losses).mean(), prog_bar=True, sync_dist=True, batch_size=batch_size)
+
+    # ------------------------------------------------------------------ sampling
+    def make_denoiser(
+        self,
+        condition: Condition,
+        guidance_scale: float = 1.0,
+        lowres: torch.Tensor | None = None,
+        aug_level: float | None = None,
+        dynamic_threshold: float | None = None,
+        generator: Generators = None,
+    ) -> Denoiser:
+        """One guided denoising function `denoise(x_t, t) -> x0_hat` for the samplers.
+
+        Classifier-free guidance (Ho & Salimans 2022): x0 = uncond + scale (cond - uncond), with
+        the conditional and the null rows in ONE forward pass of 2B rows; scale 1 runs only the
+        conditional rows, scale 0 only the null rows. x0_hat is then clipped to [-1, 1] (static
+        thresholding) or, with a `dynamic_threshold` percentile, dynamically thresholded
+        (Saharia et al. 2022, sec. 2.3). SR stages take `lowres` (B,3,h,w) at its own size and
+        the augmentation level `aug_level` in [0, 1] it is noised to (Ho et al. 2022, CDM;
+        None = the stage's `aug_level` setting), with noise from `generator` (one, or one per row).
+        The returned function uses the stage's current weights (the EMA weights when the stage
+        was loaded from a checkpoint or an export) and runs without gradients.
+        """
+        image_inputs = self.sampling_inputs(lowres, aug_level, generator)
+        guided = not condition.is_empty and guidance_scale != 1.0
+        if guided and guidance_scale == 0.0:
+            condition = condition.with_null(torch.ones(condition.batch_size, dtype=torch.bool, device=self.device))
+            guided = False
+        if guided:
+            doubled_condition = condition.with_null_rows()
+            doubled_inputs = {name: torch.cat([value, value]) for name, value in image_inputs.items()}
+
+        @torch.no_grad()
+        def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if guided:
+                x_in, t_in = torch.cat([x_t, x_t]), torch.cat([t, t])
+                out = self(x_in, t_in, doubled_condition, **doubled_inputs)
+                x0_both = predicted_x0(out.float(), x_in.float(), t_in, self.schedule, self.target)
+                cond_x0, uncond_x0 = x0_both.chunk(2)
+                x0 = cfg_combine(cond_x0, uncond_x0, guidance_scale)
+            else:
+                out = self(x_t, t, condition, **image_inputs)
+                x0 = predicted_x0(out.float(), x_t.float(), t, self.schedule, self.target)
+            if dynamic_threshold is not None:
+                return apply_dynamic_threshold(x0, dynamic_threshold)
+            return static_threshold(x0)
+
+        return denoise
+
+    def output_shape(self, batch_size: int, lowres: torch.Tensor | None) -> tuple[int, int, int, int]:
+        """(B, C, H, W) of generated images: `image_size` square (SR stages: lowres size x factor)."""
+        return (batch_size, self.unet.config.out_channels, self.image_size, self.image_size)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        condition: Condition | None = None,
+        num_samples: int | None = None,
+        guidance_scale: float | None = None,
+        lowres: torch.Tensor | None = None,
+        aug_level: float | None = None,
+        dynamic_threshold: float | None = None,
+        sampler: str | None = None,
+        steps: int | None = None,
+        generator: Generators = None,
+        x_T: torch.Tensor | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Sample images (clamped to [-1, 1]) with the stage's current weights (see `make_denoiser`).
+
+        The batch size comes from `condition` (or `lowres`, or `num_samples` for an unconditional
+        base). None settings take the stage's `sampling` defaults. `generator` (on this stage's
+        device; or a list of one generator per row, so each image depends only on its own seed)
+        seeds the starting noise, any sampler noise and the SR augmentation noise.
+        """
+        condition = condition if condition is not None else Condition()
+        settings = self.sampling_config
+        batch_size = condition.batch_size or (lowres.shape[0] if lowres is not None else num_samples)
+        if batch_size is None:
+            raise ValueError("generate needs a condition, a lowres batch or num_samples")
+        if dynamic_threshold is None:
+            dynamic_threshold = settings.dynamic_threshold
+        denoise = self.make_denoiser(
+            condition.to(self.device),
+            guidance_scale=settings.guidance_scale if guidance_scale is None else guidance_scale,
+            lowres=None if lowres is None else lowres.to(self.device),
+            aug_level=aug_level,
+            dynamic_threshold=dynamic_threshold,
+            generator=generator,
+        )
+        was_training = self.training
+        self.eval()
+        try:
+            images = sample(
+                denoise,
+                self.schedule,
+                self.output_shape(batch_size, lowres),
+                sampler=sampler or settings.sampler,
+                steps=steps or settings.steps,
+                generator=generator,
+                x_T=x_T,
+                progress=progress,
+                device=self.device,
+            )
+        finally:
+            self.train(was_training)
+        return images.clamp(-1.0, 1.0)

@@ -1,0 +1,132 @@
+"""Export a trained stage for inference and load it back, without pickle.
+
+An export directory holds:
+
+- `model.safetensors`: the UNet weights (the EMA weights when the run used the `EMA` callback);
+- `config.yaml`: the stage's class and constructor arguments (`stage_config()`), plus where
+  the weights came from.
+
+`load_exported(dir)` rebuilds the stage from these two files only (safetensors + safe YAML).
+`load_checkpoint(path)` reads a Lightning `.ckpt` a user made with `torch.load(weights_only=True)`.
+`load_stage(path)` takes either. The frozen text encoder is not part of either format: the
+stage loads it from its own location on first use (`TextEncoderConfig`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from .diffusion_stage import DiffusionStage
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.yaml"
+FORMAT_VERSION = 1
+
+
+def resolve_stage_class(class_path: str) -> type[DiffusionStage]:
+    """The stage class named by `class_path`; only `DiffusionStage` subclasses in `cascade.` modules."""
+    module_name, _, class_name = class_path.rpartition(".")
+    if not module_name.startswith("cascade."):
+        raise ValueError(f"refusing to import stage class {class_path!r}: only cascade.* stages can be loaded")
+    cls = getattr(importlib.import_module(module_name), class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, DiffusionStage)):
+        raise ValueError(f"{class_path!r} is not a DiffusionStage subclass")
+    return cls
+
+
+def build_stage(stage_config: dict[str, Any]) -> DiffusionStage:
+    """A freshly initialised stage from {"class_path", "init_args"}."""
+    cls = resolve_stage_class(stage_config["class_path"])
+    return cls(**stage_config["init_args"])
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint written by a cascade stage, loaded with weights_only=True."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if "cascade_stage" not in checkpoint:
+        raise ValueError(f"{path} was not written by a cascade stage (no 'cascade_stage' entry)")
+    return checkpoint
+
+
+def export_stage(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
+    """Write `model.safetensors` (UNet weights; EMA when trained with it) and `config.yaml`."""
+    checkpoint = read_checkpoint(checkpoint_path)
+    unet_state = {
+        name[len("unet.") :]: tensor
+        for name, tensor in checkpoint["state_dict"].items()
+        if name.startswith("unet.")
+    }
+    provenance = {
+        "ema_weights": "current_model_state" in checkpoint,
+        "global_step": int(checkpoint.get("global_step", 0)),
+        "source_checkpoint": str(Path(checkpoint_path).resolve()),
+    }
+    return write_export(unet_state, checkpoint["cascade_stage"], out_dir, provenance)
+
+
+def write_export(unet_state: dict[str, torch.Tensor], stage_config: dict[str, Any], out_dir: str | Path,
+                 provenance: dict[str, Any] | None = None) -> Path:
+    """The export directory of a stage: its UNet weights and {"class_path", "init_args"} config."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {name: tensor.contiguous() for name, tensor in unet_state.items()}
+    save_file(weights, str(out / WEIGHTS_FILE), metadata={"format": "cascade-stage", "version": str(FORMAT_VERSION)})
+    config = {"format_version": FORMAT_VERSION, **stage_config, **(provenance or {})}
+    (out / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+    return out
+
+
+def load_exported(directory: str | Path, device: str | torch.device = "cpu") -> DiffusionStage:
+    """The stage in `directory` (from `export_stage`), in eval mode on `device`. No pickle."""
+    directory = Path(directory)
+    config = yaml.safe_load((directory / CONFIG_FILE).read_text())
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{directory / CONFIG_FILE}: unsupported format_version {config.get('format_version')!r}")
+    stage = build_stage(config)
+    stage.unet.load_state_dict(load_file(str(directory / WEIGHTS_FILE)), strict=True)
+    return stage.to(device).eval()
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> DiffusionStage:
+    """The stage in a `.ckpt` (its `state_dict`: the EMA weights when trained with `EMA`), in eval
+    mode on `device`. Uses `torch.load(weights_only=True)`."""
+    checkpoint = read_checkpoint(path)
+    stage = build_stage(checkpoint["cascade_stage"])
+    stage.load_state_dict(checkpoint["state_dict"], strict=True)
+    return stage.to(device).eval()
+
+
+def load_stage(path: str | Path, device: str | torch.device = "cpu") -> DiffusionStage:
+    """`load_exported` for a directory, `load_checkpoint` for a `.ckpt` file."""
+    path = Path(path)
+    if path.is_dir():
+        return load_exported(path, device)
+    if path.is_file():
+        return load_checkpoint(path, device)
+    raise FileNotFoundError(f"no export directory or checkpoint at {path}")
+
+
+def main(argv: list[str]) -> int:
+    """`cascade export --ckpt RUN/checkpoints/last.ckpt --out DIR`."""
+    parser = argparse.ArgumentParser(
+        prog="cascade export",
+        description="Write a stage checkpoint's EMA weights (safetensors) and config (YAML) for inference.",
+    )
+    parser.add_argument("--ckpt", required=True, help="a .ckpt written by `cascade fit`")
+    parser.add_argument("--out", required=True, help="output directory (created)")
+    args = parser.parse_args(argv)
+    try:
+        out = export_stage(args.ckpt, args.out)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"cascade export: {error}", file=sys.stderr)
+        return 2
+    print(f"exported {args.ckpt} -> {out / WEIGHTS_FILE}, {out / CONFIG_FILE}")
+    return 0

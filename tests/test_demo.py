@@ -1,0 +1,31 @@
+"""`cascade demo --fast`: the README's main job end to end, at smoke-test size."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_demo_fast_trains_samples_evaluates_and_writes_the_report(tmp_path):
+    out = tmp_path / "demo"
+    result = subprocess.run([sys.executable, "-m", "cascade.cli", "demo", "--fast", "--out", str(out)],
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    html = (out / "report.html").read_text()
+    for section in ("Caption alignment", "Guidance off vs on", "Every stage of the cascade", "Automatic metrics",
+                    "Training", "Exact settings", "not comparable"):
+        assert section in html, section
+    assert (out / "report.md").exists()
+    for guidance in ("1", "3"):
+        folder = out / "samples" / f"guidance={guidance}"
+        lines = (folder / "metadata.jsonl").read_text().splitlines()
+        assert len(lines) == 6
+        assert json.loads(lines[0])["stages"][2]["image_size"] == 128
+        assert len(list((folder / "intermediate" / "stage0_32px").glob("*.png"))) == 6
+
+    rerun = subprocess.run([sys.executable, "-m", "cascade.cli", "demo", "--fast", "--out", str(out)],
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert rerun.stdout.count("already trained") == 3, "a rerun resumes: finished stages are not retrained"

@@ -1,0 +1,187 @@
+"""The cascade at inference and `cascade sample`, on tiny random-weight stages."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cascade.pipeline import Cascade, StageSettings
+from cascade.sample_cli import main as sample_main
+from cascade.stages.base_stage import BaseStage
+from cascade.stages.export import write_export
+from cascade.stages.super_res import SuperResStage
+
+
+def tiny_unet(image_size, lowres=False, text=False):
+    return dict(
+        image_size=image_size, base_channels=8, channel_mults=[1, 2], num_res_blocks=1,
+        attention_resolutions=[image_size // 2], cross_attention_resolutions=[image_size // 2] if text else [],
+        head_channels=8, norm_groups=4, num_classes=0 if text else 3, text_dim=384 if text else 0,
+        lowres_channels=3 if lowres else 0, use_aug_cond=lowres,
+    )
+
+
+def randomise_output_layers(stage, seed):
+    """ADM zero-initialises output layers; random ones make the network's output matter."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in stage.unet.parameters():
+            if parameter.abs().sum() == 0:
+                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+    return stage
+
+
+def tiny_stages(text=False):
+    conditioning = "text" if text else "class"
+    encoder = {"kind": "minilm"} if text else None
+    base = BaseStage(unet=tiny_unet(16, text=text), image_size=16, conditioning=conditioning, text_encoder=encoder)
+    sr = SuperResStage(unet=tiny_unet(32, lowres=True, text=text), image_size=32, lowres_size=16,
+                       conditioning=conditioning, text_encoder=encoder)
+    return [randomise_output_layers(base, 1).eval(), randomise_output_layers(sr, 2).eval()]
+
+
+SETTINGS = [StageSettings(steps=3, guidance=2.0), StageSettings(steps=2, guidance=1.0, aug_level=0.1)]
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exports")
+    paths = []
+    for index, stage in enumerate(tiny_stages()):
+        state = {name: tensor for name, tensor in stage.unet.state_dict().items()}
+        paths.append(str(write_export(state, stage.stage_config(), root / f"stage{index}")))
+    return paths
+
+
+def test_cascade_shapes_and_intermediate_outputs():
+    cascade = Cascade(tiny_stages(), SETTINGS)
+    outputs = cascade.generate([1, 2, 3], class_labels=[0, 1, 2], keep_intermediate=True)
+    assert [tuple(o.shape) for o in outputs] == [(3, 3, 16, 16), (3, 3, 32, 32)]
+    assert all(o.abs().max() <= 1 for o in outputs)
+    assert len(cascade.generate([1], class_labels=[0])) == 1
+
+
+def test_an_image_depends_on_its_seed_not_on_its_batch():
+    cascade = Cascade(tiny_stages(), [StageSettings(sampler="ddpm", steps=3), StageSettings(sampler="ddim", steps=2, aug_level=0.3)])
+    together = cascade.generate([10, 11, 12], class_labels=[0, 1, 2])[0]
+    alone = cascade.generate([11], class_labels=[1])[0]
+    torch.testing.assert_close(alone[0], together[1])
+    different_seed = cascade.generate([99], class_labels=[1])[0]
+    assert not torch.allclose(different_seed[0], together[1])
+
+
+def test_text_cascade_encodes_prompts_once_and_uses_them():
+    stages = tiny_stages(text=True)
+    cascade = Cascade(stages, SETTINGS)
+    calls = []
+    original = stages[0].text_encoder.encode
+    stages[0].text_encoder.encode = lambda prompts, device: calls.append(prompts) or original(prompts, device)
+    red, blue = cascade.generate([5, 5], prompts=["a red circle", "two blue squares"])[0]
+    assert len(calls) == 1, "prompts are encoded once for all stages sharing an encoder"
+    assert not torch.allclose(red, blue)
+
+
+def test_cascade_rejects_mismatched_stages():
+    base, sr = tiny_stages()
+    with pytest.raises(ValueError, match="first stage"):
+        Cascade([sr], SETTINGS[:1])
+    with pytest.raises(ValueError, match="settings"):
+        Cascade([base, sr], SETTINGS[:1])
+    with pytest.raises(ValueError, match="sampler"):
+        Cascade([base, sr], [StageSettings(sampler="euler"), SETTINGS[1]])
+
+
+def run_sample(exports, out, *extra):
+    argv = ["--stages", *exports, "--classes", "0,1,2", "--n-per-condition", "2", "--out", str(out),
+            "--steps", "2", "--batch-size", "2", "--no-progress", *extra]
+    assert sample_main(argv) == 0
+
+
+def read_lines(folder):
+    return [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+
+
+def test_sample_writes_images_metadata_and_rerun_reproduces(exports, tmp_path):
+    run_sample(exports, tmp_path / "a", "--guidance", "2,1", "--keep-intermediate")
+    lines = read_lines(tmp_path / "a")
+    assert len(lines) == 6 and len({line["file"] for line in lines}) == 6
+    first = lines[0]
+    assert first["class_label"] == 0 and len(first["stages"]) == 2 and first["stages"][0]["guidance"] == 2.0
+    assert first["stages"][0]["sha256"] and first["stages"][1]["aug_level"] == 0.0
+    assert len(list((tmp_path / "a" / "intermediate" / "stage0_16px").glob("*.png"))) == 6
+    run_sample(exports, tmp_path / "b", "--guidance", "2,1", "--batch-size", "4")
+    for line in lines:
+        assert (tmp_path / "a" / line["file"]).read_bytes() == (tmp_path / "b" / line["file"]).read_bytes()
+
+
+def test_sweep_writes_one_folder_per_setting(exports, tmp_path):
+    run_sample(exports, tmp_path, "--sweep", "guidance=1,3", "--sweep", "aug_level=0,0.2")
+    folders = sorted(p.name for p in tmp_path.iterdir())
+    assert folders == ["guidance=1.0,aug_level=0.0", "guidance=1.0,aug_level=0.2",
+                       "guidance=3.0,aug_level=0.0", "guidance=3.0,aug_level=0.2"]
+    line = read_lines(tmp_path / folders[-1])[0]
+    assert line["stages"][0]["guidance"] == 3.0 and line["stages"][0]["aug_level"] == 0.0
+    assert line["stages"][1]["aug_level"] == 0.2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "1,2,3"], "--steps"),
+    (["--sweep", "cfg=1,2"], "--sweep"),
+    (["--batch-size", "0"], "--batch-size"),
+])
+def test_bad_arguments_name_the_flag(exports, tmp_path, capsys, argv, message):
+    code = sample_main(["--stages", *exports, "--classes", "0", "--out", str(tmp_path), "--no-progress", *argv])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def sample_command(exports, out, extra_env=None):
+    command = [sys.executable, "-m", "cascade.cli", "sample", "--stages", *exports, "--classes", "0,1,2,0,1,2",
+               "--n-per-condition", "3", "--out", str(out), "--steps", "2", "--batch-size", "1", "--no-progress"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", **(extra_env or {})}
+    for key in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
+        environment.pop(key, None)
+    environment.update(extra_env or {})
+    return command, environment
+
+
+@pytest.mark.slow
+def test_sample_resumes_after_a_kill_without_duplicates(exports, tmp_path):
+    command, environment = sample_command(exports, tmp_path)
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("*.json"))) < 3 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    partial = {p.name for p in tmp_path.glob("*.json")}
+    assert 3 <= len(partial) < 18, "the kill should land mid-run"
+    before = {name: (tmp_path / name.replace(".json", ".png")).read_bytes() for name in partial}
+    subprocess.run(command, env=environment, check=True, timeout=300, capture_output=True)
+    lines = read_lines(tmp_path)
+    assert sorted(line["file"] for line in lines) == sorted({line["file"] for line in lines})
+    assert len(lines) == 18
+    for name, png in before.items():
+        assert (tmp_path / name.replace(".json", ".png")).read_bytes() == png, "finished images are kept"
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+@pytest.mark.slow
+def test_two_ranks_split_the_work_with_no_overlap_and_no_gaps(exports, tmp_path):
+    processes = []
+    for rank in range(2):
+        command, environment = sample_command(exports, tmp_path, {
+            "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29631",
+        })
+        processes.append(subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    outputs = [process.communicate(timeout=300)[0].decode() for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    lines = read_lines(tmp_path)
+    assert len(lines) == 18 and len({line["file"] for line in lines}) == 18
+    assert "wrote 9 images" in outputs[0] and "wrote 9 images" in outputs[1]

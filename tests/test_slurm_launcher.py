@@ -1,0 +1,104 @@
+"""The Slurm launcher and callback without a cluster: template filling, dry runs, the fork guard.
+
+The templates running on a real (emulated) cluster are in test_slurm_cluster.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from cascade.slurm.launcher import TEMPLATE_DIR, fill, main
+
+TEMPLATES = sorted(TEMPLATE_DIR.glob("*.sbatch"))
+
+
+def test_the_three_templates_are_there_and_valid_bash():
+    assert [path.name for path in TEMPLATES] == ["eval.sbatch", "sample.sbatch", "train.sbatch"]
+    for path in TEMPLATES:
+        subprocess.run(["bash", "-n", str(path)], check=True)
+
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=lambda path: path.name)
+def test_every_template_is_bounded_and_requeueable(path):
+    header = [line for line in path.read_text().splitlines() if line.startswith("#SBATCH")]
+    keys = {line.split("=")[0].removeprefix("#SBATCH ") for line in header}
+    assert {"--nodes", "--ntasks-per-node", "--gpus-per-node", "--cpus-per-task", "--time",
+            "--signal", "--requeue", "--output", "--job-name"} <= keys
+
+
+def test_fill_sets_values_and_adds_options():
+    template = "#!/bin/bash\n#SBATCH --nodes=1\n#SBATCH --time=1:00\n#SBATCH --requeue\necho hi\n"
+    filled = fill(template, {"nodes": "4"}, ["--partition=gpu"])
+    assert filled == (
+        "#!/bin/bash\n#SBATCH --nodes=4\n#SBATCH --time=1:00\n#SBATCH --requeue\n"
+        "#SBATCH --partition=gpu\necho hi\n"
+    )
+    with pytest.raises(ValueError, match="no #SBATCH line for gpus-per-node"):
+        fill(template, {"gpus-per-node": "8"}, [])
+
+
+def test_dry_run_takes_nodes_and_gpus_from_the_config(tmp_path, capsys):
+    config = tmp_path / "stage.yaml"
+    config.write_text("trainer:\n  num_nodes: 4\n  devices: 8\n  max_steps: 10\n")
+    run_dir = tmp_path / "run"
+    code = main(["submit", "train", "-c", str(config), "--run-dir", str(run_dir), "--time", "2:00:00",
+                 "--grace", "90", "--sbatch-option=--partition=gpu", "--dry-run", "--", "--trainer.max_steps", "5"])
+    out = capsys.readouterr().out
+    assert code == 0
+    for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
+                 "#SBATCH --time=2:00:00", "#SBATCH --signal=USR1@90", "#SBATCH --partition=gpu",
+                 f"#SBATCH --output={run_dir}/logs/%x-%j.out"):
+        assert line in out.splitlines()
+    assert out.splitlines()[-1] == (
+        f"# sbatch --parsable {run_dir}/train.sbatch {config} {run_dir} --trainer.max_steps 5"
+    )
+    assert not run_dir.exists(), "a dry run writes nothing"
+
+
+def test_dry_run_of_a_cpu_sampling_job(tmp_path, capsys):
+    code = main(["submit", "sample", "--run-dir", str(tmp_path), "--nodes", "2", "--gpus-per-node", "0",
+                 "--grace", "30", "--dry-run", "--", "--stages", "base.ckpt", "--classes", "1,2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert {"#SBATCH --nodes=2", "#SBATCH --gpus-per-node=0", "#SBATCH --ntasks-per-node=1",
+            "#SBATCH --signal=B:USR1@30"} <= set(lines)
+    assert lines[-1].endswith(f"sample.sbatch {tmp_path} --stages base.ckpt --classes 1,2")
+
+
+def test_train_needs_an_existing_config(tmp_path, capsys):
+    assert main(["submit", "train", "--run-dir", str(tmp_path), "--dry-run"]) == 2
+    assert main(["submit", "train", "-c", str(tmp_path / "nope.yaml"), "--run-dir", str(tmp_path)]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_forked_workers_ignore_the_requeue_signal():
+    """A DataLoader worker forked from the trainer must not run Lightning's SIGUSR1 handler."""
+    # In a fresh interpreter: the guard registers an at-fork hook for the life of the process.
+    program = textwrap.dedent("""
+        import os, signal, sys, time
+        from cascade.slurm.callback import _ignore_requeue_signal_in_forks
+
+        def child_status():
+            pid = os.fork()
+            if pid == 0:
+                os.kill(os.getpid(), signal.SIGUSR1)
+                time.sleep(0.2)
+                os._exit(0)
+            return os.waitpid(pid, 0)[1]
+
+        signal.signal(signal.SIGUSR1, lambda *_: os._exit(3))  # stands in for Lightning's handler
+        before = child_status()
+        _ignore_requeue_signal_in_forks()
+        after = child_status()
+        print(before >> 8, after >> 8, flush=True)
+        os.kill(os.getpid(), signal.SIGUSR1)  # the process itself still runs its handler
+        time.sleep(1)
+        sys.exit(0)
+    """)
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.split() == ["3", "0"]

@@ -1,0 +1,151 @@
+"""CFG dropout, the guided denoiser (one batched forward pass), the frozen text encoder."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from cascade.diffusion import cfg_combine, predicted_x0
+from cascade.stages import BaseStage, Condition, SuperResStage
+
+pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
+    pytest.mark.filterwarnings("ignore:You are trying to `self.log"),  # training_step outside a Trainer
+]
+
+UNET = {"image_size": 16, "base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
+        "attention_resolutions": [8], "norm_groups": 4}  # fmt: skip
+
+
+def class_stage(**kwargs) -> BaseStage:
+    return BaseStage(unet={**UNET, "num_classes": 5}, image_size=16, conditioning="class", **kwargs)
+
+
+def text_stage(**kwargs) -> BaseStage:
+    unet = {**UNET, "text_dim": 12, "cross_attention_resolutions": [8]}
+    return BaseStage(unet=unet, image_size=16, conditioning="text", text_encoder={"kind": "minilm"}, **kwargs)
+
+
+def batch_for(stage: BaseStage, size: int = 4) -> dict:
+    batch = {"image": torch.rand(size, 3, 16, 16) * 2 - 1, "class_label": torch.arange(size) % 5}
+    if stage.conditioning == "text":
+        batch["text_tokens"] = torch.randn(size, 6, 12)
+        batch["text_mask"] = torch.arange(6)[None].expand(size, 6) < 4
+    return batch
+
+
+class RecordUNetCalls:
+    """Wraps stage.unet.forward and keeps the inputs of every call (run=False: skip the network
+    and return zeros)."""
+
+    def __init__(self, stage, run: bool = True):
+        self.calls: list[dict] = []
+        forward = stage.unet.forward
+
+        def recording_forward(x_t, noise_cond, **kwargs):
+            self.calls.append({"x_t": x_t, "noise_cond": noise_cond, **kwargs})
+            return forward(x_t, noise_cond, **kwargs) if run else torch.zeros_like(x_t)
+
+        stage.unet.forward = recording_forward
+
+
+def make_outputs_nonzero(stage):
+    """The UNet's last conv starts at zero; give it weights so conditional and null outputs differ."""
+    torch.manual_seed(0)
+    for parameter in stage.unet.parameters():
+        parameter.data.normal_(0, 0.2)
+
+
+@pytest.mark.parametrize("make_stage", [class_stage, text_stage], ids=["class", "text"])
+def test_whole_batch_nulled_still_gives_every_parameter_a_gradient(make_stage):
+    stage = make_stage(p_uncond=1.0)
+    calls = RecordUNetCalls(stage)
+    loss = stage.training_step(batch_for(stage), 0)
+    loss.backward()
+    assert calls.calls[0]["null_cond"].all()
+    missing = [name for name, p in stage.named_parameters() if p.grad is None]
+    assert not missing, missing
+
+
+def test_cfg_dropout_nulls_rows_at_rate_p_uncond():
+    stage = class_stage(p_uncond=0.3)
+    calls = RecordUNetCalls(stage, run=False)
+    torch.manual_seed(0)
+    for _ in range(50):
+        stage.training_step(batch_for(stage, size=32), 0)
+    rate = torch.cat([call["null_cond"] for call in calls.calls]).float().mean().item()
+    assert abs(rate - 0.3) < 0.05
+
+
+@pytest.mark.parametrize("make_stage", [class_stage, text_stage], ids=["class", "text"])
+def test_guided_denoiser_runs_cond_and_null_rows_in_one_forward(make_stage):
+    stage = make_stage().eval()
+    make_outputs_nonzero(stage)
+    batch = batch_for(stage, size=3)
+    condition = stage.condition_from_batch(batch)
+    x_t, t = torch.randn(3, 3, 16, 16), torch.full((3,), 0.6)
+
+    calls = RecordUNetCalls(stage)
+    guided = stage.make_denoiser(condition, guidance_scale=4.0)(x_t, t)
+    assert len(calls.calls) == 1
+    call = calls.calls[0]
+    assert call["x_t"].shape[0] == 6
+    assert call["null_cond"].tolist() == [False] * 3 + [True] * 3
+
+    with torch.no_grad():
+        cond_out = stage(x_t, t, condition)
+        null_out = stage(x_t, t, condition.with_null(torch.ones(3, dtype=torch.bool)))
+    expected = cfg_combine(
+        predicted_x0(cond_out, x_t, t, stage.schedule, stage.target),
+        predicted_x0(null_out, x_t, t, stage.schedule, stage.target),
+        4.0,
+    ).clamp(-1, 1)
+    torch.testing.assert_close(guided, expected, atol=1e-5, rtol=1e-4)
+
+    calls.calls.clear()
+    stage.make_denoiser(condition, guidance_scale=1.0)(x_t, t)
+    assert calls.calls[0]["x_t"].shape[0] == 3 and calls.calls[0]["null_cond"] is None
+
+
+def test_dynamic_threshold_option_and_generate_shapes():
+    stage = class_stage().eval()
+    make_outputs_nonzero(stage)
+    condition = stage.make_condition(class_labels=[0, 1])
+    x_t, t = torch.randn(2, 3, 16, 16) * 3, torch.full((2,), 0.05)  # |x0_hat| well above 1
+    static = stage.make_denoiser(condition, guidance_scale=8.0)(x_t, t)
+    dynamic = stage.make_denoiser(condition, guidance_scale=8.0, dynamic_threshold=0.9)(x_t, t)
+    assert static.abs().max() <= 1 and dynamic.abs().max() <= 1 and not torch.equal(static, dynamic)
+
+    first = stage.generate(condition, guidance_scale=3.0, steps=3, generator=torch.Generator().manual_seed(1))
+    again = stage.generate(condition, guidance_scale=3.0, steps=3, generator=torch.Generator().manual_seed(1))
+    assert first.shape == (2, 3, 16, 16) and torch.equal(first, again)
+
+
+def test_text_encoder_is_frozen_outside_the_state_dict_and_shared_by_copies():
+    stage = text_stage()
+    assert all(name.startswith("unet.") for name in stage.state_dict())
+    assert copy.deepcopy(stage).text_encoder is stage.text_encoder  # the EMA copy holds no second encoder
+
+    unet = {**UNET, "text_dim": 384, "cross_attention_resolutions": [8]}
+    encoder = {"kind": "minilm", "max_length": 8}
+    minilm_stage = BaseStage(unet=unet, image_size=16, conditioning="text", text_encoder=encoder)
+    condition = minilm_stage.make_condition(prompts=["a red circle", "two blue squares"])
+    assert condition.text_tokens.shape == (2, 8, 384) and condition.text_mask[:, 0].all()
+    assert all(name.startswith("unet.") for name in minilm_stage.state_dict())
+    assert not any(p.requires_grad for p in minilm_stage.text_encoder.encoder.parameters())
+    # Captions in a batch go through the same encoder (and its cache) when no tokens are precomputed.
+    from_batch = minilm_stage.condition_from_batch({"caption": ["a red circle", "two blue squares"]})
+    torch.testing.assert_close(from_batch.text_tokens, condition.text_tokens)
+
+
+def test_condition_helpers():
+    condition = Condition(class_labels=torch.tensor([3, 4]))
+    doubled = condition.with_null_rows()
+    assert doubled.class_labels.tolist() == [3, 4, 3, 4] and doubled.null.tolist() == [False, False, True, True]
+    assert Condition().unet_kwargs() == {}
+    with pytest.raises(ValueError, match="needs a class or text condition"):
+        Condition().with_null_rows()
+    sr = SuperResStage(unet={**UNET, "lowres_channels": 3, "use_aug_cond": True}, image_size=16, lowres_size=8)
+    assert sr.make_condition().is_empty

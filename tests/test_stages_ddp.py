@@ -1,0 +1,77 @@
+"""Real DDP: `cascade fit` with DDP, accelerator=cpu, devices=2 (gloo) in a subprocess.
+
+- Rank 1 trains with every condition nulled (p_uncond = 1), so its whole batch takes the
+  classifier-free-guidance null path while rank 0 does not: with find_unused_parameters=False
+  the run only completes if every parameter gets a gradient on every rank.
+- At one step rank 1 alone gets a NaN pixel, hence a NaN loss: both ranks must skip that step
+  (or their weights would differ afterwards) and count it.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback
+
+
+NAN_STEP = 5
+
+
+class RankOneNullAndNaN(Callback):
+    """Rank 1 drops every condition and sees a NaN pixel at step NAN_STEP; after the last step
+    each rank saves its live weights and non-finite step count to run_dir/rank<R>.pt."""
+
+    def on_train_start(self, trainer, pl_module):
+        if trainer.global_rank == 1:
+            pl_module.p_uncond = 1.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank == 1 and trainer.global_step == NAN_STEP:
+            batch["image"][0, 0, 0, 0] = float("nan")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step < trainer.max_steps:
+            return
+        weights = {k: v.detach().cpu() for k, v in pl_module.state_dict().items()}
+        weights["nonfinite_steps"] = torch.tensor(pl_module.nonfinite_steps_total)
+        torch.save(weights, Path(trainer.default_root_dir) / f"rank{trainer.global_rank}.pt")
+
+
+DDP_AS_IN_THE_REAL_CONFIGS = (
+    '{"class_path": "lightning.pytorch.strategies.DDPStrategy",'
+    ' "init_args": {"find_unused_parameters": false, "gradient_as_bucket_view": true}}'
+)
+
+
+def test_ddp_two_processes_train_identical_weights(write_stage_config):
+    steps = 12
+    config, run_dir = write_stage_config(max_steps=steps, val_every=steps // 3)
+    command = [
+        sys.executable, "-m", "cascade.cli", "fit", "-c", str(config),
+        "--trainer.devices=2", f"--trainer.strategy={DDP_AS_IN_THE_REAL_CONFIGS}",
+        f"--trainer.callbacks+={Path(__file__).stem}.RankOneNullAndNaN",
+    ]  # fmt: skip
+    tests_dir = str(Path(__file__).parent)
+    python_path = os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": python_path, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "Starting with 2 processes" in result.stderr + result.stdout
+
+    rank0, rank1 = (torch.load(run_dir / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert int(rank0["nonfinite_steps"]) == int(rank1["nonfinite_steps"]) == 1
+    assert rank0.keys() == rank1.keys()
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), f"{name} differs between ranks"
+
+    # The loss falls: the validation loss (fixed seeds, averaged over both ranks) at every check.
+    with open(run_dir / "csv" / "version_0" / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len([row for row in rows if row.get("train/loss")]) == steps
+    val = [float(row["val/loss"]) for row in rows if row.get("val/loss")]
+    assert len(val) == 3 and val[0] > val[1] > val[2], val

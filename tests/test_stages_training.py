@@ -1,0 +1,162 @@
+"""`cascade fit` end to end on micro configs: outputs, exact resume, NaN/inf handling."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Callback
+
+from cascade.stages import diffusion_stage
+from cascade.stages.cli import fit_main
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def read_metrics(run_dir: Path, version: int = 0) -> list[dict[str, float]]:
+    """The CSVLogger rows of one run (empty cells dropped)."""
+    path = run_dir / "csv" / f"version_{version}" / "metrics.csv"
+    with open(path) as handle:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
+
+
+def series(rows: list[dict[str, float]], key: str) -> dict[int, float]:
+    """{step: value} of one logged metric."""
+    return {int(row["step"]): row[key] for row in rows if key in row}
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_fit_writes_checkpoints_logs_and_sample_grid(write_stage_config, tmp_path):
+    config, run_dir = write_stage_config(max_steps=4, val_every=2)
+    grid = ["--trainer.callbacks+=cascade.stages.SampleGrid", "--trainer.callbacks.every_n_steps=2",
+            "--trainer.callbacks.class_labels=[0, 4]", "--trainer.callbacks.steps=2"]
+    assert fit_main(["-c", str(config), *grid]) == 0
+
+    checkpoint = load(run_dir / "checkpoints" / "last.ckpt")  # weights_only: no pickled objects inside
+    assert checkpoint["global_step"] == 4
+    assert checkpoint["cascade_stage"]["class_path"] == "cascade.stages.base_stage.BaseStage"
+    assert checkpoint["cascade_stage"]["init_args"]["unet"]["base_channels"] == 8
+    assert {"current_model_state", "averaging_state"} <= set(checkpoint)  # EMA weights + live weights
+    assert all(name.startswith("unet.") for name in checkpoint["state_dict"])
+    assert list(run_dir.glob("checkpoints/best-*.ckpt"))
+    assert sorted(p.name for p in (run_dir / "samples").glob("*.png")) == ["step_0000002.png", "step_0000004.png"]
+
+    rows = read_metrics(run_dir)
+    keys = set().union(*rows)
+    buckets = {f"val/loss_t{k / 5:.1f}-{(k + 1) / 5:.1f}" for k in range(5)}
+    assert {"train/loss", "val/loss", "train/grad_norm", "ema/decay", "data/skipped", "lr-AdamW/pg1"} | buckets <= keys
+    assert len(series(rows, "train/loss")) == 4
+    decays = list(series(rows, "ema/decay").values())
+    assert decays == sorted(decays) and decays[0] < 0.99  # warm-up towards the configured decay
+
+
+class RecordStartWeights(Callback):
+    """Keeps the live weights of the module when training starts (added through the CLI)."""
+
+    weights: dict[str, torch.Tensor] = {}
+
+    def on_train_start(self, trainer, pl_module):
+        RecordStartWeights.weights = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+
+def test_resume_from_last_continues_exactly(write_stage_config):
+    steps = 4
+    straight, straight_dir = write_stage_config("straight", max_steps=2 * steps, val_every=steps)
+    assert fit_main(["-c", str(straight)]) == 0
+
+    split, split_dir = write_stage_config("split", max_steps=2 * steps, val_every=steps)
+    assert fit_main(["-c", str(split), "--trainer.max_steps", str(steps)]) == 0
+    first_half = load(split_dir / "checkpoints" / "last.ckpt")
+    assert first_half["global_step"] == steps
+
+    record = f"--trainer.callbacks+={__name__}.RecordStartWeights"
+    assert fit_main(["-c", str(split), "--ckpt_path", "last", record]) == 0
+
+    # The resumed run started from the live (not the EMA) weights of the checkpoint.
+    for name, value in first_half["current_model_state"].items():
+        assert torch.equal(RecordStartWeights.weights[name], value), name
+
+    a, b = load(straight_dir / "checkpoints" / "last.ckpt"), load(split_dir / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 2 * steps
+    state_a, state_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    assert state_a.keys() == state_b.keys()
+    for index in state_a:
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert state_a[index][key].shape == state_b[index][key].shape
+        assert float(state_a[index]["step"]) == float(state_b[index]["step"]) == 2 * steps
+    assert int(a["averaging_state"]["n_averaged"]) == int(b["averaging_state"]["n_averaged"]) == 2 * steps
+    assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"] == 2 * steps
+
+    # Learning rate and EMA decay after the resume follow the uninterrupted run step by step.
+    straight_rows, resumed_rows = read_metrics(straight_dir), read_metrics(split_dir, version=1)
+    for key in ("lr-AdamW/pg1", "ema/decay"):
+        resumed = series(resumed_rows, key)
+        assert sorted(resumed) == list(range(steps, 2 * steps))
+        expected = series(straight_rows, key)
+        assert all(math.isclose(resumed[s], expected[s], rel_tol=1e-6) for s in resumed), key
+    # The validation loss (fixed seeds) keeps falling after the resume and ends where the
+    # uninterrupted run ends; a run restarted from scratch would be back at the step-N level.
+    val_first_half = series(read_metrics(split_dir, version=0), "val/loss")[steps - 1]
+    val_resumed = series(resumed_rows, "val/loss")[2 * steps - 1]
+    val_straight = series(straight_rows, "val/loss")[2 * steps - 1]
+    assert val_resumed < val_first_half
+    assert math.isclose(val_resumed, val_straight, rel_tol=0.02)
+
+
+def nan_loss_at(steps: set[int] | None):
+    """A stand-in for `diffusion_loss` that turns the loss NaN at the given global steps (None: always)."""
+    real_loss = diffusion_stage.diffusion_loss
+    calls = {"step": 0}
+
+    def loss(*args, **kwargs):
+        value = real_loss(*args, **kwargs)
+        if args[0].requires_grad:  # training forward (validation runs under no_grad)
+            step = calls["step"]
+            calls["step"] += 1
+            if steps is None or step in steps:
+                return value * float("nan")
+        return value
+
+    return loss
+
+
+def test_nonfinite_step_is_skipped_and_counted(write_stage_config, monkeypatch):
+    monkeypatch.setattr(diffusion_stage, "diffusion_loss", nan_loss_at({1}))
+    config, run_dir = write_stage_config(max_steps=4, val_every=4)
+    assert fit_main(["-c", str(config)]) == 0
+
+    checkpoint = load(run_dir / "checkpoints" / "last.ckpt")
+    assert checkpoint["global_step"] == 4
+    assert checkpoint["cascade_nonfinite"] == {"total": 1, "in_a_row": 0}
+    assert all(torch.isfinite(v).all() for v in checkpoint["current_model_state"].values())
+    # The bad step updated nothing: AdamW moved every parameter 3 times, not 4.
+    assert {float(s["step"]) for s in checkpoint["optimizer_states"][0]["state"].values()} == {3.0}
+    counts = series(read_metrics(run_dir), "train/nonfinite_steps")
+    assert counts[0] == 0 and counts[3] == 1
+
+
+def test_consecutive_nonfinite_steps_stop_with_checkpoint(write_stage_config, monkeypatch, capsys):
+    monkeypatch.setattr(diffusion_stage, "diffusion_loss", nan_loss_at(set(range(1, 100))))
+    config, run_dir = write_stage_config(max_steps=20, val_every=20, max_consecutive_nonfinite=3)
+    assert fit_main(["-c", str(config)]) == 1
+    assert "3 consecutive optimiser steps had a NaN/inf loss" in capsys.readouterr().err
+
+    checkpoint = load(run_dir / "checkpoints" / "nonfinite-stop.ckpt")
+    assert checkpoint["global_step"] == 4  # one good step, then three bad ones
+    assert checkpoint["cascade_nonfinite"] == {"total": 3, "in_a_row": 3}
+    assert all(torch.isfinite(v).all() for v in checkpoint["current_model_state"].values())
+
+
+@pytest.mark.slow
+def test_validation_loss_falls_on_the_synthetic_dataset(write_stage_config):
+    config, run_dir = write_stage_config(max_steps=150, val_every=50)
+    assert fit_main(["-c", str(config), "--trainer.limit_val_batches", "2"]) == 0
+    val = series(read_metrics(run_dir), "val/loss")
+    losses = [val[s] for s in sorted(val)]
+    assert losses[-1] < 0.75 * losses[0], losses
