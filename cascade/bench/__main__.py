@@ -1,0 +1,7 @@
+"""`python -m cascade.bench ...` is `cascade bench ...`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
