@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -140,7 +141,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="working and output folder")
     parser.add_argument("--fast", action="store_true", help="a few steps of everything (a smoke test, for CI)")
     parser.add_argument("--base-steps", type=int, default=None, help="override the base stage's training steps")
+    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                        help="torch compute threads (default: one core fewer than the machine has, which is "
+                             "left to the data-loader worker; on a busy machine 1 is fastest)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     plan = FAST if args.fast else FULL
     if args.base_steps is not None:
         plan = replace(plan, train_steps=(args.base_steps,) + plan.train_steps[1:])
