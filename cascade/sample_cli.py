@@ -115,7 +115,7 @@ class FolderJob:
 def sample_folder(cascade: Cascade, conditions, job: FolderJob, folder: Path, rank: int = 0, world_size: int = 1,
                   console: Console | None = None) -> int:
     """Generate this rank's missing images of one folder; returns how many it wrote."""
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     folder.mkdir(parents=True, exist_ok=True)
     items = shard_for_rank(work_items(conditions, job.n_per_condition), rank, world_size)
     todo = [item for item in items if not is_done(folder, item)]
@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     try:
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
