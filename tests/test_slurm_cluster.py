@@ -239,10 +239,11 @@ def test_preempted_job_saves_requeues_and_resumes(cluster, demo_config, tmp_path
     print(f"resumed at step {resume_step}")
     assert global_step(tmp_path / "hpc_ckpt_1.ckpt") == resume_step
     before, after = step_lines(first), step_lines(second)
-    # The first run counted up from 1 and got at least to the saved step (it may have done a
-    # step or two more before the requeue stopped it: those are redone, nothing is skipped).
-    assert before == list(range(1, len(before) + 1))
-    assert 0 < resume_step <= before[-1]
+    # The first run counted up from 1 to the step all ranks agreed to save at, and no further
+    # (the requeue cancels it while it stops).
+    assert 0 < resume_step
+    assert before == list(range(1, resume_step + 1))
+    assert f"saved {tmp_path}/hpc_ckpt_1.ckpt at step {resume_step}; job {job} requeued" in first
     assert after == list(range(resume_step + 1, max_steps + 1))
     assert f"training ended at step {max_steps}" in second
 

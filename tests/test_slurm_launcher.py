@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
@@ -73,32 +72,3 @@ def test_train_needs_an_existing_config(tmp_path, capsys):
     assert main(["submit", "train", "--run-dir", str(tmp_path), "--dry-run"]) == 2
     assert main(["submit", "train", "-c", str(tmp_path / "nope.yaml"), "--run-dir", str(tmp_path)]) == 2
     assert "not found" in capsys.readouterr().err
-
-
-def test_forked_workers_ignore_the_requeue_signal():
-    """A DataLoader worker forked from the trainer must not run Lightning's SIGUSR1 handler."""
-    # In a fresh interpreter: the guard registers an at-fork hook for the life of the process.
-    program = textwrap.dedent("""
-        import os, signal, sys, time
-        from cascade.slurm.callback import _ignore_requeue_signal_in_forks
-
-        def child_status():
-            pid = os.fork()
-            if pid == 0:
-                os.kill(os.getpid(), signal.SIGUSR1)
-                time.sleep(0.2)
-                os._exit(0)
-            return os.waitpid(pid, 0)[1]
-
-        signal.signal(signal.SIGUSR1, lambda *_: os._exit(3))  # stands in for Lightning's handler
-        before = child_status()
-        _ignore_requeue_signal_in_forks()
-        after = child_status()
-        print(before >> 8, after >> 8, flush=True)
-        os.kill(os.getpid(), signal.SIGUSR1)  # the process itself still runs its handler
-        time.sleep(1)
-        sys.exit(0)
-    """)
-    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 3, result.stderr
-    assert result.stdout.split() == ["3", "0"]

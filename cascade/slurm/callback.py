@@ -3,34 +3,35 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
+import subprocess
 from collections.abc import Mapping
+from pathlib import Path
 
+import torch
+import torch.distributed as dist
 from lightning.pytorch import Callback
-
-
-_forks_ignore_requeue_signal = False
-
-
-def _ignore_requeue_signal_in_forks() -> None:
-    """Make every process forked from this one from now on ignore SIGUSR1 (once per process)."""
-    global _forks_ignore_requeue_signal
-    if not _forks_ignore_requeue_signal:
-        os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGUSR1, signal.SIG_IGN))
-        _forks_ignore_requeue_signal = True
 
 
 class SlurmJob(Callback):
     """What a training process under train.sbatch needs beyond Lightning's own Slurm support.
 
-    1. SIGUSR1 stays with the training process. Slurm signals every process of a job step,
-       DataLoader workers included, and a worker forked from the trainer inherits Lightning's
-       requeue handler: it would save an hpc checkpoint from its stale copy of the trainer (the
-       step its epoch began at) over the real one, and the requeued job would restart from
-       there. From `setup` on, processes forked from the trainer ignore SIGUSR1 and keep
-       feeding batches until the job ends. (Workers started with the spawn or forkserver
-       method are fresh interpreters; SIGUSR1 would end them.)
+    1. Preemption that cannot deadlock DDP. Slurm sends SIGUSR1 to every task of the job (before
+       the time limit, or `scancel --signal=USR1`). Lightning's own handler saves a checkpoint
+       inside the signal handler, and that save has a barrier: a rank interrupted in its forward
+       pass waits in the barrier while another rank, whose signal arrives a moment later, waits
+       in the backward all-reduce for the first one's gradients, and the job hangs until its time
+       limit. Here the handler only notes the signal. At the end of every training batch the
+       ranks combine their notes with an asynchronous all-reduce (MAX, on a gloo group of its
+       own, so no GPU sync) and read the result one batch later, when it is long complete: all
+       ranks see it at the same step. There they save RUN_DIR/hpc_ckpt_N.ckpt together, rank 0
+       runs `scontrol requeue`, and training stops; the requeued job resumes from that file.
+       If the requeue fails (or the process is not in a Slurm job), training goes on with the
+       checkpoint saved. Installing the handler in `setup` keeps Lightning from installing its
+       own (it skips a signal that already has one). DataLoader workers forked later inherit
+       the handler, which only sets a flag in their own copy.
     2. Readable lines in the job's output file, where a progress bar is a mess of carriage
        returns: every rank prints its global rank, node rank, local rank, host and the step it
        starts from (0, or the step of the checkpoint it resumed); rank 0 prints the global step
@@ -39,12 +40,23 @@ class SlurmJob(Callback):
 
     def __init__(self) -> None:
         self._last_step = -1
+        self._signalled = False  # SIGUSR1 reached this process
+        self._group = None  # gloo group for the agreement; None in a one-process run
+        self._flag: torch.Tensor | None = None
+        self._pending = None  # the all-reduce of _flag posted at the previous batch
+        self._requeued_at: int | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        # Lightning installs its handler later, in fit; workers fork later still.
-        _ignore_requeue_signal_in_forks()
+        if stage == "fit":
+            # Lightning registers its handlers after `setup`, and not for a signal that has one.
+            signal.signal(signal.SIGUSR1, self._note_requeue_signal)
+
+    def _note_requeue_signal(self, signum, frame) -> None:
+        self._signalled = True
 
     def on_train_start(self, trainer, pl_module) -> None:
+        if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
+            self._group = dist.new_group(backend="gloo")  # every rank calls this, in the same order
         print(
             f"rank {trainer.global_rank}/{trainer.world_size} node_rank {trainer.node_rank} "
             f"local_rank {trainer.local_rank} host {socket.gethostname()}: "
@@ -53,6 +65,38 @@ class SlurmJob(Callback):
         )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._print_progress(trainer, outputs)
+        if self._requeue_agreed():
+            self._save_and_requeue(trainer)
+
+    def _requeue_agreed(self) -> bool:
+        """True on every rank at the same batch, one batch after any rank got SIGUSR1."""
+        if self._group is None:
+            return self._signalled
+        agreed = False
+        if self._pending is not None:
+            self._pending.wait()
+            agreed = bool(self._flag.item())
+            self._pending = None
+        if not agreed:
+            self._flag = torch.tensor([int(self._signalled)], dtype=torch.int32)
+            self._pending = dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
+        return agreed
+
+    def _save_and_requeue(self, trainer) -> None:
+        self._signalled = False
+        step = trainer.global_step
+        # Every rank is here at the same step, so the save's collectives line up.
+        path = trainer.strategy.broadcast(str(next_hpc_checkpoint(Path(trainer.default_root_dir))), src=0)
+        trainer.save_checkpoint(path)
+        requeued = False
+        if trainer.is_global_zero:
+            requeued = requeue_job(path, step)
+        if trainer.strategy.broadcast(requeued, src=0):
+            self._requeued_at = step
+            trainer.should_stop = True
+
+    def _print_progress(self, trainer, outputs) -> None:
         # global_step counts optimiser steps: with gradient accumulation, or a skipped step,
         # several batches end on the same step; print it once.
         step = trainer.global_step
@@ -63,5 +107,39 @@ class SlurmJob(Callback):
         print(f"step {step}" + ("" if loss is None else f" loss {float(loss):.4f}"), flush=True)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero:
+        if self._pending is not None:
+            self._pending.wait()
+            self._pending = None
+        if not trainer.is_global_zero:
+            return
+        if self._requeued_at is not None:
+            print(f"stopped at step {self._requeued_at} for the requeue", flush=True)
+        else:
             print(f"training ended at step {trainer.global_step}", flush=True)
+
+
+def next_hpc_checkpoint(directory: Path) -> Path:
+    """directory/hpc_ckpt_<N+1>.ckpt after the highest N there (Lightning's naming)."""
+    numbers = [int(m.group(1)) for p in directory.glob("hpc_ckpt_*.ckpt") if (m := re.fullmatch(r"hpc_ckpt_(\d+)\.ckpt", p.name))]
+    return directory / f"hpc_ckpt_{max(numbers, default=0) + 1}.ckpt"
+
+
+def requeue_job(checkpoint: str, step: int) -> bool:
+    """`scontrol requeue` this job (an array task as ARRAYJOB_TASK); prints what happened."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    if not job:
+        print(f"SIGUSR1: saved {checkpoint} at step {step}; not in a Slurm job, so training goes on", flush=True)
+        return False
+    try:
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    except FileNotFoundError:
+        print(f"SIGUSR1: saved {checkpoint} at step {step}; scontrol not found, training goes on", flush=True)
+        return False
+    if result.returncode != 0:
+        print(f"SIGUSR1: saved {checkpoint} at step {step}; `scontrol requeue {job}` failed "
+              f"({result.stderr.strip() or result.returncode}), training goes on", flush=True)
+        return False
+    print(f"SIGUSR1: saved {checkpoint} at step {step}; job {job} requeued", flush=True)
+    return True
