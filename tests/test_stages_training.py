@@ -141,6 +141,26 @@ def test_nonfinite_step_is_skipped_and_counted(write_stage_config, monkeypatch):
     assert counts[0] == 0 and counts[3] == 1
 
 
+def test_resumed_unfused_optimizer_is_fused_again_and_still_skips(write_stage_config, monkeypatch):
+    """A checkpoint whose AdamW was not fused (an older run): resuming loads its param-group
+    settings, which would switch off fusing and with it the on-device skip."""
+    config, run_dir = write_stage_config(max_steps=2, val_every=2)
+    assert fit_main(["-c", str(config)]) == 0
+    last = run_dir / "checkpoints" / "last.ckpt"
+    checkpoint = load(last)
+    for group in checkpoint["optimizer_states"][0]["param_groups"]:
+        group.update(fused=None, foreach=None)
+    torch.save(checkpoint, last)
+
+    monkeypatch.setattr(diffusion_stage, "diffusion_loss", nan_loss_at({0}))  # the first step resumed
+    assert fit_main(["-c", str(config), "--trainer.max_steps", "4", "--ckpt_path", str(last)]) == 0
+    checkpoint = load(last)
+    assert checkpoint["global_step"] == 4
+    assert checkpoint["cascade_nonfinite"] == {"total": 1, "in_a_row": 0}
+    assert {float(s["step"]) for s in checkpoint["optimizer_states"][0]["state"].values()} == {3.0}
+    assert all(group["fused"] for group in checkpoint["optimizer_states"][0]["param_groups"])
+
+
 def test_consecutive_nonfinite_steps_stop_with_checkpoint(write_stage_config, monkeypatch, capsys):
     monkeypatch.setattr(diffusion_stage, "diffusion_loss", nan_loss_at(set(range(1, 100))))
     config, run_dir = write_stage_config(max_steps=20, val_every=20, max_consecutive_nonfinite=3)

@@ -10,7 +10,7 @@ Both models are timed interleaved (ours, peer, ours, peer, ...) with the same ba
 and memory format:
 - train step: zero grads, forward with CFG dropout of the text, the same loss function
   (`cascade.diffusion.diffusion_loss`: MSE on the stage's target at the same t and noise),
-  backward, AdamW step (fused on CUDA for both);
+  backward, fused AdamW step for both;
 - CFG sampling step: one guided denoiser evaluation, ours through `make_denoiser` (conditional
   and null rows in one batched forward), the peer through its `forward_with_cond_scale` (two
   forwards, as imagen-pytorch samples).
@@ -130,7 +130,7 @@ class PeerModel:
         self.unet = _imagen_unet(imagen, stage.device, **kwargs)
         settings.apply_memory_format(self.unet)
         self.optimizer = torch.optim.AdamW(
-            self.unet.parameters(), lr=stage.optimizer_config.lr, fused=True if stage.device.type == "cuda" else None
+            self.unet.parameters(), lr=stage.optimizer_config.lr, fused=True
         )
         self.stage = stage
         self.settings = settings

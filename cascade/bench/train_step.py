@@ -3,7 +3,7 @@
 One step is what Lightning's automatic optimisation runs for a stage, called directly so no
 Trainer overhead is timed: zero the gradients, `training_step` (CFG dropout, t and noise,
 q_sample, UNet, weighted loss) under the precision's autocast, backward, the stage's
-`on_before_optimizer_step` (the NaN/inf guard), and the stage's AdamW step (fused on CUDA).
+`on_before_optimizer_step` (the NaN/inf guard), and the stage's fused AdamW step.
 Gradient clipping and EMA (trainer settings) are not part of it.
 """
 
@@ -51,9 +51,7 @@ def prepare_train_step(
     """The stage in training mode in the settings' memory format, its AdamW and a batch."""
     stage.train()
     settings.apply_memory_format(stage.unet)
-    optimizer = build_adamw(
-        list(stage.unet.named_parameters()), stage.optimizer_config, fused=stage.device.type == "cuda"
-    )
+    optimizer = build_adamw(list(stage.unet.named_parameters()), stage.optimizer_config)
     return TrainStep(stage, training_batch(stage, batch_size, resolution, settings, seed), optimizer, settings)
 
 

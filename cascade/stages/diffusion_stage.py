@@ -86,7 +86,8 @@ class DiffusionStage(pl.LightningModule):
         validation: t-bucketed validation loss (`ValidationConfig`).
         sampling: defaults of `generate` and of the logged sample grids (`SamplingConfig`).
         max_consecutive_nonfinite: stop training (with a checkpoint) after this many optimiser
-            steps in a row whose loss or gradient is NaN/inf; such steps are skipped.
+            steps in a row whose loss or gradient is NaN/inf; such steps are skipped. Checked
+            every `trainer.log_every_n_steps` steps, where the loggers read the device anyway.
     """
 
     def __init__(
@@ -127,8 +128,9 @@ class DiffusionStage(pl.LightningModule):
         self.schedule = NoiseSchedule.from_config(self.schedule_config.name, **self.schedule_config.params)
         self.unet = UNet(unet)
         self._text = FrozenTextEncoder(text_encoder) if text_encoder is not None else None
-        self.nonfinite_steps_total = 0
-        self.nonfinite_steps_in_a_row = 0
+        # [total, in a row, longest run since the last check] of skipped steps, on the device:
+        # counted without a host sync, read at logging intervals.
+        self._nonfinite = torch.zeros(3, dtype=torch.long)
 
     # ------------------------------------------------------------------ configuration
     def _check_settings(self, unet: UNetConfig, text_encoder: TextEncoderConfig | None) -> None:
@@ -271,29 +273,49 @@ class DiffusionStage(pl.LightningModule):
             self.log("data/skipped", batch["skipped"].max().float(), reduce_fx="max", batch_size=batch_size)
         return loss
 
+    @property
+    def nonfinite_steps_total(self) -> int:
+        """Optimiser steps skipped for a NaN/inf loss or gradient so far (reads the device)."""
+        return int(self._nonfinite[0])
+
+    @property
+    def nonfinite_steps_in_a_row(self) -> int:
+        """Skipped steps since the last good one (reads the device)."""
+        return int(self._nonfinite[1])
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Skip the update when the loss or a gradient is NaN/inf.
+        """Skip the update when the loss or a gradient is NaN/inf, without a host sync.
 
         Gradients are already all-reduced here, so under DDP every rank sees the same norm and
-        takes the same decision. A skipped step clears the gradients: AdamW then leaves every
-        parameter and its moments untouched (the step counter and LR schedule still advance).
+        takes the same decision. The decision stays on the device: the fused AdamW kernel reads
+        `found_inf` (the hook torch's GradScaler uses) and leaves every parameter, moment and
+        its step count untouched when it is 1; the LR schedule still advances.
         """
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if not grads:
             return
         grad_norm = torch.nn.utils.get_total_norm(grads)
-        if bool(torch.isfinite(grad_norm)):
-            self.nonfinite_steps_in_a_row = 0
-            self.log("train/grad_norm", grad_norm)
-        else:
-            for parameter in self.parameters():
-                parameter.grad = None
-            self.nonfinite_steps_total += 1
-            self.nonfinite_steps_in_a_row += 1
-        self.log("train/nonfinite_steps", float(self.nonfinite_steps_total))
+        skipped = (~torch.isfinite(grad_norm)).long()
+        optimizer.found_inf = skipped.float()
+        total, in_a_row, longest = self._nonfinite.to(grad_norm.device).unbind()
+        in_a_row = (in_a_row + 1) * skipped
+        self._nonfinite = torch.stack([total + skipped, in_a_row, torch.maximum(longest, in_a_row)])
+        self.log("train/grad_norm", grad_norm)
+        self.log("train/nonfinite_steps", self._nonfinite[0].float())
+
+    def on_train_start(self) -> None:
+        # A resumed optimiser takes its settings from the checkpoint; one written before the
+        # optimiser was fused would turn fusing (and with it `found_inf`) off.
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                group.update(fused=True, foreach=None)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.nonfinite_steps_in_a_row < self.max_consecutive_nonfinite:
+        if self.global_step % self.trainer.log_every_n_steps:
+            return
+        longest = int(self._nonfinite[2])
+        self._nonfinite[2] = self._nonfinite[1]
+        if longest < self.max_consecutive_nonfinite:
             return
         path = Path(self._checkpoint_dir()) / "nonfinite-stop.ckpt"
         self.trainer.save_checkpoint(path)
@@ -312,22 +334,21 @@ class DiffusionStage(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["cascade_stage"] = self.stage_config()
-        checkpoint["cascade_nonfinite"] = {
-            "total": self.nonfinite_steps_total,
-            "in_a_row": self.nonfinite_steps_in_a_row,
-        }
+        total, in_a_row, _ = self._nonfinite.tolist()
+        checkpoint["cascade_nonfinite"] = {"total": total, "in_a_row": in_a_row}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         counts = checkpoint.get("cascade_nonfinite", {})
-        self.nonfinite_steps_total = int(counts.get("total", 0))
-        self.nonfinite_steps_in_a_row = int(counts.get("in_a_row", 0))
+        in_a_row = int(counts.get("in_a_row", 0))
+        self._nonfinite = torch.tensor([int(counts.get("total", 0)), in_a_row, in_a_row])
 
     def configure_optimizers(self):
         config = self.optimizer_config
         total_steps = config.total_steps
         if total_steps is None and self.trainer.max_steps > 0:
             total_steps = self.trainer.max_steps
-        optimizer = build_adamw(list(self.unet.named_parameters()), config, fused=self.device.type == "cuda")
+        # Fused (CPU and CUDA): one kernel per step, and `found_inf` skips a step on the device.
+        optimizer = build_adamw(list(self.unet.named_parameters()), config)
         scheduler = build_lr_scheduler(optimizer, config, total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
