@@ -40,7 +40,7 @@ def test_signal_to_one_rank_saves_once_on_all_ranks_without_deadlock(write_stage
     config, run_dir = write_stage_config(max_steps=steps, val_every=steps)
     command = [
         sys.executable, "-m", "cascade.cli", "fit", "-c", str(config), "--trainer.devices=2",
-        "--trainer.callbacks+=cascade.slurm.callback.SlurmJob",
+        "--trainer.callbacks+=cascade.slurm.callback.SlurmJob", "--trainer.callbacks+=cascade.stages.ProgressLines",
         f"--trainer.callbacks+={Path(__file__).stem}.SignalRankOne",
     ]  # fmt: skip
     env = {key: value for key, value in os.environ.items() if not key.startswith("SLURM_")}
@@ -56,6 +56,8 @@ def test_signal_to_one_rank_saves_once_on_all_ranks_without_deadlock(write_stage
     # The ranks agree one batch after the signal (the all-reduce is read a batch late).
     assert step == SIGNAL_STEP + 2
     assert torch.load(path, map_location="cpu", weights_only=False)["global_step"] == step
+    # ProgressLines: rank 0's step lines (log_every_n_steps 1) go on through the save, no gap.
+    assert [int(n) for n in re.findall(rf"^step (\d+)/{steps} loss", output, re.MULTILINE)] == list(range(1, steps + 1))
     assert f"training ended at step {steps}" in output
 
     rank0, rank1 = (torch.load(run_dir / f"rank{r}.pt", weights_only=True) for r in (0, 1))

@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -16,30 +14,26 @@ from lightning.pytorch import Callback
 
 
 class SlurmJob(Callback):
-    """What a training process under train.sbatch needs beyond Lightning's own Slurm support.
+    """Preemption of a training job that cannot deadlock DDP (train.sbatch adds this callback).
 
-    1. Preemption that cannot deadlock DDP. Slurm sends SIGUSR1 to every task of the job (before
-       the time limit, or `scancel --signal=USR1`). Lightning's own handler saves a checkpoint
-       inside the signal handler, and that save has a barrier: a rank interrupted in its forward
-       pass waits in the barrier while another rank, whose signal arrives a moment later, waits
-       in the backward all-reduce for the first one's gradients, and the job hangs until its time
-       limit. Here the handler only notes the signal. At the end of every training batch the
-       ranks combine their notes with an asynchronous all-reduce (MAX, on a gloo group of its
-       own, so no GPU sync) and read the result one batch later, when it is long complete: all
-       ranks see it at the same step. There they save RUN_DIR/hpc_ckpt_N.ckpt together, rank 0
-       runs `scontrol requeue`, and training stops; the requeued job resumes from that file.
-       If the requeue fails (or the process is not in a Slurm job), training goes on with the
-       checkpoint saved. Installing the handler in `setup` keeps Lightning from installing its
-       own (it skips a signal that already has one). DataLoader workers forked later inherit
-       the handler, which only sets a flag in their own copy.
-    2. Readable lines in the job's output file, where a progress bar is a mess of carriage
-       returns: every rank prints its global rank, node rank, local rank, host and the step it
-       starts from (0, or the step of the checkpoint it resumed); rank 0 prints the global step
-       and loss every `trainer.log_every_n_steps` optimiser steps, and a line when training ends.
+    Slurm sends SIGUSR1 to every task of the job (before the time limit, or `scancel
+    --signal=USR1`). Lightning's own handler saves a checkpoint inside the signal handler, and
+    that save has a barrier: a rank interrupted in its forward pass waits in the barrier while
+    another rank, whose signal arrives a moment later, waits in the backward all-reduce for the
+    first one's gradients, and the job hangs until its time limit. Here the handler only notes
+    the signal. At the end of every training batch the ranks combine their notes with an
+    asynchronous all-reduce (MAX, on a gloo group of its own, so no GPU sync) and read the
+    result one batch later, when it is long complete: all ranks see it at the same step. There
+    they save RUN_DIR/hpc_ckpt_N.ckpt together, rank 0 runs `scontrol requeue`, and training
+    stops; the requeued job resumes from that file. If the requeue fails (or the process is not
+    in a Slurm job), training goes on with the checkpoint saved. Installing the handler in
+    `setup` keeps Lightning from installing its own (it skips a signal that already has one).
+    DataLoader workers forked later inherit the handler, which only sets a flag in their copy.
+
+    train.sbatch also adds `cascade.stages.ProgressLines`, for readable lines in the job's log.
     """
 
     def __init__(self) -> None:
-        self._last_step = -1
         self._signalled = False  # SIGUSR1 reached this process
         self._group = None  # gloo group for the agreement; None in a one-process run
         self._flag: torch.Tensor | None = None
@@ -57,15 +51,8 @@ class SlurmJob(Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
             self._group = dist.new_group(backend="gloo")  # every rank calls this, in the same order
-        print(
-            f"rank {trainer.global_rank}/{trainer.world_size} node_rank {trainer.node_rank} "
-            f"local_rank {trainer.local_rank} host {socket.gethostname()}: "
-            f"training from step {trainer.global_step}",
-            flush=True,
-        )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._print_progress(trainer, outputs)
         if self._requeue_agreed():
             self._save_and_requeue(trainer)
 
@@ -96,26 +83,12 @@ class SlurmJob(Callback):
             self._requeued_at = step
             trainer.should_stop = True
 
-    def _print_progress(self, trainer, outputs) -> None:
-        # global_step counts optimiser steps: with gradient accumulation, or a skipped step,
-        # several batches end on the same step; print it once.
-        step = trainer.global_step
-        if not trainer.is_global_zero or step == self._last_step or step % trainer.log_every_n_steps:
-            return
-        self._last_step = step
-        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-        print(f"step {step}" + ("" if loss is None else f" loss {float(loss):.4f}"), flush=True)
-
     def on_train_end(self, trainer, pl_module) -> None:
         if self._pending is not None:
             self._pending.wait()
             self._pending = None
-        if not trainer.is_global_zero:
-            return
-        if self._requeued_at is not None:
+        if trainer.is_global_zero and self._requeued_at is not None:
             print(f"stopped at step {self._requeued_at} for the requeue", flush=True)
-        else:
-            print(f"training ended at step {trainer.global_step}", flush=True)
 
 
 def next_hpc_checkpoint(directory: Path) -> Path:

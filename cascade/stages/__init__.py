@@ -1,5 +1,5 @@
 """Lightning stages of the cascade: the shared `DiffusionStage`, `BaseStage` and `SuperResStage`,
-their callbacks (`EMA`, `SampleGrid`, `TrainingSpeed`), and loading trained stages for inference.
+their callbacks (`EMA`, `SampleGrid`, `TrainingSpeed`, `ProgressLines`), and loading trained stages for inference.
 
     from cascade.stages import load_stage
     base = load_stage("runs/base/export")              # an export directory or a .ckpt file
@@ -8,7 +8,7 @@ their callbacks (`EMA`, `SampleGrid`, `TrainingSpeed`), and loading trained stag
 """
 
 from .base_stage import BaseStage
-from .callbacks import SampleGrid, TrainingSpeed
+from .callbacks import ProgressLines, SampleGrid, TrainingSpeed
 from .conditioning import Condition, TextEncoderConfig
 from .config import SamplingConfig, ScheduleConfig, StageConfigError, ValidationConfig
 from .diffusion_stage import DiffusionStage, NonFiniteLossError
@@ -25,6 +25,7 @@ __all__ = [
     "DiffusionStage",
     "NonFiniteLossError",
     "OptimizerConfig",
+    "ProgressLines",
     "SampleGrid",
     "SamplingConfig",
     "ScheduleConfig",

@@ -1,9 +1,11 @@
-"""Training callbacks: sample grids from fixed seeds and conditions, training speed."""
+"""Training callbacks: sample grids from fixed seeds and conditions, training speed, progress lines."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -203,3 +205,40 @@ class TrainingSpeed(pl.Callback):
         if size:
             samples = sum(batch_size for _, batch_size in list(self._ends)[1:])
             pl_module.log("speed/samples_per_sec", samples / elapsed)
+
+
+class ProgressLines(pl.Callback):
+    """Plain progress lines for logs and for programs that watch a training run, where a
+    progress bar is a mess of carriage returns.
+
+    Every rank prints its global rank, node rank, local rank, host and the step it starts from
+    (0, or the step of the checkpoint it resumed); rank 0 prints `step N/MAX loss L` every
+    `trainer.log_every_n_steps` optimiser steps and `training ended at step N` at the end.
+    """
+
+    def __init__(self) -> None:
+        self._last_step = -1
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        print(
+            f"rank {trainer.global_rank}/{trainer.world_size} node_rank {trainer.node_rank} "
+            f"local_rank {trainer.local_rank} host {socket.gethostname()}: "
+            f"training from step {trainer.global_step}",
+            flush=True,
+        )
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # global_step counts optimiser steps: with gradient accumulation, or a skipped step,
+        # several batches end on the same step; print it once.
+        step = trainer.global_step
+        if not trainer.is_global_zero or step == self._last_step or step % trainer.log_every_n_steps:
+            return
+        self._last_step = step
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        print(f"step {step}/{trainer.max_steps}" + ("" if loss is None else f" loss {float(loss):.4f}"), flush=True)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            print(f"training ended at step {trainer.global_step}", flush=True)
