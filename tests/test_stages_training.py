@@ -180,3 +180,33 @@ def test_validation_loss_falls_on_the_synthetic_dataset(write_stage_config):
     val = series(read_metrics(run_dir), "val/loss")
     losses = [val[s] for s in sorted(val)]
     assert losses[-1] < 0.75 * losses[0], losses
+
+
+@pytest.mark.slow
+def test_compiled_unet_trains_and_checkpoints_like_eager(write_stage_config):
+    """compile_unet: the UNet is torch.compile'd in place (inductor, on this CPU); training runs
+    and the checkpoint has the eager model's keys, so it loads into an uncompiled stage."""
+    config, run_dir = write_stage_config(max_steps=3, val_every=3, compile_unet="default")
+    assert fit_main(["-c", str(config)]) == 0
+    checkpoint = load(run_dir / "checkpoints" / "last.ckpt")
+    assert checkpoint["global_step"] == 3
+    assert checkpoint["cascade_stage"]["init_args"]["compile_unet"] == "default"
+    assert not any("_orig_mod" in key for key in checkpoint["state_dict"])
+    eager_config, _ = write_stage_config(name="eager", max_steps=3, val_every=3)
+    eager_keys = set(diffusion_stage_keys(eager_config))
+    assert set(checkpoint["state_dict"]) == eager_keys
+
+
+def diffusion_stage_keys(config: Path) -> list[str]:
+    import yaml
+
+    from cascade.stages.export import build_stage
+
+    model = yaml.safe_load(config.read_text())["model"]
+    return list(build_stage(model).state_dict())
+
+
+def test_compile_unet_setting_is_checked(write_stage_config, capsys):
+    config, _ = write_stage_config(max_steps=1, val_every=1, compile_unet="fastest")
+    assert fit_main(["-c", str(config)]) == 2
+    assert "compile_unet" in capsys.readouterr().err

@@ -50,6 +50,7 @@ from .config import (
 from .optim import OptimizerConfig, build_adamw, build_lr_scheduler, check_optimizer_config
 
 NOISE_CONDS = ("t1000", "log_snr")
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -85,6 +86,10 @@ class DiffusionStage(pl.LightningModule):
         optimizer: AdamW and learning-rate schedule (`OptimizerConfig`).
         validation: t-bucketed validation loss (`ValidationConfig`).
         sampling: defaults of `generate` and of the logged sample grids (`SamplingConfig`).
+        compile_unet: torch.compile the UNet for training and sampling: null (off) or a
+            torch.compile mode ("default", "reduce-overhead", "max-autotune"). Compiled in place
+            (`nn.Module.compile`), so checkpoints and exports keep the same keys; the first
+            steps pay the compile time (the TrainingSpeed callback shows it).
         max_consecutive_nonfinite: stop training (with a checkpoint) after this many optimiser
             steps in a row whose loss or gradient is NaN/inf; such steps are skipped. Checked
             every `trainer.log_every_n_steps` steps, where the loggers read the device anyway.
@@ -105,6 +110,7 @@ class DiffusionStage(pl.LightningModule):
         optimizer: OptimizerConfig = OptimizerConfig(),
         validation: ValidationConfig = ValidationConfig(),
         sampling: SamplingConfig = SamplingConfig(),
+        compile_unet: str | None = None,
         max_consecutive_nonfinite: int = 5,
     ):
         super().__init__()
@@ -124,6 +130,7 @@ class DiffusionStage(pl.LightningModule):
         self.conditioning = conditioning
         self.p_uncond = p_uncond
         self.max_consecutive_nonfinite = max_consecutive_nonfinite
+        self.compile_unet = compile_unet
         self._check_settings(unet, text_encoder)
         self.schedule = NoiseSchedule.from_config(self.schedule_config.name, **self.schedule_config.params)
         self.unet = UNet(unet)
@@ -131,6 +138,8 @@ class DiffusionStage(pl.LightningModule):
         # [total, in a row, longest run since the last check] of skipped steps, on the device:
         # counted without a host sync, read at logging intervals.
         self._nonfinite = torch.zeros(3, dtype=torch.long)
+        if compile_unet is not None:
+            self.unet.compile(mode=None if compile_unet == "default" else compile_unet)
 
     # ------------------------------------------------------------------ configuration
     def _check_settings(self, unet: UNetConfig, text_encoder: TextEncoderConfig | None) -> None:
@@ -156,6 +165,8 @@ class DiffusionStage(pl.LightningModule):
                 problems.append(("text_encoder", "is required for conditioning: text"))
         if not 0.0 <= self.p_uncond <= 1.0:
             problems.append(("p_uncond", f"must be in [0, 1], got {self.p_uncond}"))
+        if self.compile_unet not in COMPILE_MODES:
+            problems.append(("compile_unet", f"must be one of {COMPILE_MODES}, got {self.compile_unet!r}"))
         if self.max_consecutive_nonfinite < 1:
             problems.append(("max_consecutive_nonfinite", f"must be >= 1, got {self.max_consecutive_nonfinite}"))
         try:
