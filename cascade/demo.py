@@ -3,7 +3,8 @@
 1. writes the synthetic captioned dataset as webdataset shards (train / val) and real renders
    of held-out captions (captions that never occur in training) as the reference set;
 2. trains the tiny text-conditional base (MiniLM text encoder) and the two tiny SR stages with
-   `cascade fit` on `configs/demo/*.yaml`;
+   `cascade fit` on `configs/demo/*.yaml`, the base in one process and the SR stages one after
+   the other in a second, at the same time (`cascade.demo_training`);
 3. samples the held-out captions through the whole cascade without guidance (scale 1) and with
    it, keeping every stage's output;
 4. evaluates caption alignment with the dataset's deterministic detector (`eval.alignment`)
@@ -27,6 +28,7 @@ from rich.console import Console
 
 from .demo_eval import evaluate_demo
 from .demo_report import write_demo_report
+from .demo_training import StageRun, StageTrainingError, train_concurrently
 from .pipeline import Cascade, StageSettings
 from .sample_cli import FolderJob, sample_folder
 from .sample_output import merge_metadata
@@ -42,20 +44,27 @@ class DemoPlan:
 
     train_images: int = 6000
     val_images: int = 128
-    heldout_captions: int = 48
+    heldout_captions: int = 64
     samples_per_caption: int = 1
-    train_steps: tuple[int, int, int] = (1000, 300, 300)
-    val_check_interval: int = 250
+    # The base trains alone in one process while sr1 then sr2 train in another: about the same
+    # wall time on one core each (~4 steps/s for each of these configs).
+    train_steps: tuple[int, int, int] = (2000, 1000, 1000)
+    validations: int = 4  # per stage, evenly spaced; the last one at the final step saves last.ckpt
     guidance: float = 3.0  # the base stage's guidance "on"; the SR stages sample unguided
     sampling_steps: tuple[int, int, int] = (25, 15, 10)
     aug_levels: tuple[float, float] = (0.1, 0.1)
     batch_size: int = 16
 
+    def __post_init__(self) -> None:
+        if any(steps % self.validations for steps in self.train_steps):
+            raise ValueError(f"every stage's training steps {self.train_steps} must be a multiple of "
+                             f"validations={self.validations}, so the last validation saves the final step")
+
 
 FULL = DemoPlan()
 FAST = DemoPlan(
     train_images=128, val_images=32, heldout_captions=6, samples_per_caption=1,
-    train_steps=(8, 4, 4), val_check_interval=4, sampling_steps=(4, 3, 3),
+    train_steps=(8, 4, 4), validations=2, sampling_steps=(4, 3, 3),
 )
 
 
@@ -92,35 +101,16 @@ def heldout_scenes(plan: DemoPlan) -> list[dict]:
     return [synthetic.sample_scene(index, seed=2, split="heldout") for index in range(plan.heldout_captions)]
 
 
-def train_stage(name: str, out: Path, data: dict[str, Path], plan: DemoPlan, steps: int, console: Console) -> Path:
-    """`cascade fit` of one demo stage; returns its last checkpoint (skips a finished stage)."""
-    from .stages.cli import run
-
-    run_dir = out / "runs" / name
-    last = run_dir / "checkpoints" / "last.ckpt"
-    done_marker = run_dir / "finished.json"
-    if done_marker.exists() and json.loads(done_marker.read_text()).get("steps") == steps and last.exists():
-        console.print(f"{name}: already trained for {steps} steps, skipping")
-        return last
-    argv = [
-        "-c", str(CONFIG_DIR / f"{name}.yaml"),
-        "--run_dir", str(run_dir),
-        "--data.init_args.train_shards", str(data["train"]),
-        "--data.init_args.val_shards", str(data["val"]),
-        "--data.init_args.batch_size", str(plan.batch_size),
-        "--data.init_args.val_batch_size", str(2 * plan.batch_size),
-        "--trainer.max_steps", str(steps),
-        "--trainer.val_check_interval", str(min(plan.val_check_interval, steps)),
-        "--trainer.enable_progress_bar", "true",
+def stage_runs(out: Path, data: dict[str, Path], plan: DemoPlan) -> list[StageRun]:
+    """The `cascade fit` of each demo stage on `configs/demo/<stage>.yaml` and the demo's shards."""
+    shared = ("--data.init_args.train_shards", str(data["train"]), "--data.init_args.val_shards", str(data["val"]),
+              "--data.init_args.batch_size", str(plan.batch_size),
+              "--data.init_args.val_batch_size", str(2 * plan.batch_size))
+    return [
+        StageRun(name, CONFIG_DIR / f"{name}.yaml", out / "runs" / name, steps,
+                 shared + ("--trainer.val_check_interval", str(max(1, steps // plan.validations))))
+        for name, steps in zip(STAGES, plan.train_steps)
     ]
-    if last.exists():
-        argv += ["--ckpt_path", str(last)]
-    started = time.perf_counter()
-    code = run("fit", argv)
-    if code != 0 or not last.exists():
-        raise RuntimeError(f"training the {name} stage failed (exit code {code}); see the messages above")
-    done_marker.write_text(json.dumps({"steps": steps, "seconds": time.perf_counter() - started}))
-    return last
 
 
 def sample_heldout(cascade: Cascade, scenes: list[dict], out: Path, plan: DemoPlan, console: Console) -> dict[float, Path]:
@@ -141,14 +131,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="working and output folder")
     parser.add_argument("--fast", action="store_true", help="a few steps of everything (a smoke test, for CI)")
     parser.add_argument("--base-steps", type=int, default=None, help="override the base stage's training steps")
-    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
-                        help="torch compute threads (default: one core fewer than the machine has, which is "
-                             "left to the data-loader worker; on a busy machine 1 is fastest)")
+    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                        help="torch threads per training process (two train at once) and for sampling "
+                             "(default: half the cores; on a busy machine 1 is fastest)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     plan = FAST if args.fast else FULL
     if args.base_steps is not None:
-        plan = replace(plan, train_steps=(args.base_steps,) + plan.train_steps[1:])
+        try:
+            plan = replace(plan, train_steps=(args.base_steps,) + plan.train_steps[1:])
+        except ValueError as error:
+            parser.error(f"--base-steps: {error}")
     console = Console()
     torch.manual_seed(0)
     started = time.perf_counter()
@@ -161,12 +154,16 @@ def main(argv: list[str]) -> int:
     step("1/5 writing the synthetic captioned dataset")
     data = write_datasets(args.out, plan, console)
     timings["data"] = time.perf_counter() - started
-    checkpoints = []
-    for index, name in enumerate(STAGES):
-        step(f"2/5 training stage {name} ({plan.train_steps[index]} steps)")
-        begun = time.perf_counter()
-        checkpoints.append(train_stage(name, args.out, data, plan, plan.train_steps[index], console))
-        timings[f"train {name}"] = time.perf_counter() - begun
+    step("2/5 training: base | sr1 then sr2, in two processes")
+    base, sr1, sr2 = stage_runs(args.out, data, plan)
+    try:
+        trained = train_concurrently([[base], [sr1, sr2]], args.threads, console)
+    except StageTrainingError as error:
+        console.print(f"[red]cascade demo: {error}[/red]")
+        return 1
+    for name, seconds in trained.items():
+        timings[f"train {name}"] = seconds
+    checkpoints = [run.last_checkpoint for run in (base, sr1, sr2)]
     step("3/5 sampling held-out captions through the cascade")
     begun = time.perf_counter()
     settings = [StageSettings(steps=plan.sampling_steps[0], guidance=plan.guidance)] + [

@@ -24,10 +24,12 @@ def read_metadata(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines() if line.strip()]
 
 
-def alignment_of_folder(folder: Path, scenes: list[dict]) -> dict[str, float]:
-    """Detector accuracy of a sample folder against the scenes its captions came from."""
+def alignment_of_folder(folder: Path, scenes: list[dict], images: Path | None = None) -> dict[str, float]:
+    """Detector accuracy of a sample folder's images (or of the same names in `images`, e.g. an
+    intermediate stage's folder) against the scenes their captions came from."""
+    images = images or folder
     scores = [
-        score(np.asarray(Image.open(folder / entry["file"]).convert("RGB")), scenes[entry["condition_index"]])
+        score(np.asarray(Image.open(images / entry["file"]).convert("RGB")), scenes[entry["condition_index"]])
         for entry in read_metadata(folder)
     ]
     return aggregate(scores)
@@ -45,6 +47,10 @@ def evaluate_demo(folders: dict[float, Path], reference_dir: Path, scenes: list[
     """{"alignment": {label: accuracies}, "metrics": [EvaluationResult], "extractor": name}."""
     alignment = {"real renders": alignment_of_reference(reference_dir, scenes)}
     for guidance, folder in folders.items():
+        # Each stage's output, so the table shows where a caption's content is won or lost.
+        for stage_dir in sorted((folder / "intermediate").glob("stage*_*px"), key=lambda p: int(p.name[5:].split("_")[0])):
+            size = stage_dir.name.split("_")[1]
+            alignment[f"guidance {guidance:g}, {size} stage"] = alignment_of_folder(folder, scenes, stage_dir)
         alignment[f"guidance {guidance:g}"] = alignment_of_folder(folder, scenes)
     extractor = build_extractor("random-inception", random_input_size=FEATURE_INPUT_SIZE, device="cpu")
     reference, _ = reference_statistics(str(reference_dir), extractor, cache_dir=reference_dir.parent / "stats",

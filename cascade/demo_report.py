@@ -76,7 +76,9 @@ def write_demo_report(out: Path, *, plan: dict, settings: list[dict], folders: d
     report.text(
         "A deterministic detector (eval.alignment) segments the generated pixels by palette colour, finds the "
         "objects and classifies their shapes, then compares them with the ground truth of the caption's scene. "
-        "The 'real renders' row is the detector on the dataset's own images of the same captions: its ceiling."
+        "The 'real renders' row is the detector on the dataset's own images of the same captions: its ceiling. "
+        "Rows naming a size score that stage's output (the base's, then each SR stage's); the plain "
+        "'guidance g' rows score the final images."
     )
     rows = [[label, int(values["n"])] + [values[check] for check in ALIGNMENT_CHECKS]
             for label, values in evaluation["alignment"].items()]

@@ -1,10 +1,14 @@
 """`cascade demo --fast`: the README's main job end to end, at smoke-test size."""
 
+import io
 import json
 import subprocess
 import sys
 
 import pytest
+from rich.console import Console
+
+from cascade.demo_training import StageRun, StageTrainingError, train_concurrently
 
 
 @pytest.mark.slow
@@ -25,7 +29,19 @@ def test_demo_fast_trains_samples_evaluates_and_writes_the_report(tmp_path):
         assert json.loads(lines[0])["stages"][2]["image_size"] == 128
         assert len(list((folder / "intermediate" / "stage0_32px").glob("*.png"))) == 6
 
+    for stage in ("base", "sr1", "sr2"):  # trained in their own processes, two at a time
+        assert "training ended at step" in (out / "runs" / stage / "train.log").read_text()
+
     rerun = subprocess.run([sys.executable, "-m", "cascade.cli", "demo", "--fast", "--out", str(out)],
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert rerun.stdout.count("already trained") == 3, "a rerun resumes: finished stages are not retrained"
+
+
+def test_a_failing_stage_is_named_with_its_log(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("trainer:\n  max_stepz: 3\n")
+    lanes = [[StageRun("base", broken, tmp_path / "base", 3, ())], [StageRun("sr1", broken, tmp_path / "sr1", 3, ())]]
+    with pytest.raises(StageTrainingError, match=r"training the (base|sr1) stage failed .* its output is in .*train\.log"):
+        train_concurrently(lanes, threads_per_process=1, console=Console(file=io.StringIO()))
+    assert "max_stepz" in (tmp_path / "base" / "train.log").read_text()

@@ -1,0 +1,119 @@
+"""Training the demo's three stages on a small CPU: two `cascade fit` processes at once.
+
+The stages are independent while they train (each SR stage learns from real low-res images,
+not from the base's samples), so the base trains in one process while the two SR stages train
+one after the other in a second. On a 2-core machine that is one core per process, the
+fastest use of it: one torch thread per process, where two threads in one process lose more
+to OpenMP waits than they gain. Each process writes its output to RUN_DIR/train.log, and
+prints `step N/MAX` lines (`cascade.stages.ProgressLines`), which drive one progress bar per
+stage on the console.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+STEP_LINE = re.compile(r"^step (\d+)/\d+")
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """One `cascade fit` of a demo stage: its config, run directory and step count."""
+
+    name: str
+    config: Path
+    run_dir: Path
+    steps: int
+    overrides: tuple[str, ...]
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.ckpt"
+
+    @property
+    def done_marker(self) -> Path:
+        return self.run_dir / "finished.json"
+
+    def finished(self) -> bool:
+        """Trained for `steps` already (a rerun of the demo skips it)."""
+        if not (self.done_marker.exists() and self.last_checkpoint.exists()):
+            return False
+        return json.loads(self.done_marker.read_text()).get("steps") == self.steps
+
+    def command(self) -> list[str]:
+        argv = [sys.executable, "-m", "cascade.cli", "fit", "-c", str(self.config), "--run_dir", str(self.run_dir),
+                "--trainer.max_steps", str(self.steps), "--trainer.enable_progress_bar", "false",
+                "--trainer.callbacks+=cascade.stages.ProgressLines", *self.overrides]
+        if self.last_checkpoint.exists():  # an interrupted demo resumes where the stage stopped
+            argv += ["--ckpt_path", str(self.last_checkpoint)]
+        return argv
+
+
+class StageTrainingError(RuntimeError):
+    """A `cascade fit` of the demo failed; the message names the stage and its log."""
+
+
+def train_concurrently(lanes: list[list[StageRun]], threads_per_process: int, console: Console) -> dict[str, float]:
+    """Run each lane's stages one after the other, the lanes at the same time; returns the
+    seconds each stage took (0 for one trained before). Raises StageTrainingError naming the
+    first stage that failed and its log, after the other lanes have finished their stage."""
+    seconds: dict[str, float] = {}
+    failures: list[str] = []
+    columns = (TextColumn("{task.description:>12}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        tasks = {run.name: progress.add_task(f"train {run.name}", total=run.steps) for lane in lanes for run in lane}
+
+        def run_lane(lane: list[StageRun]) -> None:
+            for run in lane:
+                if failures:
+                    return
+                if run.finished():
+                    progress.console.print(f"{run.name}: already trained for {run.steps} steps, skipping")
+                    progress.update(tasks[run.name], completed=run.steps)
+                    seconds[run.name] = 0.0
+                    continue
+                began = time.perf_counter()
+                code = _fit(run, threads_per_process, lambda step, task=tasks[run.name]: progress.update(task, completed=step))
+                seconds[run.name] = time.perf_counter() - began
+                if code != 0 or not run.last_checkpoint.exists():
+                    failures.append(f"training the {run.name} stage failed (exit code {code}); "
+                                    f"its output is in {run.run_dir / 'train.log'}")
+                    return
+                run.done_marker.write_text(json.dumps({"steps": run.steps, "seconds": seconds[run.name]}))
+                progress.update(tasks[run.name], completed=run.steps)
+
+        threads = [threading.Thread(target=run_lane, args=(lane,), name=f"lane-{i}") for i, lane in enumerate(lanes)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    if failures:
+        raise StageTrainingError("; ".join(failures))
+    return seconds
+
+
+def _fit(run: StageRun, threads: int, on_step) -> int:
+    """One `cascade fit` subprocess; its output goes to RUN_DIR/train.log, step lines to on_step."""
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    with open(run.run_dir / "train.log", "a") as log, subprocess.Popen(
+        run.command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as process:
+        for line in process.stdout:
+            log.write(line)
+            match = STEP_LINE.match(line)
+            if match:
+                on_step(int(match.group(1)))
+        return process.wait()
