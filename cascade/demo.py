@@ -131,9 +131,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="working and output folder")
     parser.add_argument("--fast", action="store_true", help="a few steps of everything (a smoke test, for CI)")
     parser.add_argument("--base-steps", type=int, default=None, help="override the base stage's training steps")
-    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2),
-                        help="torch threads per training process (two train at once) and for sampling "
-                             "(default: half the cores; on a busy machine 1 is fastest)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads: the two training processes get half each, sampling and "
+                             "evaluation all of them (default: the machine's cores)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     plan = FAST if args.fast else FULL
@@ -157,7 +157,7 @@ def main(argv: list[str]) -> int:
     step("2/5 training: base | sr1 then sr2, in two processes")
     base, sr1, sr2 = stage_runs(args.out, data, plan)
     try:
-        trained = train_concurrently([[base], [sr1, sr2]], args.threads, console)
+        trained = train_concurrently([[base], [sr1, sr2]], max(1, args.threads // 2), console)
     except StageTrainingError as error:
         console.print(f"[red]cascade demo: {error}[/red]")
         return 1

@@ -108,7 +108,7 @@ def _fit(run: StageRun, threads: int, on_step) -> int:
     """One `cascade fit` subprocess; its output goes to RUN_DIR/train.log, step lines to on_step."""
     run.run_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    with open(run.run_dir / "train.log", "a") as log, subprocess.Popen(
+    with open(run.run_dir / "train.log", "a", buffering=1) as log, subprocess.Popen(
         run.command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     ) as process:
         for line in process.stdout:
