@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from eval.atomic import write_bytes
+
 METADATA_FILE = "metadata.jsonl"
 
 
@@ -74,16 +76,6 @@ def is_done(folder: Path, item: WorkItem) -> bool:
     return (folder / f"{item.name}.json").exists() and (folder / f"{item.name}.png").exists()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a reader never sees a partial file."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     """A (3, H, W) image in [-1, 1] as an (H, W, 3) uint8 array."""
     scaled = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round()
@@ -98,8 +90,8 @@ def png_bytes(image: torch.Tensor) -> bytes:
 
 def write_image(folder: Path, name: str, image: torch.Tensor, metadata: dict) -> None:
     """The PNG first, then its sidecar: the sidecar marks the image complete."""
-    atomic_write_bytes(folder / f"{name}.png", png_bytes(image))
-    atomic_write_bytes(folder / f"{name}.json", (json.dumps(metadata, sort_keys=True) + "\n").encode())
+    write_bytes(folder / f"{name}.png", png_bytes(image))
+    write_bytes(folder / f"{name}.json", (json.dumps(metadata, sort_keys=True) + "\n").encode())
 
 
 def merge_metadata(folder: Path) -> int:
@@ -109,7 +101,7 @@ def merge_metadata(folder: Path) -> int:
         for sidecar in sorted(folder.glob("*.json"))
         if (folder / f"{sidecar.stem}.png").exists()
     ]
-    atomic_write_bytes(folder / METADATA_FILE, ("\n".join(lines) + "\n").encode() if lines else b"")
+    write_bytes(folder / METADATA_FILE, ("\n".join(lines) + "\n").encode() if lines else b"")
     return len(lines)
 
 

@@ -20,7 +20,8 @@ import numpy as np
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to `target`; on success rename it onto `target`.
+    """Yield a temporary path next to `target`; on success make it durable (fsync), give it
+    the permissions a plain new file would have, and rename it onto `target`.
 
     On an exception the temporary file is removed and `target` is left untouched.
     """
@@ -31,6 +32,9 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp creates 0600
         os.replace(tmp, target)
     finally:
         if tmp.exists():
@@ -43,8 +47,8 @@ def write_bytes(target: str | os.PathLike[str], data: bytes) -> Path:
     return Path(target)
 
 
-def write_text(target: str | os.PathLike[str], text: str) -> Path:
-    return write_bytes(target, text.encode("utf-8"))
+def write_text(target: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+    return write_bytes(target, text.encode(encoding))
 
 
 def save_npz(target: str | os.PathLike[str], **arrays: Any) -> Path:
@@ -52,3 +56,9 @@ def save_npz(target: str | os.PathLike[str], **arrays: Any) -> Path:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return write_bytes(target, buffer.getvalue())
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 
 from data.prompt_sets import SHIPPED_PROMPT_SETS, PromptRecord, read_prompt_set, resolve_prompt_set
-from eval.sheets.atomic import write_text_atomic
+from eval.atomic import write_text
 from eval.sheets.errors import SheetError
 from eval.sheets.images import IMAGE_FORMATS
 from eval.sheets.ingest import collect_answers, load_study
@@ -122,7 +122,7 @@ def _ingest(args: argparse.Namespace) -> int:
     study = load_study(args.key)
     answers = collect_answers(study, args.sheets)
     results = summarise(study, answers, sheets=[str(s) for s in args.sheets], resamples=args.bootstrap, seed=args.seed)
-    write_text_atomic(args.out, json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    write_text(args.out, json.dumps(results, indent=1, ensure_ascii=False) + "\n")
     console = Console()
     print_results(results, console)
     console.print(f"results: {args.out}")

@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.progress import track
 
 from eval.sheets.answer_csv import answer_template_csv
-from eval.sheets.atomic import write_text_atomic
+from eval.atomic import write_text
 from eval.sheets.html_sheet import answers_file_name, render_sheet, sheet_file_name
 from eval.sheets.images import image_data_uri
 from eval.sheets.study import Study
@@ -49,14 +49,14 @@ def write_study(
         for path in track(paths, description="embedding images", transient=True)
     }
     key_text = json.dumps(study.to_key(), indent=1, ensure_ascii=False) + "\n"
-    key = write_text_atomic(out_dir / key_file_name(study.study_id), key_text)  # first: no sheet without its key
+    key = write_text(out_dir / key_file_name(study.study_id), key_text)  # first: no sheet without its key
     raters_dir = out_dir / RATERS_FOLDER
     sheets, templates = {}, {}
     for rater_id in study.raters:
         html = render_sheet(study, rater_id, image_uris)
-        sheets[rater_id] = write_text_atomic(raters_dir / sheet_file_name(study.study_id, rater_id), html)
+        sheets[rater_id] = write_text(raters_dir / sheet_file_name(study.study_id, rater_id), html)
         template = answer_template_csv(study, rater_id)
-        templates[rater_id] = write_text_atomic(
+        templates[rater_id] = write_text(
             raters_dir / answers_file_name(study.study_id, rater_id), template, encoding="utf-8-sig"
         )
     return WrittenStudy(key=key, sheets=sheets, templates=templates)
