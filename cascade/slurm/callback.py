@@ -24,9 +24,11 @@ class SlurmJob(Callback):
     the signal. At the end of every training batch the ranks combine their notes with an
     asynchronous all-reduce (MAX, on a gloo group of its own, so no GPU sync) and read the
     result one batch later, when it is long complete: all ranks see it at the same step. There
-    they save RUN_DIR/hpc_ckpt_N.ckpt together, rank 0 runs `scontrol requeue`, and training
-    stops; the requeued job resumes from that file. If the requeue fails (or the process is not
-    in a Slurm job), training goes on with the checkpoint saved. Installing the handler in
+    they save RUN_DIR/hpc_ckpt_N.ckpt together and rank 0 runs `scontrol requeue`; training goes
+    on until Slurm ends the job (stopping the Trainer would first run a validation, eating into
+    the grace time), and the requeued job resumes from the newest checkpoint: that file, or one
+    written after it. If the requeue fails (or the process is not in a Slurm job), the checkpoint
+    is there and training simply goes on. Installing the handler in
     `setup` keeps Lightning from installing its own (it skips a signal that already has one).
     DataLoader workers forked later inherit the handler, which only sets a flag in their copy.
 
@@ -38,7 +40,6 @@ class SlurmJob(Callback):
         self._group = None  # gloo group for the agreement; None in a one-process run
         self._flag: torch.Tensor | None = None
         self._pending = None  # the all-reduce of _flag posted at the previous batch
-        self._requeued_at: int | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage == "fit":
@@ -76,19 +77,13 @@ class SlurmJob(Callback):
         # Every rank is here at the same step, so the save's collectives line up.
         path = trainer.strategy.broadcast(str(next_hpc_checkpoint(Path(trainer.default_root_dir))), src=0)
         trainer.save_checkpoint(path)
-        requeued = False
         if trainer.is_global_zero:
-            requeued = requeue_job(path, step)
-        if trainer.strategy.broadcast(requeued, src=0):
-            self._requeued_at = step
-            trainer.should_stop = True
+            requeue_job(path, step)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self._pending is not None:
             self._pending.wait()
             self._pending = None
-        if trainer.is_global_zero and self._requeued_at is not None:
-            print(f"stopped at step {self._requeued_at} for the requeue", flush=True)
 
 
 def next_hpc_checkpoint(directory: Path) -> Path:
