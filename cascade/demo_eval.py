@@ -16,6 +16,8 @@ from eval.evaluate import evaluate_samples
 from eval.extractors import build_extractor
 from eval.features import reference_statistics
 
+from .sample_output import intermediate_dirs
+
 ALIGNMENT_CHECKS = ("colour", "shape", "count", "exact", "relation")
 FEATURE_INPUT_SIZE = 128  # the random-weight extractor runs at the demo's final resolution
 
@@ -48,9 +50,8 @@ def evaluate_demo(folders: dict[float, Path], reference_dir: Path, scenes: list[
     alignment = {"real renders": alignment_of_reference(reference_dir, scenes)}
     for guidance, folder in folders.items():
         # Each stage's output, so the table shows where a caption's content is won or lost.
-        for stage_dir in sorted((folder / "intermediate").glob("stage*_*px"), key=lambda p: int(p.name[5:].split("_")[0])):
-            size = stage_dir.name.split("_")[1]
-            alignment[f"guidance {guidance:g}, {size} stage"] = alignment_of_folder(folder, scenes, stage_dir)
+        for size, stage_dir in intermediate_dirs(folder):
+            alignment[f"guidance {guidance:g}, {size}px stage"] = alignment_of_folder(folder, scenes, stage_dir)
         alignment[f"guidance {guidance:g}"] = alignment_of_folder(folder, scenes)
     extractor = build_extractor("random-inception", random_input_size=FEATURE_INPUT_SIZE, device="cpu")
     reference, _ = reference_statistics(str(reference_dir), extractor, cache_dir=reference_dir.parent / "stats",

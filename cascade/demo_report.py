@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from eval.report import Report, ReportFiles, add_metrics_section  # noqa: E402
 
 from .demo_eval import ALIGNMENT_CHECKS, read_metadata  # noqa: E402
+from .sample_output import intermediate_dirs  # noqa: E402
 
 GRID_CAPTIONS = 12  # captions shown in the grids
 
@@ -54,9 +55,8 @@ def training_curves(run_dir: Path):
     return figure, (min(val.items())[1] if val else math.nan, val)
 
 
-def _grid_paths(folder: Path, entries: list[dict], subfolder: str | None = None) -> list[Path]:
-    base = folder / "intermediate" / subfolder if subfolder else folder
-    return [base / entry["file"] for entry in entries]
+def _grid_paths(images: Path, entries: list[dict]) -> list[Path]:
+    return [images / entry["file"] for entry in entries]
 
 
 def write_demo_report(out: Path, *, plan: dict, settings: list[dict], folders: dict[float, Path], evaluation: dict,
@@ -95,9 +95,9 @@ def write_demo_report(out: Path, *, plan: dict, settings: list[dict], folders: d
     report.heading("Every stage of the cascade")
     strongest = guidance_values[-1]
     folder = folders[strongest]
-    for subfolder in sorted(p.name for p in (folder / "intermediate").iterdir()):
-        report.image_grid(_grid_paths(folder, entries[strongest], subfolder), f"{subfolder} (guidance {strongest:g})",
-                          name=f"stage-{subfolder}", columns=min(6, len(captions)) or 1)
+    for _, stage_dir in intermediate_dirs(folder):
+        report.image_grid(_grid_paths(stage_dir, entries[strongest]), f"{stage_dir.name} (guidance {strongest:g})",
+                          name=f"stage-{stage_dir.name}", columns=min(6, len(captions)) or 1)
     report.image_grid(_grid_paths(folder, entries[strongest]), f"final output (guidance {strongest:g})", captions,
                       name="stage-final", columns=min(6, len(captions)) or 1)
 

@@ -28,6 +28,7 @@ from data.prompt_sets import read_prompt_set
 from .pipeline import Cascade, StageSettings
 from .sample_output import (
     file_sha256,
+    intermediate_dir,
     is_done,
     merge_metadata,
     rank_and_world_size,
@@ -124,7 +125,7 @@ def sample_folder(cascade: Cascade, conditions, job: FolderJob, folder: Path, ra
     intermediate_dirs = []
     if job.keep_intermediate:
         for index, stage in enumerate(cascade.stages[:-1]):
-            intermediate_dirs.append(folder / "intermediate" / f"stage{index}_{stage.image_size}px")
+            intermediate_dirs.append(intermediate_dir(folder, index, stage.image_size))
             intermediate_dirs[-1].mkdir(parents=True, exist_ok=True)
     if len(todo) < len(items):
         console.print(f"rank {rank}: {folder}: {len(items) - len(todo)} of {len(items)} images already done, resuming", markup=False)

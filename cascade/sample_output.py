@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,21 @@ def rank_and_world_size() -> tuple[int, int]:
 
 def shard_for_rank(items: list[WorkItem], rank: int, world_size: int) -> list[WorkItem]:
     return items[rank::world_size]
+
+
+def intermediate_dir(folder: Path, stage_index: int, image_size: int) -> Path:
+    """Where `--keep-intermediate` puts the outputs of stage `stage_index` (not the last one)."""
+    return folder / "intermediate" / f"stage{stage_index}_{image_size}px"
+
+
+def intermediate_dirs(folder: Path) -> list[tuple[int, Path]]:
+    """(image size, folder) of each kept intermediate stage of a sample folder, in cascade order."""
+    found = []
+    for path in (folder / "intermediate").glob("stage*_*px"):
+        match = re.fullmatch(r"stage(\d+)_(\d+)px", path.name)
+        if match:
+            found.append((int(match.group(1)), int(match.group(2)), path))
+    return [(size, path) for _, size, path in sorted(found)]
 
 
 def is_done(folder: Path, item: WorkItem) -> bool:
