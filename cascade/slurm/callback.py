@@ -92,22 +92,21 @@ def next_hpc_checkpoint(directory: Path) -> Path:
     return directory / f"hpc_ckpt_{max(numbers, default=0) + 1}.ckpt"
 
 
-def requeue_job(checkpoint: str, step: int) -> bool:
+def requeue_job(checkpoint: str, step: int) -> None:
     """`scontrol requeue` this job (an array task as ARRAYJOB_TASK); prints what happened."""
     job = os.environ.get("SLURM_JOB_ID")
     if os.environ.get("SLURM_ARRAY_JOB_ID"):
         job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
     if not job:
         print(f"SIGUSR1: saved {checkpoint} at step {step}; not in a Slurm job, so training goes on", flush=True)
-        return False
+        return
     try:
         result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
     except FileNotFoundError:
         print(f"SIGUSR1: saved {checkpoint} at step {step}; scontrol not found, training goes on", flush=True)
-        return False
+        return
     if result.returncode != 0:
         print(f"SIGUSR1: saved {checkpoint} at step {step}; `scontrol requeue {job}` failed "
               f"({result.stderr.strip() or result.returncode}), training goes on", flush=True)
-        return False
-    print(f"SIGUSR1: saved {checkpoint} at step {step}; job {job} requeued", flush=True)
-    return True
+    else:
+        print(f"SIGUSR1: saved {checkpoint} at step {step}; job {job} requeued", flush=True)
