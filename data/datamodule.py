@@ -112,28 +112,17 @@ class ShardDataModule(LightningDataModule):
             blur_sigma=tuple(blur_sigma) if blur_sigma is not None else None,
             jpeg_quality=tuple(jpeg_quality) if jpeg_quality is not None else None,
         )
-        self.train_transform = SampleTransform(
+        shared = dict(
             resolution=resolution,
             lowres_resolution=lowres_resolution,
             crop_size=crop_size,
-            train=True,
-            random_crop=random_crop,
-            random_flip=random_flip,
             degradation=degradation,
             with_class_label=with_class_label,
             with_caption=with_caption,
             text_encoder=text_encoder,
         )
-        self.val_transform = SampleTransform(
-            resolution=resolution,
-            lowres_resolution=lowres_resolution,
-            crop_size=crop_size,
-            train=False,
-            degradation=degradation,
-            with_class_label=with_class_label,
-            with_caption=with_caption,
-            text_encoder=text_encoder,
-        )
+        self.train_transform = SampleTransform(train=True, random_crop=random_crop, random_flip=random_flip, **shared)
+        self.val_transform = SampleTransform(train=False, **shared)
         self.train_stream: ShardStream | None = None
         self.val_stream: ShardStream | None = None
 
