@@ -210,8 +210,10 @@ class UNet(nn.Module):
             h = self._run(block, h, embedding, context, context_mask)
             skips.append(h)
         h = self._run(self.middle_block, h, embedding, context, context_mask)
+        skip_scale = self.config.skip_scale
         for block in self.up_blocks:
-            h = torch.cat([h, skips.pop() * self.config.skip_scale], dim=1)
+            skip = skips.pop()
+            h = torch.cat([h, skip if skip_scale == 1.0 else skip * skip_scale], dim=1)
             h = self._run(block, h, embedding, context, context_mask)
         return self.conv_out(F.silu(self.norm_out(h)))
 
