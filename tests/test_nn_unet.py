@@ -264,6 +264,25 @@ def test_channels_last_matches_contiguous():
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {**CLASS_CONFIG, **TEXT_CONFIG},
+        {**CLASS_CONFIG, **TEXT_CONFIG, "resblock_updown": True},
+        SR_CONFIG,
+    ],
+    ids=["class+text", "biggan-updown", "sr"],
+)
+def test_forward_traces_as_one_graph_for_torch_compile(overrides):
+    """torch.compile (compile_unet, `cascade bench --compile`) gets the whole UNet as one graph:
+    a graph break would silently run part of it eagerly and recompile it per block shape."""
+    torch._dynamo.reset()
+    unet = build(**overrides).train()
+    explanation = torch._dynamo.explain(unet)(**inputs(unet), null_cond=torch.tensor([False, True]))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
 def test_bf16_autocast_forward_backward():
     unet = build(**CLASS_CONFIG, **TEXT_CONFIG).train()
     values = inputs(unet)
