@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from eval.atomic import write_bytes
+from eval.atomic import remove_stale_temporaries, write_bytes
 
 METADATA_FILE = "metadata.jsonl"
 
@@ -105,9 +105,13 @@ def png_bytes(image: torch.Tensor) -> bytes:
 
 
 def write_image(folder: Path, name: str, image: torch.Tensor, metadata: dict) -> None:
-    """The PNG first, then its sidecar: the sidecar marks the image complete."""
-    write_bytes(folder / f"{name}.png", png_bytes(image))
-    write_bytes(folder / f"{name}.json", (json.dumps(metadata, sort_keys=True) + "\n").encode())
+    """The PNG first, then its sidecar: the sidecar marks the image complete. Temporary files
+    of these two from a killed earlier run are removed (only this rank writes this item)."""
+    png, sidecar = folder / f"{name}.png", folder / f"{name}.json"
+    for path in (png, sidecar):
+        remove_stale_temporaries(path)
+    write_bytes(png, png_bytes(image))
+    write_bytes(sidecar, (json.dumps(metadata, sort_keys=True) + "\n").encode())
 
 
 def merge_metadata(folder: Path) -> int:
@@ -117,6 +121,7 @@ def merge_metadata(folder: Path) -> int:
         for sidecar in sorted(folder.glob("*.json"))
         if (folder / f"{sidecar.stem}.png").exists()
     ]
+    remove_stale_temporaries(folder / METADATA_FILE)
     write_bytes(folder / METADATA_FILE, ("\n".join(lines) + "\n").encode() if lines else b"")
     return len(lines)
 

@@ -8,6 +8,7 @@ same file system, which a sibling temporary file guarantees.
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import os
 import tempfile
@@ -27,7 +28,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=_TEMPORARY_SUFFIX, dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -39,6 +40,18 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_temporaries(target: str | os.PathLike[str]) -> int:
+    """Delete the temporary files that `atomic_path(target)` left behind in a process that was
+    killed mid-write (a kill skips the cleanup); returns how many. Only for a caller that owns
+    `target`: another process writing it at the same time would lose its temporary file."""
+    target = Path(target)
+    removed = 0
+    for stale in target.parent.glob(f"{glob.escape(_temporary_prefix(target))}*{_TEMPORARY_SUFFIX}"):
+        stale.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def write_bytes(target: str | os.PathLike[str], data: bytes) -> Path:
@@ -56,6 +69,13 @@ def save_npz(target: str | os.PathLike[str], **arrays: Any) -> Path:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return write_bytes(target, buffer.getvalue())
+
+
+_TEMPORARY_SUFFIX = ".tmp"
+
+
+def _temporary_prefix(target: Path) -> str:
+    return f".{target.name}."
 
 
 def _current_umask() -> int:

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from eval.atomic import atomic_path, write_bytes
+from eval.atomic import atomic_path, remove_stale_temporaries, write_bytes
 
 
 def test_write_is_whole_with_plain_file_permissions(tmp_path):
@@ -24,3 +24,16 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         raise RuntimeError("killed mid-write")
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+def test_stale_temporaries_of_a_killed_writer_are_removed_for_that_target_only(tmp_path):
+    target = tmp_path / "00001_000.png"
+    with atomic_path(target) as tmp:  # a kill skips the cleanup: keep a copy of the temporary
+        tmp.write_bytes(b"half")
+        stale = tmp.with_name(tmp.name.replace(".png.", ".png.killed"))
+        stale.write_bytes(b"half")
+    other = tmp_path / ".00001_000.json.abc.tmp"  # another file's temporary stays
+    other.write_bytes(b"")
+    assert remove_stale_temporaries(target) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, other.name])
+    assert remove_stale_temporaries(tmp_path / "[weird].png") == 0  # names are not glob patterns

@@ -68,3 +68,12 @@ def test_merge_metadata_gathers_complete_images_sorted(tmp_path):
     assert merge_metadata(tmp_path) == 6
     lines = [json.loads(line) for line in (tmp_path / METADATA_FILE).read_text().splitlines()]
     assert [line["file"] for line in lines] == sorted(line["file"] for line in lines)
+
+
+def test_write_image_removes_its_own_temporaries_from_a_killed_run(tmp_path):
+    for leftover in (".00000_000.png.k1.tmp", ".00000_000.json.k2.tmp", ".00001_000.png.k3.tmp"):
+        (tmp_path / leftover).write_bytes(b"half")
+    write_image(tmp_path, "00000_000", torch.zeros(3, 4, 4), {"file": "00000_000.png"})
+    names = sorted(p.name for p in tmp_path.iterdir())
+    # another item's temporary may belong to another rank still writing it: left alone
+    assert names == [".00001_000.png.k3.tmp", "00000_000.json", "00000_000.png"]
