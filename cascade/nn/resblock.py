@@ -58,9 +58,10 @@ def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     convolution of x whose taps are sums of the 3x3 taps (the sub-pixel convolution view of
     Shi et al. 2016, "Real-Time Single Image and Video Super-Resolution Using an Efficient
     Sub-Pixel Convolutional Neural Network"). One 2x2 convolution with padding 1 produces all
-    four phases on an (H+1)x(W+1) grid; phase (py, px) is that grid shifted by (py, px).
-    4/9 of the multiply-adds, and the upsampled input is never stored. Equal to the direct
-    form up to float rounding; the output keeps x's memory format.
+    four phases on an (H+1)x(W+1) grid; phase (py, px) is that grid shifted by (py, px), and
+    fills the output pixels (2i + py, 2j + px). 4/9 of the multiply-adds, and the upsampled
+    input is never stored. Equal to the direct form up to float rounding; the output keeps
+    x's memory format.
     """
     batch, _, height, width = x.shape
     out_channels = weight.shape[0]
@@ -69,16 +70,19 @@ def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         x, torch.cat(phase_kernels), None if bias is None else bias.repeat(4), padding=1
     )  # (B, 4 * C_out, H + 1, W + 1), channels ordered (py, px, c)
     grid = phases.view(batch, 2, 2, out_channels, height + 1, width + 1)
-    s_batch, s_py, s_px, s_channel, s_row, s_col = grid.stride()
-    # out[b, c, i, py, j, px] = grid[b, py, px, c, i + py, j + px]
-    interleaved = grid.as_strided(
-        (batch, out_channels, height, 2, width, 2),
-        (s_batch, s_channel, s_row, s_py + s_row, s_col, s_px + s_col),
-    )  # the storage offset stays grid's
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        nhwc = interleaved.permute(0, 2, 3, 4, 5, 1).reshape(batch, 2 * height, 2 * width, out_channels)
-        return nhwc.permute(0, 3, 1, 2)
-    return interleaved.reshape(batch, out_channels, 2 * height, 2 * width)
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    out = torch.empty(
+        (batch, out_channels, 2 * height, 2 * width),
+        dtype=phases.dtype,
+        device=phases.device,
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+    )
+    # Plain slice assignments (not one strided view of the grid: torch.compile may lay out the
+    # convolution's output differently, and gave wrong gradients through such a view).
+    for py in (0, 1):
+        for px in (0, 1):
+            out[:, :, py::2, px::2] = grid[:, py, px, :, py : py + height, px : px + width]
+    return out
 
 
 def downsample_average(x: torch.Tensor) -> torch.Tensor:
