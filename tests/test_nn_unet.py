@@ -10,7 +10,7 @@ import torch
 import yaml
 from torch import nn
 
-from cascade.nn import UNet, UNetConfig
+from cascade.nn import UNet, UNetConfig, compile_static
 from cascade.nn import model_info
 
 REPO = Path(__file__).resolve().parents[1]
@@ -281,6 +281,23 @@ def test_forward_traces_as_one_graph_for_torch_compile(overrides):
     explanation = torch._dynamo.explain(unet)(**inputs(unet), null_cond=torch.tensor([False, True]))
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+@pytest.mark.slow
+def test_compiled_unet_trains_at_a_second_resolution_like_eager():
+    """compile_static: a new resolution compiles a static graph of its own. (torch's default
+    automatic-dynamic graph failed to compile the backward at the second resolution.)"""
+    torch._dynamo.reset()
+    eager = build(**SR_CONFIG, resblock_updown=True).train()
+    compiled = compile_static(build(**SR_CONFIG, resblock_updown=True).train())
+    for batch, size in ((2, 16), (2, 32)):
+        values = inputs(eager, batch=batch, height=size, width=size)
+        got, expected = compiled(**values), eager(**values)
+        got.square().mean().backward()
+        expected.square().mean().backward()
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    for (name, mine), reference in zip(compiled.named_parameters(), eager.parameters()):
+        torch.testing.assert_close(mine.grad, reference.grad, rtol=1e-3, atol=1e-5, msg=name)
 
 
 def test_bf16_autocast_forward_backward():

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from cascade.nn import compile_static
 from cascade.stages.conditioning import Condition
 from cascade.stages.diffusion_stage import DiffusionStage
 from cascade.stages.export import build_stage
@@ -61,7 +62,7 @@ class SpeedSettings:
     def apply_compile(self, module: torch.nn.Module) -> torch.nn.Module:
         """torch.compile the module in place when asked (its state_dict keys do not change)."""
         if self.compile_mode is not None:
-            module.compile(mode=None if self.compile_mode == "default" else self.compile_mode)
+            compile_static(module, self.compile_mode)
         return module
 
     def image(self, tensor: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,6 @@ stays cheap.
 
 from cascade.nn.config import UNetConfig
 from cascade.nn.text import TextEncoder, TextEncoderNotFoundError, TextEncoding
-from cascade.nn.unet import UNet
+from cascade.nn.unet import UNet, compile_static
 
-__all__ = ["TextEncoder", "TextEncoderNotFoundError", "TextEncoding", "UNet", "UNetConfig"]
+__all__ = ["TextEncoder", "TextEncoderNotFoundError", "TextEncoding", "UNet", "UNetConfig", "compile_static"]

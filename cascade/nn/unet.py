@@ -31,6 +31,20 @@ from cascade.nn.resblock import Downsample, GroupNorm32, ResBlock, Upsample, zer
 from cascade.nn.text_conditioning import TextConditioning
 
 
+def compile_static(module: nn.Module, mode: str = "default") -> nn.Module:
+    """torch.compile `module` in place (`nn.Module.compile`, so its state_dict keys do not
+    change) with static shapes, and return it. `mode`: "default" or a torch.compile mode.
+
+    Each new input shape (the training crop, a sampling size, a batch size) compiles a graph of
+    its own instead of torch's automatic dynamic-shape graph: torch 2.14's inductor fails to
+    compile the UNet's backward with a symbolic resolution ("cannot determine truth value of
+    Relational"), which a second training resolution would trigger, and a diffusion UNet sees
+    only a few shapes (torch recompiles up to `torch._dynamo.config.recompile_limit` of them).
+    """
+    module.compile(mode=None if mode == "default" else mode, dynamic=False)
+    return module
+
+
 class UNetBlock(nn.ModuleList):
     """Layers applied in order; each gets what it needs (ADM's `TimestepEmbedSequential`).
 

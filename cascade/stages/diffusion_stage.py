@@ -36,7 +36,7 @@ from cascade.diffusion import (
     static_threshold,
 )
 from cascade.diffusion.samplers import Generators
-from cascade.nn import UNet, UNetConfig
+from cascade.nn import UNet, UNetConfig, compile_static
 
 from .conditioning import CONDITIONINGS, Condition, FrozenTextEncoder, TextEncoderConfig, cfg_dropout_mask
 from .config import (
@@ -88,8 +88,9 @@ class DiffusionStage(pl.LightningModule):
         sampling: defaults of `generate` and of the logged sample grids (`SamplingConfig`).
         compile_unet: torch.compile the UNet for training and sampling: null (off) or a
             torch.compile mode ("default", "reduce-overhead", "max-autotune"). Compiled in place
-            (`nn.Module.compile`), so checkpoints and exports keep the same keys; the first
-            steps pay the compile time (the TrainingSpeed callback shows it).
+            with static shapes (`cascade.nn.compile_static`), so checkpoints and exports keep
+            the same keys; the first steps, and the first call at each new shape, pay the
+            compile time (the TrainingSpeed callback shows it).
         max_consecutive_nonfinite: stop training (with a checkpoint) after this many optimiser
             steps in a row whose loss or gradient is NaN/inf; such steps are skipped. Checked
             every `trainer.log_every_n_steps` steps, where the loggers read the device anyway.
@@ -139,7 +140,7 @@ class DiffusionStage(pl.LightningModule):
         # counted without a host sync, read at logging intervals.
         self._nonfinite = torch.zeros(3, dtype=torch.long)
         if compile_unet is not None:
-            self.unet.compile(mode=None if compile_unet == "default" else compile_unet)
+            compile_static(self.unet, compile_unet)
 
     # ------------------------------------------------------------------ configuration
     def _check_settings(self, unet: UNetConfig, text_encoder: TextEncoderConfig | None) -> None:
