@@ -32,6 +32,7 @@ from .sample_output import (
     is_done,
     merge_metadata,
     rank_and_world_size,
+    remove_stale_writes,
     shard_for_rank,
     work_items,
     write_image,
@@ -127,6 +128,8 @@ def sample_folder(cascade: Cascade, conditions, job: FolderJob, folder: Path, ra
         for index, stage in enumerate(cascade.stages[:-1]):
             intermediate_dirs.append(intermediate_dir(folder, index, stage.image_size))
             intermediate_dirs[-1].mkdir(parents=True, exist_ok=True)
+    for directory in (folder, *intermediate_dirs):
+        remove_stale_writes(directory, todo)
     if len(todo) < len(items):
         console.print(f"rank {rank}: {folder}: {len(items) - len(todo)} of {len(items)} images already done, resuming", markup=False)
     text = cascade.conditioning == "text"

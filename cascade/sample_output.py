@@ -105,13 +105,15 @@ def png_bytes(image: torch.Tensor) -> bytes:
 
 
 def write_image(folder: Path, name: str, image: torch.Tensor, metadata: dict) -> None:
-    """The PNG first, then its sidecar: the sidecar marks the image complete. Temporary files
-    of these two from a killed earlier run are removed (only this rank writes this item)."""
-    png, sidecar = folder / f"{name}.png", folder / f"{name}.json"
-    for path in (png, sidecar):
-        remove_stale_temporaries(path)
-    write_bytes(png, png_bytes(image))
-    write_bytes(sidecar, (json.dumps(metadata, sort_keys=True) + "\n").encode())
+    """The PNG first, then its sidecar: the sidecar marks the image complete."""
+    write_bytes(folder / f"{name}.png", png_bytes(image))
+    write_bytes(folder / f"{name}.json", (json.dumps(metadata, sort_keys=True) + "\n").encode())
+
+
+def remove_stale_writes(folder: Path, items: list[WorkItem]) -> int:
+    """Remove the temporary files a killed earlier run left for these items' PNGs and sidecars
+    (one listing of the folder). Only for the rank that writes these items."""
+    return remove_stale_temporaries(folder, [f"{item.name}{suffix}" for item in items for suffix in (".png", ".json")])
 
 
 def merge_metadata(folder: Path) -> int:
@@ -121,7 +123,7 @@ def merge_metadata(folder: Path) -> int:
         for sidecar in sorted(folder.glob("*.json"))
         if (folder / f"{sidecar.stem}.png").exists()
     ]
-    remove_stale_temporaries(folder / METADATA_FILE)
+    remove_stale_temporaries(folder, [METADATA_FILE])
     write_bytes(folder / METADATA_FILE, ("\n".join(lines) + "\n").encode() if lines else b"")
     return len(lines)
 

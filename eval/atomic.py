@@ -8,11 +8,10 @@ same file system, which a sibling temporary file guarantees.
 from __future__ import annotations
 
 import contextlib
-import glob
 import io
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +41,18 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
             tmp.unlink()
 
 
-def remove_stale_temporaries(target: str | os.PathLike[str]) -> int:
-    """Delete the temporary files that `atomic_path(target)` left behind in a process that was
-    killed mid-write (a kill skips the cleanup); returns how many. Only for a caller that owns
-    `target`: another process writing it at the same time would lose its temporary file."""
-    target = Path(target)
+def remove_stale_temporaries(folder: str | os.PathLike[str], targets: Iterable[str]) -> int:
+    """Delete the temporary files that `atomic_path` left behind for the files named `targets`
+    in `folder` when a process was killed mid-write (a kill skips the cleanup); one listing of
+    the folder, returns how many. Only for a caller that owns those targets: another process
+    writing one at the same time would lose its temporary file."""
+    wanted = set(targets)
     removed = 0
-    for stale in target.parent.glob(f"{glob.escape(_temporary_prefix(target))}*{_TEMPORARY_SUFFIX}"):
-        stale.unlink(missing_ok=True)
-        removed += 1
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if _target_of_temporary(entry.name) in wanted:
+                Path(entry.path).unlink(missing_ok=True)
+                removed += 1
     return removed
 
 
@@ -76,6 +78,15 @@ _TEMPORARY_SUFFIX = ".tmp"
 
 def _temporary_prefix(target: Path) -> str:
     return f".{target.name}."
+
+
+def _target_of_temporary(name: str) -> str | None:
+    """The target's name of an `atomic_path` temporary ".TARGET.RANDOM.tmp" (mkstemp's RANDOM
+    has no dots), else None."""
+    if not (name.startswith(".") and name.endswith(_TEMPORARY_SUFFIX)):
+        return None
+    parts = name[1 : -len(_TEMPORARY_SUFFIX)].rsplit(".", 1)
+    return parts[0] if len(parts) == 2 else None
 
 
 def _current_umask() -> int:

@@ -34,6 +34,6 @@ def test_stale_temporaries_of_a_killed_writer_are_removed_for_that_target_only(t
         stale.write_bytes(b"half")
     other = tmp_path / ".00001_000.json.abc.tmp"  # another file's temporary stays
     other.write_bytes(b"")
-    assert remove_stale_temporaries(target) == 1
+    assert remove_stale_temporaries(tmp_path, [target.name]) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, other.name])
-    assert remove_stale_temporaries(tmp_path / "[weird].png") == 0  # names are not glob patterns
+    assert remove_stale_temporaries(tmp_path, ["[weird].png"]) == 0  # names are not glob patterns

@@ -10,6 +10,7 @@ from cascade.sample_output import (
     is_done,
     merge_metadata,
     rank_and_world_size,
+    remove_stale_writes,
     shard_for_rank,
     work_items,
     write_image,
@@ -70,9 +71,11 @@ def test_merge_metadata_gathers_complete_images_sorted(tmp_path):
     assert [line["file"] for line in lines] == sorted(line["file"] for line in lines)
 
 
-def test_write_image_removes_its_own_temporaries_from_a_killed_run(tmp_path):
+def test_resume_removes_its_own_items_temporaries_from_a_killed_run(tmp_path):
     for leftover in (".00000_000.png.k1.tmp", ".00000_000.json.k2.tmp", ".00001_000.png.k3.tmp"):
         (tmp_path / leftover).write_bytes(b"half")
+    mine = [item for item in work_items(CONDITIONS, 1) if item.name == "00000_000"]
+    remove_stale_writes(tmp_path, mine)
     write_image(tmp_path, "00000_000", torch.zeros(3, 4, 4), {"file": "00000_000.png"})
     names = sorted(p.name for p in tmp_path.iterdir())
     # another item's temporary may belong to another rank still writing it: left alone
