@@ -13,8 +13,8 @@ import sys
 # name -> ("module:function", one-line help). Keep sorted by name.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("cascade.bench:main", "benchmarks: train step, sampling, data loader, and imagen-pytorch side by side"),
-    "data": ("data.cli:main", "write webdataset shards, precompute text embeddings, benchmark the loader"),
-    "eval": ("eval.cli:main", "evaluate samples: FID / IS / precision-recall, SR consistency, human-eval sheets, reports"),
+    "data": ("cascade.data.cli:main", "write webdataset shards, precompute text embeddings, benchmark the loader"),
+    "eval": ("cascade.eval.cli:main", "evaluate samples: FID / IS / precision-recall, SR consistency, human-eval sheets, reports"),
     "demo": ("cascade.demo:main", "train a tiny text-to-image cascade on CPU, sample, evaluate, write a report"),
     "export": ("cascade.stages.export:main", "write a stage checkpoint's EMA weights (safetensors) and config (YAML)"),
     "fit": ("cascade.stages.cli:fit_main", "train a stage: LightningCLI, e.g. cascade fit -c configs/demo/base.yaml"),

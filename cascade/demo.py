@@ -7,7 +7,7 @@
    the other in a second, at the same time (`cascade.demo_training`);
 3. samples the held-out captions through the whole cascade without guidance (scale 1) and with
    it, keeping every stage's output;
-4. evaluates caption alignment with the dataset's deterministic detector (`eval.alignment`)
+4. evaluates caption alignment with the dataset's deterministic detector (`cascade.eval.alignment`)
    and FID / precision / recall in an offline feature space;
 5. writes an HTML and Markdown report (`report.html`) with grids, tables, curves and configs.
 
@@ -31,9 +31,10 @@ from .demo_report import write_demo_report
 from .demo_training import StageRun, StageTrainingError, train_concurrently
 from .pipeline import Cascade, StageSettings
 from .sample_cli import FolderJob, sample_folder
+from .resources import shipped
 from .sample_output import merge_metadata
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "demo"
+CONFIG_DIR = shipped("configs", "demo")
 STAGES = ("base", "sr1", "sr2")
 SHARD_RESOLUTION = 128
 
@@ -72,9 +73,9 @@ def write_datasets(out: Path, plan: DemoPlan, console: Console) -> dict[str, Pat
     """Train / val shards at SHARD_RESOLUTION (each stage resizes) and held-out reference renders."""
     from PIL import Image
 
-    from data import synthetic
-    from data.sources import SyntheticSource
-    from data.writer import write_shards
+    from .data import synthetic
+    from .data.sources import SyntheticSource
+    from .data.writer import write_shards
 
     paths = {"train": out / "shards" / "train", "val": out / "shards" / "val", "reference": out / "reference"}
     for split_name, count, seed in (("train", plan.train_images, 0), ("val", plan.val_images, 1)):
@@ -95,8 +96,8 @@ def write_datasets(out: Path, plan: DemoPlan, console: Console) -> dict[str, Pat
 
 
 def heldout_scenes(plan: DemoPlan) -> list[dict]:
-    """Scenes whose captions never occur in training (`data.synthetic` splits by caption)."""
-    from data import synthetic
+    """Scenes whose captions never occur in training (`cascade.data.synthetic` splits by caption)."""
+    from .data import synthetic
 
     return [synthetic.sample_scene(index, seed=2, split="heldout") for index in range(plan.heldout_captions)]
 

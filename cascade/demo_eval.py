@@ -11,10 +11,10 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from eval.alignment import aggregate, score
-from eval.evaluate import evaluate_samples
-from eval.extractors import build_extractor
-from eval.features import reference_statistics
+from .eval.alignment import aggregate, score
+from .eval.evaluate import evaluate_samples
+from .eval.extractors import build_extractor
+from .eval.features import reference_statistics
 
 from .sample_output import intermediate_dirs
 

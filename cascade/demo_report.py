@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from eval.report import Report, ReportFiles, add_metrics_section  # noqa: E402
+from .eval.report import Report, ReportFiles, add_metrics_section  # noqa: E402
 
 from .demo_eval import ALIGNMENT_CHECKS, read_metadata  # noqa: E402
 from .sample_output import intermediate_dirs  # noqa: E402
@@ -74,7 +74,7 @@ def write_demo_report(out: Path, *, plan: dict, settings: list[dict], folders: d
 
     report.heading("Caption alignment")
     report.text(
-        "A deterministic detector (eval.alignment) segments the generated pixels by palette colour, finds the "
+        "A deterministic detector (cascade.eval.alignment) segments the generated pixels by palette colour, finds the "
         "objects and classifies their shapes, then compares them with the ground truth of the caption's scene. "
         "The 'real renders' row is the detector on the dataset's own images of the same captions: its ceiling. "
         "Rows naming a size score that stage's output (the base's, then each SR stage's); the plain "

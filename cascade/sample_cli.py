@@ -23,7 +23,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from data.prompt_sets import read_prompt_set
+from .data.prompt_sets import read_prompt_set
 
 from .pipeline import Cascade, StageSettings
 from .sample_output import (

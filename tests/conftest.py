@@ -23,8 +23,8 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def synthetic_shards(tmp_path_factory) -> dict[str, str]:
     """Train (96 samples, 3 shards) and held-out val (16 samples) shards at 32x32."""
-    from data.sources import SyntheticSource
-    from data.writer import write_shards
+    from cascade.data.sources import SyntheticSource
+    from cascade.data.writer import write_shards
 
     root = tmp_path_factory.mktemp("shards")
     write_shards(SyntheticSource(count=96, resolution=32), str(root / "train"), max_samples=32, progress=False)
@@ -114,7 +114,7 @@ def micro_stage_config(
             "class_path": "cascade.stages.BaseStage" if stage == "base" else "cascade.stages.SuperResStage",
             "init_args": model,
         },
-        "data": {"class_path": "data.datamodule.ShardDataModule", "init_args": data},
+        "data": {"class_path": "cascade.data.datamodule.ShardDataModule", "init_args": data},
     }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from eval.cli import main as eval_main
+from cascade.eval.cli import main as eval_main
 
 
 def write_prompt_csv(path: Path, records: list[tuple[str, str]]) -> Path:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from data.synthetic import COLOURS, render, render_sample, sample_scene
-from eval.alignment import aggregate, detect, score
+from cascade.data.synthetic import COLOURS, render, render_sample, sample_scene
+from cascade.eval.alignment import aggregate, detect, score
 
 
 @pytest.mark.parametrize("resolution", [64, 128])

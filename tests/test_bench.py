@@ -175,7 +175,7 @@ def test_peer_runs_when_imagen_pytorch_is_installed(micro_configs, tmp_path):
 
 
 def test_loader_benchmark_reports_the_data_package_measurement(tmp_path, monkeypatch):
-    from data import bench as data_bench
+    from cascade.data import bench as data_bench
 
     calls = []
 

@@ -11,13 +11,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from data.datamodule import ShardDataModule
-from data.degrade import Degradation, downsample
-from data.shards import AtomicShard, encode_sample, member_bytes
-from data.sources import SyntheticSource
-from data.synthetic import render, sample_scene
-from data.transforms import SampleTransform
-from data.writer import write_shards
+from cascade.data.datamodule import ShardDataModule
+from cascade.data.degrade import Degradation, downsample
+from cascade.data.shards import AtomicShard, encode_sample, member_bytes
+from cascade.data.sources import SyntheticSource
+from cascade.data.synthetic import render, sample_scene
+from cascade.data.transforms import SampleTransform
+from cascade.data.writer import write_shards
 
 
 def _encode(pixels, field="png"):
@@ -104,7 +104,7 @@ def test_bad_samples_are_skipped_counted_and_reported(tmp_path, caplog):
     data = ShardDataModule(shard, shard, resolution=16, with_class_label=True, batch_size=2, num_workers=0)
     data.setup("fit")
 
-    with caplog.at_level(logging.WARNING, logger="data.stream"):
+    with caplog.at_level(logging.WARNING, logger="cascade.data.stream"):
         batches = list(data.val_dataloader())
     assert sorted(c for b in batches for c in b["caption"]) == ["good0", "good1", "good2"]
     assert batches[-1]["skipped"].tolist() == [7]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from data.synthetic import (
+from cascade.data.synthetic import (
     CLASS_NAMES,
     COLOURS,
     SHAPES,

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from cascade.nn import TextEncoder
-from data.cli import main as data_main
-from data.datamodule import ShardDataModule
-from data.shards import AtomicShard, encode_sample, member_bytes, read_samples
-from data.sources import SyntheticSource
-from data.writer import write_shards
+from cascade.data.cli import main as data_main
+from cascade.data.datamodule import ShardDataModule
+from cascade.data.shards import AtomicShard, encode_sample, member_bytes, read_samples
+from cascade.data.sources import SyntheticSource
+from cascade.data.writer import write_shards
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.cli import main as data_main
-from data.image_io import ImageEncoding
-from data.shards import read_samples, resolve_shards, shard_keys
-from data.sources import CaptionListSource, FolderSource, SyntheticSource
-from data.writer import write_shards
+from cascade.data.cli import main as data_main
+from cascade.data.image_io import ImageEncoding
+from cascade.data.shards import read_samples, resolve_shards, shard_keys
+from cascade.data.sources import CaptionListSource, FolderSource, SyntheticSource
+from cascade.data.writer import write_shards
 
 
 class CrashingSource(SyntheticSource):

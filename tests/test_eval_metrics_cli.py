@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from cascade.cli import main as cascade_main
-from eval.weights import INCEPTION_WEIGHTS_FILENAMES
+from cascade.eval.weights import INCEPTION_WEIGHTS_FILENAMES
 
 
 def _folder(folder, count, seed, size=24):

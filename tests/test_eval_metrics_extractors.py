@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.clip_score import CLIPScore
-from eval.extractors import DinoV2Extractor, RandomInceptionExtractor, build_extractor
-from eval.features import extract_features
-from eval.images import to_uint8
-from eval.inception import FIDInceptionV3
-from eval.sources import ImageFolder, open_image_source
-from eval.weights import state_dict_sha256
+from cascade.eval.clip_score import CLIPScore
+from cascade.eval.extractors import DinoV2Extractor, RandomInceptionExtractor, build_extractor
+from cascade.eval.features import extract_features
+from cascade.eval.images import to_uint8
+from cascade.eval.inception import FIDInceptionV3
+from cascade.eval.sources import ImageFolder, open_image_source
+from cascade.eval.weights import state_dict_sha256
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ from torch_fidelity.metric_isc import isc_features_to_metric
 from torch_fidelity.metric_kid import kid_features_to_metric
 from torch_fidelity.metric_prc import prc_features_to_metric
 
-from eval.frechet import frechet_distance, mean_and_covariance, symmetric_sqrt
-from eval.inception_score import inception_score
-from eval.kid import kernel_inception_distance
-from eval.precision_recall import knn_radii, precision_recall
+from cascade.eval.frechet import frechet_distance, mean_and_covariance, symmetric_sqrt
+from cascade.eval.inception_score import inception_score
+from cascade.eval.kid import kernel_inception_distance
+from cascade.eval.precision_recall import knn_radii, precision_recall
 
 
 def test_frechet_distance_matches_closed_form_for_diagonal_gaussians():

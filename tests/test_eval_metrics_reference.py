@@ -11,14 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.extractors import CleanInceptionExtractor, InceptionExtractor, build_extractor
-from eval.features import extract_features, reference_statistics
-from eval.frechet import frechet_distance, mean_and_covariance
-from eval.images import pil_bicubic_resize
-from eval.inception import FIDInceptionV3
-from eval.metrics import GenerativeMetrics
-from eval.sources import ImageFolder, image_batches
-from eval.weights import INCEPTION_WEIGHTS_ENV, INCEPTION_WEIGHTS_FILENAMES, InceptionWeightsNotFound, file_sha256
+from cascade.eval.extractors import CleanInceptionExtractor, InceptionExtractor, build_extractor
+from cascade.eval.features import extract_features, reference_statistics
+from cascade.eval.frechet import frechet_distance, mean_and_covariance
+from cascade.eval.images import pil_bicubic_resize
+from cascade.eval.inception import FIDInceptionV3
+from cascade.eval.metrics import GenerativeMetrics
+from cascade.eval.sources import ImageFolder, image_batches
+from cascade.eval.weights import INCEPTION_WEIGHTS_ENV, INCEPTION_WEIGHTS_FILENAMES, InceptionWeightsNotFound, file_sha256
 
 IMAGES_PER_SET = 12
 

@@ -14,12 +14,12 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from PIL import Image
 
-from eval.evaluate import evaluate_super_resolution
-from eval.extractors import FeatureExtractor
-from eval.features import ReferenceStatistics
-from eval.images import to_uint8
-from eval.metrics import GenerativeMetrics
-from eval.super_resolution import LowResConsistencyPSNR, antialiased_downsample, psnr
+from cascade.eval.evaluate import evaluate_super_resolution
+from cascade.eval.extractors import FeatureExtractor
+from cascade.eval.features import ReferenceStatistics
+from cascade.eval.images import to_uint8
+from cascade.eval.metrics import GenerativeMetrics
+from cascade.eval.super_resolution import LowResConsistencyPSNR, antialiased_downsample, psnr
 
 ALL_METRICS = ("fid", "is", "pr", "kid")
 KID_OPTIONS = dict(kid_subsets=5, kid_subset_size=6)

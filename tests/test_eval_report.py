@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.human_eval_results import load_human_eval
-from eval.report import Report, build_evaluation_report
-from eval.results import EvaluationResult, load_results, save_results
-from eval.sweeps import discover_sample_sets, parse_setting
+from cascade.eval.human_eval_results import load_human_eval
+from cascade.eval.report import Report, build_evaluation_report
+from cascade.eval.results import EvaluationResult, load_results, save_results
+from cascade.eval.sweeps import discover_sample_sets, parse_setting
 
 EVIL = '<script>alert("x")</script> & =cmd'
 

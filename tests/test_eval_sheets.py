@@ -22,11 +22,11 @@ from eval_sheets_helpers import (
 )
 from PIL import Image
 
-from eval.cli import main as eval_main
-from eval.sheets.answer_csv import COLUMNS, neutralise_formula
-from eval.sheets.errors import SheetError
-from eval.sheets.html_sheet import json_for_script
-from eval.sheets.images import image_data_uri
+from cascade.eval.cli import main as eval_main
+from cascade.eval.sheets.answer_csv import COLUMNS, neutralise_formula
+from cascade.eval.sheets.errors import SheetError
+from cascade.eval.sheets.html_sheet import json_for_script
+from cascade.eval.sheets.images import image_data_uri
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from eval_sheets_helpers import FORMULA_PROMPT, PROMPTS, SCRIPT_PROMPT, TAG_PROMPT, make_study
 from headless_chromium import ChromiumUnavailable, HeadlessChromium, ensure_chromium
 
-from eval.cli import main as eval_main
+from cascade.eval.cli import main as eval_main
 
 pytestmark = pytest.mark.browser
 

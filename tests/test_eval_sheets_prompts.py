@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from data.prompt_sets import PromptRecord, read_prompt_set
+from cascade.data.prompt_sets import PromptRecord, read_prompt_set
 
 
 def test_drawbench():

@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eval.sheets.ingest import Answer
-from eval.sheets.results import summarise
-from eval.sheets.stats import (
+from cascade.eval.sheets.ingest import Answer
+from cascade.eval.sheets.results import summarise
+from cascade.eval.sheets.stats import (
     bootstrap_indices,
     fleiss_kappa,
     percent_agreement,
     preference_rate_with_ci,
     unanimous_share,
 )
-from eval.sheets.study import Pair, Placement, RaterSheet, Study
+from cascade.eval.sheets.study import Pair, Placement, RaterSheet, Study
 
 # Fleiss (1971)'s worked example as reproduced on Wikipedia ("Fleiss' kappa"): 10 items,
 # 14 raters, 5 categories; P_bar = 0.378, P_e = 0.213, kappa = 0.210.

@@ -23,7 +23,7 @@ import sys
 import torch
 from rich.console import Console
 
-from cascade.diffusion import SAMPLERS
+from ..diffusion import SAMPLERS
 
 from .records import append_jsonl, environment, print_table
 from .stage_inputs import SpeedSettings
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     cascade.add_argument("configs", nargs="+", help="base config, then the SR configs in order")
     _add_cascade_options(cascade)
 
-    loader = commands.add_parser("loader", parents=[common], help="decoded samples/s per loader worker (data.bench)")
+    loader = commands.add_parser("loader", parents=[common], help="decoded samples/s per loader worker (cascade.data.bench)")
     _add_loader_options(loader)
 
     peer = commands.add_parser("peer", parents=[common], help="our train / CFG step vs imagen-pytorch at matched size")

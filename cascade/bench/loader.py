@@ -1,4 +1,4 @@
-"""Data-loader benchmark: decoded training samples per second per worker, from `data.bench`.
+"""Data-loader benchmark: decoded training samples per second per worker, from `cascade.data.bench`.
 
 The measurement itself (shards written once into a work folder, the training transform of each
 stage, warm-up batch, then a timed stream) is the data package's; this module only turns its
@@ -7,7 +7,7 @@ results into benchmark records.
 
 from __future__ import annotations
 
-from data import bench as data_bench
+from ..data import bench as data_bench
 
 
 def run_loader_benchmark(workdir: str, datasets: list[str], stages: list[str], samples: int) -> list[dict]:
@@ -24,7 +24,7 @@ def run_loader_benchmark(workdir: str, datasets: list[str], stages: list[str], s
             "samples": result.samples,
             "cpu_seconds": result.cpu_seconds,
             "wall_seconds": result.wall_seconds,
-            "samples_per_s_per_worker": result.rate,  # per CPU second of the worker (see data.bench)
+            "samples_per_s_per_worker": result.rate,  # per CPU second of the worker (see cascade.data.bench)
         }
         for result in data_bench.run(workdir, datasets, stages, samples)
     ]

@@ -23,7 +23,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker
 
-from cascade.stages.export import build_stage
+from ..stages.export import build_stage
 
 from .stage_inputs import read_stage_config, text_length
 

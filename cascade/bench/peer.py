@@ -27,10 +27,10 @@ from types import ModuleType
 
 import torch
 
-from cascade.diffusion import diffusion_loss, q_sample
-from cascade.nn import UNet, UNetConfig
-from cascade.stages.base_stage import BaseStage
-from cascade.stages.diffusion_stage import DiffusionStage
+from ..diffusion import diffusion_loss, q_sample
+from ..nn import UNet, UNetConfig
+from ..stages.base_stage import BaseStage
+from ..stages.diffusion_stage import DiffusionStage
 
 from .flops import count_flops
 from .harness import measure_interleaved

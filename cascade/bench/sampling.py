@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from cascade.diffusion import SAMPLERS
-from cascade.pipeline import StageSettings
-from cascade.stages.diffusion_stage import DiffusionStage
-from cascade.stages.super_res import SuperResStage
+from ..diffusion import SAMPLERS
+from ..pipeline import StageSettings
+from ..stages.diffusion_stage import DiffusionStage
+from ..stages.super_res import SuperResStage
 
 from .flops import count_flops
 from .harness import measure, peak_memory, reset_peak_memory, time_call

@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from cascade.nn import compile_static
-from cascade.stages.conditioning import Condition
-from cascade.stages.diffusion_stage import DiffusionStage
-from cascade.stages.export import build_stage
-from cascade.stages.super_res import SuperResStage
+from ..nn import compile_static
+from ..stages.conditioning import Condition
+from ..stages.diffusion_stage import DiffusionStage
+from ..stages.export import build_stage
+from ..stages.super_res import SuperResStage
 
 DEFAULT_TEXT_LENGTH = 32
 

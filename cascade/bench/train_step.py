@@ -15,8 +15,8 @@ from typing import Callable
 
 import torch
 
-from cascade.stages.diffusion_stage import DiffusionStage
-from cascade.stages.optim import build_adamw
+from ..stages.diffusion_stage import DiffusionStage
+from ..stages.optim import build_adamw
 
 from .flops import count_flops, device_peak, mfu
 from .harness import Timing, measure, peak_memory, reset_peak_memory

@@ -6,8 +6,8 @@
 stays cheap.
 """
 
-from cascade.nn.config import UNetConfig
-from cascade.nn.text import TextEncoder, TextEncoderNotFoundError, TextEncoding
-from cascade.nn.unet import UNet, compile_static
+from .config import UNetConfig
+from .text import TextEncoder, TextEncoderNotFoundError, TextEncoding
+from .unet import UNet, compile_static
 
 __all__ = ["TextEncoder", "TextEncoderNotFoundError", "TextEncoding", "UNet", "UNetConfig", "compile_static"]

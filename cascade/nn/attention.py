@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cascade.nn.resblock import GroupNorm32, zero_init
+from .resblock import GroupNorm32, zero_init
 
 
 class AttentionBlock(nn.Module):

@@ -16,8 +16,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from cascade.nn.config import UNetConfig
-from cascade.nn.unet import UNet
+from .config import UNetConfig
+from .unet import UNet
 
 
 def unet_section(config: dict) -> tuple[str, dict]:

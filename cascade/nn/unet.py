@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from cascade.nn.attention import AttentionBlock
-from cascade.nn.config import UNetConfig
-from cascade.nn.embeddings import ScalarEmbedding
-from cascade.nn.resblock import Downsample, GroupNorm32, ResBlock, Upsample, zero_init
-from cascade.nn.text_conditioning import TextConditioning
+from .attention import AttentionBlock
+from .config import UNetConfig
+from .embeddings import ScalarEmbedding
+from .resblock import Downsample, GroupNorm32, ResBlock, Upsample, zero_init
+from .text_conditioning import TextConditioning
 
 
 def compile_static(module: nn.Module, mode: str = "default") -> nn.Module:

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import yaml
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "slurm"
+from ..resources import shipped
+
+TEMPLATE_DIR = shipped("slurm")
 KINDS = ("train", "sample", "eval")
 
 

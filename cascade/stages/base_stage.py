@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cascade.nn import UNetConfig
+from ..nn import UNetConfig
 
 from .config import StageConfigError, as_dataclass
 from .diffusion_stage import DiffusionStage

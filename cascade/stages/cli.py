@@ -90,7 +90,7 @@ def apply_run_dir(config: Namespace, run_dir: str) -> None:
 
 def check_data_paths(datamodule: LightningDataModule | None, names: list[str]) -> None:
     """Fail now, naming the key, when a shard setting of a shard-based DataModule matches nothing."""
-    from data.shards import resolve_shards
+    from ..data.shards import resolve_shards
 
     problems = []
     for name in names:

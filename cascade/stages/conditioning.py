@@ -123,7 +123,7 @@ class FrozenTextEncoder:
     def encoder(self):
         """The underlying `cascade.nn.TextEncoder`, loaded on first use."""
         if self._encoder is None:
-            from cascade.nn import TextEncoder
+            from ..nn import TextEncoder
 
             self._encoder = TextEncoder.from_config(
                 kind=self.config.kind,

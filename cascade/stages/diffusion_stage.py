@@ -22,7 +22,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities.parsing import collect_init_args
 
-from cascade.diffusion import (
+from ..diffusion import (
     SAMPLERS,
     TARGETS,
     WEIGHTINGS,
@@ -35,8 +35,8 @@ from cascade.diffusion import (
     sample,
     static_threshold,
 )
-from cascade.diffusion.samplers import Generators
-from cascade.nn import UNet, UNetConfig, compile_static
+from ..diffusion.samplers import Generators
+from ..nn import UNet, UNetConfig, compile_static
 
 from .conditioning import CONDITIONINGS, Condition, FrozenTextEncoder, TextEncoderConfig, cfg_dropout_mask
 from .config import (

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cascade.diffusion import alpha_from_log_snr, sigma_from_log_snr
-from cascade.diffusion.samplers import Generators, randn
-from cascade.nn import UNetConfig
+from ..diffusion import alpha_from_log_snr, sigma_from_log_snr
+from ..diffusion.samplers import Generators, randn
+from ..nn import UNetConfig
 
 from .config import StageConfigError, as_dataclass
 from .diffusion_stage import DiffusionStage

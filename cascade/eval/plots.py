@@ -1,0 +1,112 @@
+"""The report's figures: metric vs sweep setting, precision vs recall, preference bars, sample grids.
+
+Figures are built with ``matplotlib.figure.Figure`` directly (no pyplot, no global state,
+no display needed).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+from matplotlib.figure import Figure
+from PIL import Image, ImageOps
+
+from .human_eval_results import HumanEvalResults
+from .results import EvaluationResult
+
+METRIC_LABELS = {"fid": "FID", "precision": "precision", "recall": "recall", "is_mean": "IS", "kid_mean": "KID",
+                 "clip_score": "CLIP score", "lowres_psnr": "low-res PSNR (dB)"}
+
+
+def numeric_sweep_keys(results: Sequence[EvaluationResult]) -> list[str]:
+    """Setting keys with at least two distinct numeric values across `results`."""
+    keys = dict.fromkeys(key for result in results for key in result.setting)
+    numeric = []
+    for key in keys:
+        values = {result.setting.get(key) for result in results}
+        if len(values) >= 2 and all(isinstance(value, (int, float)) for value in values):
+            numeric.append(key)
+    return numeric
+
+
+def metric_vs_setting(results: Sequence[EvaluationResult], metric: str, key: str) -> Figure:
+    """`metric` against the sweep value `key`; one line per combination of the other keys."""
+    lines: dict[str, list[tuple[float, float]]] = {}
+    for result in results:
+        if metric not in result.metrics or key not in result.setting:
+            continue
+        others = ", ".join(f"{k}={v}" for k, v in result.setting.items() if k != key)
+        lines.setdefault(others, []).append((float(result.setting[key]), result.metrics[metric]))
+    figure = Figure(figsize=(5, 3.4))
+    axes = figure.add_subplot()
+    for label, points in lines.items():
+        points.sort()
+        axes.plot([x for x, _ in points], [y for _, y in points], marker="o", label=label or None)
+    axes.set_xlabel(key)
+    axes.set_ylabel(METRIC_LABELS.get(metric, metric))
+    axes.set_title(f"{METRIC_LABELS.get(metric, metric)} vs {key}")
+    axes.grid(alpha=0.3)
+    if any(lines):
+        axes.legend(fontsize=8)
+    return figure
+
+
+def precision_vs_recall(results: Sequence[EvaluationResult]) -> Figure:
+    """One labelled point per setting in the precision-recall plane (Kynkäänniemi et al. 2019)."""
+    figure = Figure(figsize=(4.2, 4.2))
+    axes = figure.add_subplot()
+    for result in results:
+        if "precision" in result.metrics and "recall" in result.metrics:
+            axes.scatter(result.metrics["recall"], result.metrics["precision"])
+            axes.annotate(result.label, (result.metrics["recall"], result.metrics["precision"]),
+                          textcoords="offset points", xytext=(4, 4), fontsize=8)
+    axes.set_xlim(0, 1.02)
+    axes.set_ylim(0, 1.02)
+    axes.set_xlabel("recall")
+    axes.set_ylabel("precision")
+    axes.set_title("precision vs recall")
+    axes.grid(alpha=0.3)
+    return figure
+
+
+def preference_bars(results: HumanEvalResults, question: str) -> Figure:
+    """Grouped bars: per category, each system's preference rate on `question`, with CI whiskers."""
+    categories, systems = results.categories, results.systems
+    rows = {(row.category, row.system): row for row in results.rows if row.question == question}
+    width = 0.8 / max(len(systems), 1)
+    figure = Figure(figsize=(max(5.0, 0.75 * len(categories) + 2), 3.6))
+    axes = figure.add_subplot()
+    for index, system in enumerate(systems):
+        xs, heights, errors = [], [], [[], []]
+        for position, category in enumerate(categories):
+            row = rows.get((category, system))
+            if row is None:
+                continue
+            xs.append(position + (index - (len(systems) - 1) / 2) * width)
+            heights.append(row.rate)
+            errors[0].append(row.rate - row.ci_low if row.ci_low is not None else 0)
+            errors[1].append(row.ci_high - row.rate if row.ci_high is not None else 0)
+        axes.bar(xs, heights, width=width, yerr=errors, capsize=2, label=system)
+    axes.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
+    axes.set_xticks(range(len(categories)))
+    axes.set_xticklabels(categories, rotation=35, ha="right", fontsize=8)
+    axes.set_ylim(0, 1)
+    axes.set_ylabel("preference rate")
+    axes.set_title(f"human preference: {question} (95% CI)")
+    axes.legend(fontsize=8)
+    return figure
+
+
+def sample_grid(paths: Sequence[str | os.PathLike[str]], columns: int = 8, tile: int = 128) -> Image.Image:
+    """The images side by side, `columns` per row, each fitted into a `tile` x `tile` square."""
+    rows = max(1, math.ceil(len(paths) / columns))
+    columns = min(columns, max(len(paths), 1))
+    grid = Image.new("RGB", (columns * tile, rows * tile), "white")
+    for index, path in enumerate(paths):
+        with Image.open(path) as image:
+            thumb = ImageOps.contain(image.convert("RGB"), (tile, tile), Image.LANCZOS)
+        x, y = (index % columns) * tile, (index // columns) * tile
+        grid.paste(thumb, (x + (tile - thumb.width) // 2, y + (tile - thumb.height) // 2))
+    return grid

@@ -1,0 +1,161 @@
+"""Where images come from: a folder, webdataset tar shards, or a live iterable of tensors.
+
+All sources yield uint8 CHW RGB tensors (folders and shards) or batches the caller made
+(live generators: float NCHW in [-1, 1] or uint8). :func:`image_batches` turns any of them
+into batches for a feature extractor.
+
+Folders are read recursively in sorted path order (the order torch-fidelity uses, which
+matters for IS splits). Shards are the project's webdataset format: tar files whose members
+are ``<key>.<ext>``; the first ``jpg``/``jpeg``/``png``/``webp`` member of each key is the
+image, other members (``txt``, ``cls``, ``json``) are ignored.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import braceexpand
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from .images import center_crop_resize, pil_to_uint8_tensor
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def _load(image: Image.Image, resolution: int | None) -> torch.Tensor:
+    image = image.convert("RGB")
+    if resolution is not None:
+        image = center_crop_resize(image, resolution)
+    return pil_to_uint8_tensor(image)
+
+
+def list_image_files(root: str | os.PathLike[str], recursive: bool = True) -> list[Path]:
+    """Image files under `root`, sorted by path."""
+    root = Path(root)
+    pattern = "**/*" if recursive else "*"
+    return sorted(p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+class ImageFolder(Dataset):
+    """Images in a folder (recursively), optionally center-cropped and resized to `resolution`.
+
+    `files` restricts it to an explicit list of paths (in that order).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], resolution: int | None = None, recursive: bool = True,
+                 files: list[Path] | None = None):
+        self.root = Path(root)
+        self.resolution = resolution
+        self.files = list(files) if files is not None else list_image_files(self.root, recursive)
+        if not self.files:
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {self.root}")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        with Image.open(self.files[index]) as image:
+            return _load(image, self.resolution)
+
+
+def expand_shard_spec(spec: str | os.PathLike[str]) -> list[str]:
+    """Shard paths from a `.tar` file, a folder of `.tar` files, or a brace pattern
+    (``shards/train-{000000..000009}.tar``)."""
+    spec = str(spec)
+    if Path(spec).is_dir():
+        shards = sorted(str(p) for p in Path(spec).glob("*.tar"))
+    else:
+        shards = list(braceexpand.braceexpand(spec))
+    missing = [s for s in shards if not Path(s).is_file()]
+    if not shards or missing:
+        raise FileNotFoundError(f"no shards found for {spec!r}" + (f" (missing: {missing[:3]})" if missing else ""))
+    return shards
+
+
+class ShardImages(IterableDataset):
+    """The images of webdataset tar shards, in shard order; shards are split across loader workers."""
+
+    def __init__(self, shards: list[str], resolution: int | None = None):
+        self.shards = shards
+        self.resolution = resolution
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        worker = get_worker_info()
+        shards = self.shards if worker is None else self.shards[worker.id :: worker.num_workers]
+        for shard in shards:
+            yield from self._read_shard(shard)
+
+    def _read_shard(self, shard: str) -> Iterator[torch.Tensor]:
+        seen: set[str] = set()
+        with tarfile.open(shard, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                name = Path(member.name)
+                key = str(name.parent / name.name.split(".", 1)[0])
+                if key in seen or name.suffix.lower() not in IMAGE_EXTENSIONS:
+                    continue
+                seen.add(key)
+                data = tar.extractfile(member).read()
+                try:
+                    with Image.open(io.BytesIO(data)) as image:
+                        yield _load(image, self.resolution)
+                except OSError as error:
+                    raise ValueError(f"cannot decode image {member.name!r} in shard {shard}") from error
+
+
+def open_image_source(spec: str | os.PathLike[str], resolution: int | None = None) -> ImageFolder | ShardImages:
+    """A folder of images, or shards (a `.tar`, a brace pattern, or a folder holding only `.tar` files)."""
+    path = Path(spec)
+    is_shard_folder = path.is_dir() and any(path.glob("*.tar")) and not list_image_files(path, recursive=False)
+    if path.is_dir() and not is_shard_folder:
+        return ImageFolder(path, resolution)
+    return ShardImages(expand_shard_spec(spec), resolution)
+
+
+def _stack_same_size(images: list[torch.Tensor]) -> torch.Tensor:
+    sizes = {tuple(image.shape) for image in images}
+    if len(sizes) > 1:
+        raise ValueError(
+            f"images of different sizes in one batch ({sorted(sizes)[:3]}...): "
+            "pass a resolution (--resolution N) to center-crop and resize them"
+        )
+    return torch.stack(images)
+
+
+def image_batches(
+    source: Dataset | IterableDataset | Iterable[torch.Tensor],
+    batch_size: int = 32,
+    num_workers: int = 0,
+    max_images: int | None = None,
+) -> Iterator[torch.Tensor]:
+    """Batches (N, 3, H, W) from a dataset of single images, or a live iterable of batches.
+
+    A live iterable (e.g. a generator sampling from a model) is passed through batch by
+    batch; `max_images` truncates any source.
+    """
+    if isinstance(source, (Dataset, IterableDataset)):
+        batches: Iterable[torch.Tensor] = DataLoader(
+            source, batch_size=batch_size, num_workers=num_workers, collate_fn=_stack_same_size
+        )
+    else:
+        batches = source
+    seen = 0
+    for batch in batches:
+        if max_images is not None:
+            if seen >= max_images:
+                return
+            batch = batch[: max_images - seen]
+        seen += batch.shape[0]
+        yield batch
+
+
+def source_length(source: object) -> int | None:
+    """Number of images when known in advance (folders), else None."""
+    return len(source) if isinstance(source, Dataset) and not isinstance(source, IterableDataset) else None

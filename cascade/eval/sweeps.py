@@ -1,0 +1,97 @@
+"""Sample folders written by ``cascade sample``, with or without ``--sweep``.
+
+A sweep writes one sub-folder per setting, named ``key=value`` (``guidance=3/``), with
+several keys either joined by commas (``guidance=3,aug_level=0.1/``) or nested
+(``guidance=3/aug_level=0.1/``). Each leaf folder holds PNGs and a ``metadata.jsonl`` with
+one JSON object per image. The metadata keys this module reads: the image file name
+(``file``, ``image``, ``filename`` or ``path``) and the condition (``prompt``, ``caption`` or
+``class_label``); any others are kept as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .sources import list_image_files
+
+FILE_KEYS = ("file", "image", "filename", "path")
+CONDITION_KEYS = ("prompt", "caption", "class_label")
+
+
+def parse_value(text: str) -> object:
+    """``"3"`` -> 3.0, ``"0.1"`` -> 0.1, ``"ddim"`` -> ``"ddim"``."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def parse_setting(folder_name: str) -> dict[str, object] | None:
+    """``"guidance=3,aug_level=0.1"`` -> ``{"guidance": 3.0, "aug_level": 0.1}``; None if not a setting name."""
+    parts = folder_name.split(",")
+    if not all("=" in part and part.split("=", 1)[0] for part in parts):
+        return None
+    return {key: parse_value(value) for key, value in (part.split("=", 1) for part in parts)}
+
+
+@dataclass
+class SampleSet:
+    """One folder of samples and the sweep setting it was made with."""
+
+    path: Path
+    setting: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return ",".join(f"{key}={value}" for key, value in self.setting.items()) or self.path.name
+
+
+def discover_sample_sets(root: str | os.PathLike[str]) -> list[SampleSet]:
+    """The sweep settings under `root`, or `root` itself when it is not a sweep.
+
+    A folder counts as a setting when every path component below `root` parses as
+    ``key=value`` and it holds images directly. Sorted by setting (numbers numerically).
+    """
+    root = Path(root)
+    sets = []
+    for folder in sorted(p for p in root.rglob("*") if p.is_dir()):
+        settings = [parse_setting(part) for part in folder.relative_to(root).parts]
+        if any(setting is None for setting in settings) or not list_image_files(folder, recursive=False):
+            continue
+        merged: dict[str, object] = {}
+        for setting in settings:
+            merged.update(setting)
+        sets.append(SampleSet(folder, merged))
+    if not sets:
+        return [SampleSet(root)]
+    return sorted(sets, key=lambda s: [(k, (0, v, "") if isinstance(v, float) else (1, 0, str(v)))
+                                       for k, v in s.setting.items()])
+
+
+def read_metadata(folder: str | os.PathLike[str]) -> dict[str, dict[str, object]]:
+    """``metadata.jsonl`` of a sample folder as {image file name: record}; empty if absent."""
+    path = Path(folder) / "metadata.jsonl"
+    if not path.is_file():
+        return {}
+    records = {}
+    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{line_number}: expected a JSON object per line")
+        name = next((record[key] for key in FILE_KEYS if key in record), None)
+        if name is not None:
+            records[Path(str(name)).name] = record
+    return records
+
+
+def condition_text(record: dict[str, object]) -> str:
+    """The prompt / caption / class of a metadata record, as text ('' if none)."""
+    for key in CONDITION_KEYS:
+        if key in record and record[key] is not None:
+            return str(record[key]) if key != "class_label" else f"class {record[key]}"
+    return ""
