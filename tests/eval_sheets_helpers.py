@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from cascade.eval.cli import main as eval_main
+from cascade.cli import main as cascade_main
 
 
 def write_prompt_csv(path: Path, records: list[tuple[str, str]]) -> Path:
@@ -107,6 +107,6 @@ def make_study(tmp_path: Path, seed: int = 5, raters: int = 3, image_format: str
         "--image-format",
         image_format,
     ]
-    assert eval_main(argv) == 0
+    assert cascade_main(["eval", *argv]) == 0
     (key_path,) = out.glob("key-*.json")
     return MadeStudy(out, key_path, json.loads(key_path.read_text(encoding="utf-8")), dirs)

@@ -1,11 +1,11 @@
-"""cascade.eval.atomic: the one atomic-write helper (sample folders, reports, statistics, sheets)."""
+"""cascade.files.atomic: the one atomic-write helper (sample folders, reports, statistics, sheets)."""
 
 import os
 import stat
 
 import pytest
 
-from cascade.eval.atomic import atomic_path, remove_stale_temporaries, write_bytes
+from cascade.files.atomic import atomic_path, remove_stale_temporaries, write_bytes
 
 
 def test_write_is_whole_with_plain_file_permissions(tmp_path):

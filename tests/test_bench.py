@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from cascade.bench import flops
-from cascade.bench.cli import main
+from cascade.cli import main as cascade_main
 from cascade.bench.harness import measure_interleaved
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -69,8 +69,8 @@ FAST = ["--iters", "2", "--warmup", "1", "--batch", "2"]
 def test_train_and_sample_step_write_json_lines(micro_configs, tmp_path):
     out = tmp_path / "results.jsonl"
     configs = [micro_configs["base"], micro_configs["sr"]]
-    assert main(["train", *configs, *FAST, "--jsonl", str(out)]) == 0
-    assert main(["sample-step", *configs, *FAST, "--jsonl", str(out)]) == 0
+    assert cascade_main(["bench", "train", *configs, *FAST, "--jsonl", str(out)]) == 0
+    assert cascade_main(["bench", "sample-step", *configs, *FAST, "--jsonl", str(out)]) == 0
 
     records = read_jsonl(out)
     assert [r["benchmark"] for r in records] == ["train_step", "train_step", "sampling_step", "sampling_step"]
@@ -92,7 +92,7 @@ def test_cascade_benchmark_reports_seconds_per_image(micro_configs, tmp_path):
     out = tmp_path / "results.jsonl"
     args = ["cascade", micro_configs["base"], micro_configs["sr"], "--steps", "2", "2", "--samplers", "dpmpp_2m",
             "ddim", *FAST, "--jsonl", str(out)]
-    assert main(args) == 0
+    assert cascade_main(["bench", *args]) == 0
     records = read_jsonl(out)
     assert [r["sampler"] for r in records] == ["dpmpp_2m", "ddim"]
     for record in records:
@@ -103,7 +103,7 @@ def test_cascade_benchmark_reports_seconds_per_image(micro_configs, tmp_path):
 
 def test_bad_arguments_fail_with_a_message(micro_configs, tmp_path, capsys):
     out = tmp_path / "results.jsonl"
-    assert main(["cascade", micro_configs["base"], micro_configs["sr"], "--steps", "2", "--jsonl", str(out)]) == 2
+    assert cascade_main(["bench", "cascade", micro_configs["base"], micro_configs["sr"], "--steps", "2", "--jsonl", str(out)]) == 2
     assert "one count per stage" in capsys.readouterr().out
     assert not out.exists()
 
@@ -147,13 +147,13 @@ def test_interleaved_harness_alternates_calls():
 def test_peer_is_skipped_cleanly_without_imagen_pytorch(micro_configs, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "imagen_pytorch", None)  # import fails as if not installed
     out = tmp_path / "results.jsonl"
-    assert main(["peer", micro_configs["base"], *FAST, "--jsonl", str(out)]) == 1
+    assert cascade_main(["bench", "peer", micro_configs["base"], *FAST, "--jsonl", str(out)]) == 1
     assert "imagen-pytorch" in capsys.readouterr().out
     assert not out.exists()
 
     args = ["all", "--base", micro_configs["base"], "--sr", micro_configs["sr"], "--steps", "1", "1", "--skip-loader",
             *FAST, "--jsonl", str(out)]
-    assert main(args) == 0
+    assert cascade_main(["bench", *args]) == 0
     assert "peer comparison skipped" in capsys.readouterr().out
     assert {r["benchmark"] for r in read_jsonl(out)} == {"train_step", "sampling_step", "cascade_sampling"}
 
@@ -163,7 +163,7 @@ def test_peer_runs_when_imagen_pytorch_is_installed(micro_configs, tmp_path):
     if importlib.util.find_spec("imagen_pytorch") is None:
         pytest.skip("imagen-pytorch is not installed (the optional `bench` extra)")
     out = tmp_path / "results.jsonl"
-    assert main(["peer", micro_configs["base"], *FAST, "--jsonl", str(out)]) == 0
+    assert cascade_main(["bench", "peer", micro_configs["base"], *FAST, "--jsonl", str(out)]) == 0
     train, cfg = read_jsonl(out)
     assert train["benchmark"] == "peer_train_step" and cfg["benchmark"] == "peer_cfg_step"
     for record in (train, cfg):
@@ -185,7 +185,7 @@ def test_loader_benchmark_reports_the_data_package_measurement(tmp_path, monkeyp
 
     monkeypatch.setattr(data_bench, "run", fake_run)
     out = tmp_path / "results.jsonl"
-    assert main(["loader", "--workdir", str(tmp_path / "work"), "--samples", "64", "--jsonl", str(out)]) == 0
+    assert cascade_main(["bench", "loader", "--workdir", str(tmp_path / "work"), "--samples", "64", "--jsonl", str(out)]) == 0
     assert calls == [(str(tmp_path / "work"), ["synthetic"], ["base64"], 64)]
     (record,) = read_jsonl(out)
     assert record["benchmark"] == "data_loader" and record["samples_per_s_per_worker"] == pytest.approx(128.0)
@@ -194,15 +194,15 @@ def test_loader_benchmark_reports_the_data_package_measurement(tmp_path, monkeyp
 @pytest.mark.slow
 def test_memory_estimate_grows_with_the_batch_and_finds_a_largest_batch(micro_configs, tmp_path):
     out = tmp_path / "results.jsonl"
-    assert main(["memory", micro_configs["sr"], "--mode", "sample", "--batch", "1", "--jsonl", str(out)]) == 0
-    assert main(["memory", micro_configs["sr"], "--mode", "sample", "--batch", "3", "--jsonl", str(out)]) == 0
+    assert cascade_main(["bench", "memory", micro_configs["sr"], "--mode", "sample", "--batch", "1", "--jsonl", str(out)]) == 0
+    assert cascade_main(["bench", "memory", micro_configs["sr"], "--mode", "sample", "--batch", "3", "--jsonl", str(out)]) == 0
     one, many = read_jsonl(out)
     assert one["unet_rows"] == 1 and many["unet_rows"] == 3  # unconditional SR: no CFG rows
     assert many["by_kind_gib"]["activation"] > one["by_kind_gib"]["activation"]
     assert many["estimated_peak_gib"] > one["estimated_peak_gib"]
 
     budget = many["estimated_peak_gib"]
-    assert main(["memory", micro_configs["sr"], "--mode", "sample", "--fit-gib", str(budget), "--jsonl", str(out)]) == 0
+    assert cascade_main(["bench", "memory", micro_configs["sr"], "--mode", "sample", "--fit-gib", str(budget), "--jsonl", str(out)]) == 0
     fit = read_jsonl(out)[-1]
     assert fit["benchmark"] == "memory_largest_batch" and fit["batch"] == 3
     assert fit["estimated_peak_gib"] <= budget < fit["next_batch_gib"]

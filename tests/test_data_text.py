@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cascade.nn import TextEncoder
-from cascade.data.cli import main as data_main
+from cascade.cli import main as cascade_main
 from cascade.data.datamodule import ShardDataModule
 from cascade.data.shards import AtomicShard, encode_sample, member_bytes, read_samples
 from cascade.data.sources import SyntheticSource
@@ -31,7 +31,7 @@ def test_precomputed_embeddings_match_the_encoder(tmp_path, encoder):
 
     out = tmp_path / "minilm"
     args = ["precompute-text", "--shards", str(plain), "--out", str(out), "--encoder", "minilm", "--no-progress"]
-    assert data_main(args) == 0
+    assert cascade_main(["data", *args]) == 0
     shards = ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
     assert sorted(os.listdir(out)) == ["classes.json", "manifest.json"] + shards
     stored = next(read_samples(str(out / "shard-000000.tar")))
@@ -53,7 +53,7 @@ def test_precomputed_embeddings_match_the_encoder(tmp_path, encoder):
     assert batches[-1]["skipped"].tolist() == [1, 1]  # the non-UTF-8 caption
 
     stamp = os.path.getmtime(out / "shard-000001.tar")
-    assert data_main(args) == 0  # rerun: existing output shards are kept
+    assert cascade_main(["data", *args]) == 0  # rerun: existing output shards are kept
     assert os.path.getmtime(out / "shard-000001.tar") == stamp
 
     wrong = ShardDataModule(str(out), str(out), resolution=32, text_encoder="t5", batch_size=2, num_workers=0)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cascade.data.cli import main as data_main
+from cascade.cli import main as cascade_main
 from cascade.data.image_io import ImageEncoding
 from cascade.data.shards import read_samples, resolve_shards, shard_keys
 from cascade.data.sources import CaptionListSource, FolderSource, SyntheticSource
@@ -132,7 +132,7 @@ def test_caption_lists_in_jsonl_and_csv(tmp_path):
 def test_cli_writes_synthetic_shards_and_reports_bad_settings(tmp_path, capsys):
     out = tmp_path / "cli"
     args = ["write-shards", "--source", "synthetic", "--count", "5", "--resolution", "32", "--out", str(out)]
-    assert data_main(args + ["--max-samples", "2", "--no-progress"]) == 0
+    assert cascade_main(["data", *args, "--max-samples", "2", "--no-progress"]) == 0
     assert len(glob.glob(str(out / "*.tar"))) == 3
-    assert data_main(["write-shards", "--source", "folder:" + str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert cascade_main(["data", "write-shards", "--source", "folder:" + str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert "missing" in capsys.readouterr().err

@@ -8,13 +8,13 @@ import sys
 import pytest
 from rich.console import Console
 
-from cascade.demo_training import StageRun, StageTrainingError, train_concurrently
+from cascade.demo.training import StageRun, StageTrainingError, train_concurrently
 
 
 @pytest.mark.slow
 def test_demo_fast_trains_samples_evaluates_and_writes_the_report(tmp_path):
     out = tmp_path / "demo"
-    result = subprocess.run([sys.executable, "-m", "cascade.cli", "demo", "--fast", "--out", str(out)],
+    result = subprocess.run([sys.executable, "-m", "cascade", "demo", "--fast", "--out", str(out)],
                             capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     html = (out / "report.html").read_text()
@@ -32,7 +32,7 @@ def test_demo_fast_trains_samples_evaluates_and_writes_the_report(tmp_path):
     for stage in ("base", "sr1", "sr2"):  # trained in their own processes, two at a time
         assert "training ended at step" in (out / "runs" / stage / "train.log").read_text()
 
-    rerun = subprocess.run([sys.executable, "-m", "cascade.cli", "demo", "--fast", "--out", str(out)],
+    rerun = subprocess.run([sys.executable, "-m", "cascade", "demo", "--fast", "--out", str(out)],
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert rerun.stdout.count("already trained") == 3, "a rerun resumes: finished stages are not retrained"

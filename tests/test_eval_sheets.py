@@ -22,7 +22,7 @@ from eval_sheets_helpers import (
 )
 from PIL import Image
 
-from cascade.eval.cli import main as eval_main
+from cascade.cli import main as cascade_main
 from cascade.eval.sheets.answer_csv import COLUMNS, neutralise_formula
 from cascade.eval.sheets.errors import SheetError
 from cascade.eval.sheets.html_sheet import json_for_script
@@ -54,8 +54,8 @@ def fill(template: Path, target: Path, quality: str = "left", alignment: str = "
 
 def ingest(study: MadeStudy, *sheets: Path, out: Path | None = None) -> int:
     out = out or study.out / "results.json"
-    return eval_main(
-        ["sheets", "ingest", "--key", str(study.key_path), *map(str, sheets), "--out", str(out), "--bootstrap", "200"]
+    return cascade_main(
+        ["eval", "sheets", "ingest", "--key", str(study.key_path), *map(str, sheets), "--out", str(out), "--bootstrap", "200"]
     )
 
 
@@ -142,7 +142,7 @@ def test_limit_and_index_choose_prompts_and_samples(tmp_path: Path):
         "--index",
         "1",
     ]
-    assert eval_main(argv) == 0
+    assert cascade_main(["eval", *argv]) == 0
     (key_path,) = (tmp_path / "out").glob("key-*.json")
     key = json.loads(key_path.read_text())
     assert [pair["prompt"] for pair in key["pairs"]] == texts[:4]
@@ -165,7 +165,7 @@ def test_missing_samples_are_reported(tmp_path: Path, capsys):
         "--out",
         str(tmp_path / "out"),
     ]
-    assert eval_main(argv) == 1
+    assert cascade_main(["eval", *argv]) == 1
     message = capsys.readouterr().err
     assert "system 'y'" in message and "7 of 12 prompts" in message
     assert not (tmp_path / "out").exists()
@@ -349,7 +349,7 @@ def test_missing_column(study: MadeStudy, tmp_path: Path, capsys):
 
 
 def test_cli_lists_commands(capsys):
-    assert eval_main(["--help"]) == 0
+    assert cascade_main(["eval", "--help"]) == 0
     assert "sheets" in capsys.readouterr().out
 
 

@@ -14,7 +14,7 @@ import pytest
 from eval_sheets_helpers import FORMULA_PROMPT, PROMPTS, SCRIPT_PROMPT, TAG_PROMPT, make_study
 from headless_chromium import ChromiumUnavailable, HeadlessChromium, ensure_chromium
 
-from cascade.eval.cli import main as eval_main
+from cascade.cli import main as cascade_main
 
 pytestmark = pytest.mark.browser
 
@@ -87,7 +87,7 @@ def test_fill_sheet_in_chromium_then_ingest(chromium: str, tmp_path: Path):
 
     results_path = tmp_path / "results.json"
     assert (
-        eval_main(["sheets", "ingest", "--key", str(study.key_path), str(downloaded), "--out", str(results_path)]) == 0
+        cascade_main(["eval", "sheets", "ingest", "--key", str(study.key_path), str(downloaded), "--out", str(results_path)]) == 0
     )
     overall = json.loads(results_path.read_text())["overall"]
     on_left = {name: sum(p["left"] == name for p in placements) for name in ("base", "new")}

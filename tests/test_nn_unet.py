@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from torch import nn
 
 from cascade.nn import UNet, UNetConfig, compile_static
-from cascade.nn import model_info
+from cascade.cli.model_info import model_info
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_CONFIGS = sorted((REPO / "configs").glob("*.yaml")) + sorted((REPO / "configs" / "demo").glob("*.yaml"))
@@ -389,7 +388,7 @@ def test_sr1024_config_has_no_self_attention_and_cross_attention_only_at_lowest_
 
 
 def test_model_info_prints_parameter_counts(capsys):
-    assert model_info.main([str(REPO / "configs" / "demo" / "base.yaml")]) == 0
+    assert model_info([str(REPO / "configs" / "demo" / "base.yaml")]) == 0
     printed = capsys.readouterr().out
     assert "base.yaml" in printed and "BaseStage" in printed and " M" in printed
 

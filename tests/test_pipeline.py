@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ import torch
 from PIL import Image
 
 from cascade.pipeline import Cascade, StageSettings
-from cascade.sample_cli import main as sample_main
+from cascade.cli.sample import sample as sample_main
 from cascade.stages.base_stage import BaseStage
 from cascade.stages.export import write_export
 from cascade.stages.super_res import SuperResStage
@@ -151,7 +150,7 @@ def test_bad_arguments_name_the_flag(exports, tmp_path, capsys, argv, message):
 
 
 def sample_command(exports, out, extra_env=None):
-    command = [sys.executable, "-m", "cascade.cli", "sample", "--stages", *exports, "--classes", "0,1,2,0,1,2",
+    command = [sys.executable, "-m", "cascade", "sample", "--stages", *exports, "--classes", "0,1,2,0,1,2",
                "--n-per-condition", "3", "--out", str(out), "--steps", "2", "--batch-size", "1", "--no-progress"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **(extra_env or {})}
     for key in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from cascade.sample_output import (
+from cascade.files.sample_folder import (
     METADATA_FILE,
     is_done,
     merge_metadata,

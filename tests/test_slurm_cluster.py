@@ -27,7 +27,7 @@ import pytest
 import torch
 import yaml
 
-from cascade.sample_output import work_items
+from cascade.files.sample_folder import work_items
 
 sys.path.insert(0, str(Path(__file__).parent))
 from slurm_cluster.cluster import (  # noqa: E402
@@ -92,7 +92,7 @@ def submit(cluster: SlurmCluster, kind: str, run_dir: Path, *options: str, casca
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(_free_port()),
     )
-    command = [sys.executable, "-m", "cascade.cli", "slurm", "submit", kind, *options,
+    command = [sys.executable, "-m", "cascade", "slurm", "submit", kind, *options,
                "--run-dir", str(run_dir), "--nodes", "2", "--gpus-per-node", "0",
                "--cpus-per-task", "1", "--time", str(JOB_TIME_MIN), "--", *cascade_args]
     result = subprocess.run(command, env=env, text=True, capture_output=True, timeout=120)
@@ -144,7 +144,7 @@ def demo_config(tmp_path_factory) -> Path:
     data = config["data"]["init_args"]
     for split, source_split, count in (("train", "train", 64), ("val", "heldout", 16)):
         subprocess.run(
-            [sys.executable, "-m", "cascade.cli", "data", "write-shards", "--source", "synthetic",
+            [sys.executable, "-m", "cascade", "data", "write-shards", "--source", "synthetic",
              "--split", source_split, "--count", str(count), "--resolution", str(data["resolution"]),
              "--out", str(root / split), "--no-progress"],
             check=True, capture_output=True, timeout=300,

@@ -6,11 +6,12 @@ The templates running on a real (emulated) cluster are in test_slurm_cluster.py.
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 
-from cascade.slurm.launcher import TEMPLATE_DIR, fill, main
+from cascade.cli import main as cascade_main
+from cascade.cli.slurm import TEMPLATE_DIR, fill
+
 
 TEMPLATES = sorted(TEMPLATE_DIR.glob("*.sbatch"))
 
@@ -44,7 +45,7 @@ def test_dry_run_takes_nodes_and_gpus_from_the_config(tmp_path, capsys):
     config = tmp_path / "stage.yaml"
     config.write_text("trainer:\n  num_nodes: 4\n  devices: 8\n  max_steps: 10\n")
     run_dir = tmp_path / "run"
-    code = main(["submit", "train", "-c", str(config), "--run-dir", str(run_dir), "--time", "2:00:00",
+    code = cascade_main(["slurm", "submit", "train", "-c", str(config), "--run-dir", str(run_dir), "--time", "2:00:00",
                  "--grace", "90", "--sbatch-option=--partition=gpu", "--dry-run", "--", "--trainer.max_steps", "5"])
     out = capsys.readouterr().out
     assert code == 0
@@ -59,7 +60,7 @@ def test_dry_run_takes_nodes_and_gpus_from_the_config(tmp_path, capsys):
 
 
 def test_dry_run_of_a_cpu_sampling_job(tmp_path, capsys):
-    code = main(["submit", "sample", "--run-dir", str(tmp_path), "--nodes", "2", "--gpus-per-node", "0",
+    code = cascade_main(["slurm", "submit", "sample", "--run-dir", str(tmp_path), "--nodes", "2", "--gpus-per-node", "0",
                  "--grace", "30", "--dry-run", "--", "--stages", "base.ckpt", "--classes", "1,2"])
     lines = capsys.readouterr().out.splitlines()
     assert code == 0
@@ -69,6 +70,6 @@ def test_dry_run_of_a_cpu_sampling_job(tmp_path, capsys):
 
 
 def test_train_needs_an_existing_config(tmp_path, capsys):
-    assert main(["submit", "train", "--run-dir", str(tmp_path), "--dry-run"]) == 2
-    assert main(["submit", "train", "-c", str(tmp_path / "nope.yaml"), "--run-dir", str(tmp_path)]) == 2
+    assert cascade_main(["slurm", "submit", "train", "--run-dir", str(tmp_path), "--dry-run"]) == 2
+    assert cascade_main(["slurm", "submit", "train", "-c", str(tmp_path / "nope.yaml"), "--run-dir", str(tmp_path)]) == 2
     assert "not found" in capsys.readouterr().err

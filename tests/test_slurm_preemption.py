@@ -39,7 +39,7 @@ def test_signal_to_one_rank_saves_once_on_all_ranks_without_deadlock(write_stage
     steps = 8
     config, run_dir = write_stage_config(max_steps=steps, val_every=steps)
     command = [
-        sys.executable, "-m", "cascade.cli", "fit", "-c", str(config), "--trainer.devices=2",
+        sys.executable, "-m", "cascade", "fit", "-c", str(config), "--trainer.devices=2",
         "--trainer.callbacks+=cascade.slurm.callback.SlurmJob", "--trainer.callbacks+=cascade.stages.ProgressLines",
         f"--trainer.callbacks+={Path(__file__).stem}.SignalRankOne",
     ]  # fmt: skip

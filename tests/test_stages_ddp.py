@@ -52,7 +52,7 @@ def test_ddp_two_processes_train_identical_weights(write_stage_config):
     steps = 12
     config, run_dir = write_stage_config(max_steps=steps, val_every=steps // 3)
     command = [
-        sys.executable, "-m", "cascade.cli", "fit", "-c", str(config),
+        sys.executable, "-m", "cascade", "fit", "-c", str(config),
         "--trainer.devices=2", f"--trainer.strategy={DDP_AS_IN_THE_REAL_CONFIGS}",
         f"--trainer.callbacks+={Path(__file__).stem}.RankOneNullAndNaN",
     ]  # fmt: skip

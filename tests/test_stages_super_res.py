@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from cascade.diffusion import alpha_from_log_snr, sigma_from_log_snr
 from cascade.stages import SuperResStage, load_stage
-from cascade.stages.cli import fit_main
+from cascade.cli.stage import fit as fit_main
 from cascade.stages.super_res import BlurConfig, blur_randomly
 
 pytestmark = [

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch import Callback
 
 from cascade.stages import diffusion_stage
-from cascade.stages.cli import fit_main
+from cascade.cli.stage import fit as fit_main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,6 +10,6 @@ Modules (import what you need; this package imports nothing on its own):
 - `cascade.data.writer`, `cascade.data.sources`, `cascade.data.image_io`: the resumable shard writer and its inputs.
 - `cascade.data.text_embeddings`: precomputed text-encoder embeddings stored in shards.
 - `cascade.data.synthetic`, `cascade.data.render`: the built-in captioned shapes dataset.
-- `cascade.data.bench`: the loader benchmark; `cascade.data.cli`: `cascade data ...`.
+- `cascade.data.bench`: the loader benchmark; `cascade.cli.data`: `cascade data ...`.
 - `cascade.data.prompt_sets` and `data/prompts/`: prompt sets (DrawBench, PartiPrompts, your own files).
 """

@@ -1,7 +1,7 @@
 """Precompute text embeddings into shards, so the frozen text encoder stays out of training.
 
-`precompute_text` reads every shard, encodes each sample's caption with a
-`cascade.nn.TextEncoder`, and writes a copy of the shard to the output folder with two changes
+`precompute_text` reads every shard, encodes each sample's caption with the text encoder it is
+handed (a `cascade.nn.TextEncoder`; this package does not build one), and writes a copy of the shard to the output folder with two changes
 per sample: an ``emb.npy`` entry (float16, shape (n, D): the embeddings of the n real tokens,
 i.e. the rows where the encoder's mask is True, which is a prefix of the max_length rows) and
 ``json["text_encoder"] = {"kind", "name", "max_length", "dim"}``. `cascade.data.transforms` pads the
@@ -36,25 +36,21 @@ from .shards import (
 def precompute_text(
     shards: str | list[str],
     out_dir: str,
-    kind: str = "minilm",
-    path: str | None = None,
-    max_length: int | None = None,
+    encoder: Any,
     batch_size: int = 256,
-    device: str = "cpu",
-    dtype: str = "float32",
     progress: bool = True,
 ) -> list[str]:
-    """Write embedding-carrying copies of `shards` into `out_dir`; returns the output paths."""
-    from ..nn import TextEncoder
+    """Write embedding-carrying copies of `shards` into `out_dir`; returns the output paths.
 
+    `encoder` has `encode(captions, batch_size=...) -> (tokens (B,L,D), mask (B,L) bool, ...)`
+    and the attributes `kind`, `name`, `max_length` and `dim` (as `cascade.nn.TextEncoder`).
+    """
     inputs = resolve_shards(shards, "--shards")
     os.makedirs(out_dir, exist_ok=True)
     if any(os.path.samefile(os.path.dirname(p) or ".", out_dir) for p in inputs):
         raise ValueError(f"--out {out_dir!r} must differ from the folder of the input shards")
     for stale in glob.glob(os.path.join(out_dir, "*" + TMP_SUFFIX)):
         os.remove(stale)
-    encoder = TextEncoder.from_config(kind=kind, path=path, max_length=max_length, dtype=dtype, cache_size=8192)
-    encoder.to(device)
     info = {"kind": encoder.kind, "name": encoder.name, "max_length": encoder.max_length, "dim": encoder.dim}
     outputs = []
     for shard in track(inputs, description="embedding captions", disable=not progress):

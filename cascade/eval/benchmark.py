@@ -12,13 +12,11 @@ Measures, on the chosen device:
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 import torch
 
-from .extractors import EXTRACTOR_NAMES, build_extractor
 from .frechet import frechet_distance, mean_and_covariance, symmetric_sqrt
 
 
@@ -67,28 +65,3 @@ def fid_from_cached_statistics_seconds(num_fake: int, dim: int = 2048, repeats: 
             cpu.append(time.process_time() - start_cpu)
         times[name], times[f"{name}_cpu"] = min(wall), min(cpu)
     return times
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="cascade eval benchmark", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--extractor", choices=EXTRACTOR_NAMES, default="random-inception")
-    parser.add_argument("--inception-weights", help="for --extractor inception / clean")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--batches", type=int, default=3, help="timed batches")
-    parser.add_argument("--image-size", type=int, default=64, help="input image size (resized to 299 inside)")
-    parser.add_argument("--fake-features", type=int, default=10_000)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    extractor = build_extractor(args.extractor, inception_weights=args.inception_weights, device=args.device)
-    rate, rate_cpu = extraction_throughput(extractor, args.batch_size, args.batches, args.image_size)
-    fid = fid_from_cached_statistics_seconds(args.fake_features)
-    print(f"feature extraction ({extractor.name}, {args.device}, {args.threads} threads, batch {args.batch_size}, "
-          f"{args.image_size}px -> 299): {rate:.2f} images/s wall-clock, {rate_cpu:.2f} images per CPU-second")
-    print(f"FID from cached reference statistics, {args.fake_features} fake features (2048-d): "
-          f"mean/covariance {fid['statistics']:.2f} s + Fréchet distance {fid['distance']:.2f} s "
-          f"({fid['distance_cached_sqrt']:.2f} s with the reference sqrt cached) wall-clock; CPU "
-          f"{fid['statistics_cpu']:.2f} s + {fid['distance_cpu']:.2f} s ({fid['distance_cached_sqrt_cpu']:.2f} s)")
-    return 0

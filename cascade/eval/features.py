@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
-from .atomic import save_npz
+from ..files.atomic import save_npz
 from .extractors import FeatureExtractor
 from .frechet import mean_and_covariance, symmetric_sqrt
 from .progress import track_images

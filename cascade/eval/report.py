@@ -19,10 +19,8 @@ CLI: ``cascade eval report --metrics metrics.json [--human-eval results.json] --
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +29,10 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from . import html, markdown
-from .atomic import write_bytes, write_text
+from ..files.atomic import write_bytes, write_text
 from .human_eval_results import HumanEvalResults, load_human_eval
 from .plots import METRIC_LABELS, metric_vs_setting, numeric_sweep_keys, precision_vs_recall, preference_bars, sample_grid
-from .results import EvaluationResult, load_results
+from .results import EvaluationResult
 from .sources import list_image_files
 from .sweeps import condition_text, read_metadata
 
@@ -239,27 +237,3 @@ def build_evaluation_report(
             human_eval = load_human_eval(human_eval)
         add_human_eval_section(report, human_eval)
     return report.write(out_dir, name)
-
-
-def main(argv: list[str]) -> int:
-    """`cascade eval report`."""
-    parser = argparse.ArgumentParser(prog="cascade eval report",
-                                     description="HTML + Markdown report of an evaluation run.")
-    parser.add_argument("--metrics", type=Path, nargs="*", default=[],
-                        help="JSON files written by `cascade eval metrics` / `cascade eval sr`")
-    parser.add_argument("--human-eval", type=Path, help="JSON written by `cascade eval sheets ingest`")
-    parser.add_argument("--out", type=Path, default=Path("eval_report"), help="output folder (default eval_report/)")
-    parser.add_argument("--title", default="Evaluation report")
-    parser.add_argument("--grid-images", type=int, default=16, help="samples shown per setting")
-    args = parser.parse_args(argv)
-    if not args.metrics and args.human_eval is None:
-        parser.error("give --metrics and/or --human-eval")
-    try:
-        results = [result for path in args.metrics for result in load_results(path)]
-        files = build_evaluation_report(args.out, results, human_eval=args.human_eval, title=args.title,
-                                        images_per_setting=args.grid_images)
-    except (FileNotFoundError, ValueError, KeyError) as error:
-        print(f"cascade eval report: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote {files.html} and {files.markdown}")
-    return 0

@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .atomic import write_text
+from ..files.atomic import write_text
 
 
 @dataclass

@@ -1,5 +1,2 @@
-"""Slurm support: the `cascade slurm submit` launcher (the sbatch templates live in slurm/)."""
-
-from .launcher import main
-
-__all__ = ["main"]
+"""Slurm support: the preemption callback of training jobs. `cascade slurm submit` (in
+`cascade.cli.slurm`) fills the shipped sbatch templates (the repository's slurm/ folder)."""

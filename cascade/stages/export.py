@@ -14,9 +14,7 @@ stage loads it from its own location on first use (`TextEncoderConfig`).
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -112,21 +110,3 @@ def load_stage(path: str | Path, device: str | torch.device = "cpu") -> Diffusio
     if path.is_file():
         return load_checkpoint(path, device)
     raise FileNotFoundError(f"no export directory or checkpoint at {path}")
-
-
-def main(argv: list[str]) -> int:
-    """`cascade export --ckpt RUN/checkpoints/last.ckpt --out DIR`."""
-    parser = argparse.ArgumentParser(
-        prog="cascade export",
-        description="Write a stage checkpoint's EMA weights (safetensors) and config (YAML) for inference.",
-    )
-    parser.add_argument("--ckpt", required=True, help="a .ckpt written by `cascade fit`")
-    parser.add_argument("--out", required=True, help="output directory (created)")
-    args = parser.parse_args(argv)
-    try:
-        out = export_stage(args.ckpt, args.out)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"cascade export: {error}", file=sys.stderr)
-        return 2
-    print(f"exported {args.ckpt} -> {out / WEIGHTS_FILE}, {out / CONFIG_FILE}")
-    return 0

@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.progress import track
 
 from .answer_csv import answer_template_csv
-from ..atomic import write_text
+from ...files.atomic import write_text
 from .html_sheet import answers_file_name, render_sheet, sheet_file_name
 from .images import image_data_uri
 from .study import Study

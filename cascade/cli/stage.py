@@ -1,4 +1,5 @@
-"""`cascade fit` and `cascade validate`: LightningCLI over the stages, every setting in YAML.
+"""`cascade fit`, `cascade validate` (LightningCLI over the stages, every setting in YAML) and
+`cascade export`.
 
     cascade fit -c configs/demo/base.yaml [--trainer.max_steps 500] [--run_dir runs/x]
     cascade fit -c configs/demo/base.yaml --ckpt_path last        # resume the run exactly
@@ -14,6 +15,7 @@ one line per problem naming the key, before anything is trained, with exit statu
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 import warnings
@@ -23,9 +25,9 @@ from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
-from .config import StageConfigError
-from .diffusion_stage import DiffusionStage, NonFiniteLossError
-from .super_res import SuperResStage
+from ..data.shards import resolve_shards
+from ..stages import DiffusionStage, NonFiniteLossError, StageConfigError, SuperResStage
+from ..stages.export import CONFIG_FILE, WEIGHTS_FILE, export_stage
 
 
 class ConfigError(Exception):
@@ -90,8 +92,6 @@ def apply_run_dir(config: Namespace, run_dir: str) -> None:
 
 def check_data_paths(datamodule: LightningDataModule | None, names: list[str]) -> None:
     """Fail now, naming the key, when a shard setting of a shard-based DataModule matches nothing."""
-    from ..data.shards import resolve_shards
-
     problems = []
     for name in names:
         value = getattr(datamodule, name, None)
@@ -141,7 +141,7 @@ def instantiation_problems(error: Exception) -> list[tuple[str, str]]:
     while traceback is not None:
         module = traceback.tb_frame.f_globals.get("__name__", "")
         traceback = traceback.tb_next
-    sections = {"data": "data.init_args", "cascade.nn": "model.init_args.unet", "cascade.stages": "model.init_args"}
+    sections = {"cascade.data": "data.init_args", "cascade.nn": "model.init_args.unet", "cascade.stages": "model.init_args"}
     section = next((key for prefix, key in sections.items() if module.startswith(prefix)), "trainer")
     return config_problems(section, str(cause))
 
@@ -200,11 +200,29 @@ def run(subcommand: str, argv: list[str]) -> int:
     return 0
 
 
-def fit_main(argv: list[str]) -> int:
+def fit(argv: list[str]) -> int:
     """`cascade fit -c CONFIG [--key value ...]`."""
     return run("fit", argv)
 
 
-def validate_main(argv: list[str]) -> int:
+def validate(argv: list[str]) -> int:
     """`cascade validate -c CONFIG --ckpt_path CKPT`."""
     return run("validate", argv)
+
+
+def export(argv: list[str]) -> int:
+    """`cascade export --ckpt RUN/checkpoints/last.ckpt --out DIR`."""
+    parser = argparse.ArgumentParser(
+        prog="cascade export",
+        description="Write a stage checkpoint's EMA weights (safetensors) and config (YAML) for inference.",
+    )
+    parser.add_argument("--ckpt", required=True, help="a .ckpt written by `cascade fit`")
+    parser.add_argument("--out", required=True, help="output directory (created)")
+    args = parser.parse_args(argv)
+    try:
+        out = export_stage(args.ckpt, args.out)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"cascade export: {error}", file=sys.stderr)
+        return 2
+    print(f"exported {args.ckpt} -> {out / WEIGHTS_FILE}, {out / CONFIG_FILE}")
+    return 0

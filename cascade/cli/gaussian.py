@@ -12,9 +12,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from .gaussian import gaussian_denoiser
-from .samplers import SAMPLERS, sample
-from .schedule import NoiseSchedule
+from ..diffusion.gaussian import gaussian_denoiser
+from ..diffusion.samplers import SAMPLERS, sample
+from ..diffusion.schedule import NoiseSchedule
 
 SCHEDULES = {
     "cosine": lambda: NoiseSchedule.cosine(),
@@ -35,7 +35,7 @@ def moment_errors(sampler: str, schedule: NoiseSchedule, steps: int, mu: float, 
     return abs(x.mean().item() - mu), abs(x.std().item() - s)
 
 
-def main(argv: list[str]) -> int:
+def sample_gaussian(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="cascade sample-gaussian", description=__doc__)
     parser.add_argument("--mu", type=float, default=0.5, help="data mean")
     parser.add_argument("--s", type=float, default=0.3, help="data standard deviation")

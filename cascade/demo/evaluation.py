@@ -11,12 +11,12 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from .eval.alignment import aggregate, score
-from .eval.evaluate import evaluate_samples
-from .eval.extractors import build_extractor
-from .eval.features import reference_statistics
+from ..eval.alignment import aggregate, score
+from ..eval.evaluate import evaluate_samples
+from ..eval.extractors import build_extractor
+from ..eval.features import reference_statistics
 
-from .sample_output import intermediate_dirs
+from ..files.sample_folder import intermediate_dirs
 
 ALIGNMENT_CHECKS = ("colour", "shape", "count", "exact", "relation")
 FEATURE_INPUT_SIZE = 128  # the random-weight extractor runs at the demo's final resolution

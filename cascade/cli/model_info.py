@@ -16,8 +16,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from .config import UNetConfig
-from .unet import UNet
+from ..nn.config import UNetConfig
+from ..nn.unet import UNet
 
 
 def unet_section(config: dict) -> tuple[str, dict]:
@@ -57,7 +57,7 @@ def describe_conditioning(config: UNetConfig) -> str:
     return " + ".join(kinds) or "none"
 
 
-def main(argv: list[str] | None = None) -> int:
+def model_info(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="cascade model-info", description=__doc__.splitlines()[0])
     parser.add_argument("configs", nargs="+", type=Path, help="stage config YAML files")
     parser.add_argument("--device", default="meta", choices=["meta", "cpu"], help="where to build the UNets")

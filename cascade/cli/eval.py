@@ -1,4 +1,5 @@
-"""`cascade eval metrics | sr | stats`: FID / IS / precision-recall / KID from the command line.
+"""`cascade eval metrics | sr | stats | benchmark | report`: FID / IS / precision-recall / KID,
+feature-extraction speed and reports from the command line.
 
     cascade eval metrics --real DIR|SHARDS|STATS.npz --fake DIR [--extractor inception]
                          [--metrics fid,is,pr,kid] [--inception-weights FILE] [--out FILE.json]
@@ -17,14 +18,17 @@ import os
 import sys
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
-from .evaluate import evaluate_super_resolution, evaluate_sweep
-from .extractors import EXTRACTOR_NAMES, build_extractor
-from .features import reference_statistics
-from .results import EvaluationResult, save_results
-from .weights import INCEPTION_WEIGHTS_ENV, InceptionWeightsNotFound
+from ..eval.benchmark import extraction_throughput, fid_from_cached_statistics_seconds
+from ..eval.evaluate import evaluate_super_resolution, evaluate_sweep
+from ..eval.extractors import EXTRACTOR_NAMES, build_extractor
+from ..eval.features import reference_statistics
+from ..eval.report import build_evaluation_report
+from ..eval.results import EvaluationResult, load_results, save_results
+from ..eval.weights import INCEPTION_WEIGHTS_ENV, InceptionWeightsNotFound
 
 METRIC_COLUMNS = (
     ("fid", "FID"), ("is_mean", "IS"), ("precision", "precision"), ("recall", "recall"),
@@ -117,7 +121,7 @@ def _run(command: str, argv: list[str], parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-def main(argv: list[str]) -> int:
+def metrics(argv: list[str]) -> int:
     """`cascade eval metrics`."""
     parser = argparse.ArgumentParser(prog="cascade eval metrics", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -133,7 +137,7 @@ def main(argv: list[str]) -> int:
     return _run("metrics", argv, parser)
 
 
-def sr_main(argv: list[str]) -> int:
+def super_resolution(argv: list[str]) -> int:
     """`cascade eval sr`."""
     parser = argparse.ArgumentParser(
         prog="cascade eval sr",
@@ -149,7 +153,7 @@ def sr_main(argv: list[str]) -> int:
     return _run("sr", argv, parser)
 
 
-def stats_main(argv: list[str]) -> int:
+def stats(argv: list[str]) -> int:
     """`cascade eval stats`: compute (or find cached) reference statistics."""
     parser = argparse.ArgumentParser(prog="cascade eval stats",
                                      description="Compute and cache reference statistics (mu, sigma, features).")
@@ -173,4 +177,53 @@ def stats_main(argv: list[str]) -> int:
         statistics.save(args.out)
         path = args.out
     print(f"{statistics.num_images} images, {statistics.mu.shape[0]}-d features -> {os.fspath(path)}")
+    return 0
+
+
+def benchmark(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="cascade eval benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--extractor", choices=EXTRACTOR_NAMES, default="random-inception")
+    parser.add_argument("--inception-weights", help="for --extractor inception / clean")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batches", type=int, default=3, help="timed batches")
+    parser.add_argument("--image-size", type=int, default=64, help="input image size (resized to 299 inside)")
+    parser.add_argument("--fake-features", type=int, default=10_000)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    extractor = build_extractor(args.extractor, inception_weights=args.inception_weights, device=args.device)
+    rate, rate_cpu = extraction_throughput(extractor, args.batch_size, args.batches, args.image_size)
+    fid = fid_from_cached_statistics_seconds(args.fake_features)
+    print(f"feature extraction ({extractor.name}, {args.device}, {args.threads} threads, batch {args.batch_size}, "
+          f"{args.image_size}px -> 299): {rate:.2f} images/s wall-clock, {rate_cpu:.2f} images per CPU-second")
+    print(f"FID from cached reference statistics, {args.fake_features} fake features (2048-d): "
+          f"mean/covariance {fid['statistics']:.2f} s + Fréchet distance {fid['distance']:.2f} s "
+          f"({fid['distance_cached_sqrt']:.2f} s with the reference sqrt cached) wall-clock; CPU "
+          f"{fid['statistics_cpu']:.2f} s + {fid['distance_cpu']:.2f} s ({fid['distance_cached_sqrt_cpu']:.2f} s)")
+    return 0
+
+
+def report(argv: list[str]) -> int:
+    """`cascade eval report`."""
+    parser = argparse.ArgumentParser(prog="cascade eval report",
+                                     description="HTML + Markdown report of an evaluation run.")
+    parser.add_argument("--metrics", type=Path, nargs="*", default=[],
+                        help="JSON files written by `cascade eval metrics` / `cascade eval sr`")
+    parser.add_argument("--human-eval", type=Path, help="JSON written by `cascade eval sheets ingest`")
+    parser.add_argument("--out", type=Path, default=Path("eval_report"), help="output folder (default eval_report/)")
+    parser.add_argument("--title", default="Evaluation report")
+    parser.add_argument("--grid-images", type=int, default=16, help="samples shown per setting")
+    args = parser.parse_args(argv)
+    if not args.metrics and args.human_eval is None:
+        parser.error("give --metrics and/or --human-eval")
+    try:
+        results = [result for path in args.metrics for result in load_results(path)]
+        files = build_evaluation_report(args.out, results, human_eval=args.human_eval, title=args.title,
+                                        images_per_setting=args.grid_images)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        print(f"cascade eval report: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {files.html} and {files.markdown}")
     return 0

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .eval.atomic import remove_stale_temporaries, write_bytes
+from .atomic import remove_stale_temporaries, write_bytes
 
 METADATA_FILE = "metadata.jsonl"
 

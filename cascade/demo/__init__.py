@@ -4,7 +4,7 @@
    of held-out captions (captions that never occur in training) as the reference set;
 2. trains the tiny text-conditional base (MiniLM text encoder) and the two tiny SR stages with
    `cascade fit` on `configs/demo/*.yaml`, the base in one process and the SR stages one after
-   the other in a second, at the same time (`cascade.demo_training`);
+   the other in a second, at the same time (`cascade.demo.training`);
 3. samples the held-out captions through the whole cascade without guidance (scale 1) and with
    it, keeping every stage's output;
 4. evaluates caption alignment with the dataset's deterministic detector (`cascade.eval.alignment`)
@@ -16,23 +16,21 @@ Every step resumes: rerunning the command skips finished shards, trained stages 
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from rich.console import Console
 
-from .demo_eval import evaluate_demo
-from .demo_report import write_demo_report
-from .demo_training import StageRun, StageTrainingError, train_concurrently
-from .pipeline import Cascade, StageSettings
-from .sample_cli import FolderJob, sample_folder
-from .resources import shipped
-from .sample_output import merge_metadata
+from ..files.sample_folder import merge_metadata
+from ..pipeline import Cascade, StageSettings
+from ..pipeline.to_folder import FolderJob, sample_folder
+from ..resources import shipped
+from .evaluation import evaluate_demo
+from .report import write_demo_report
+from .training import StageRun, StageTrainingError, train_concurrently
 
 CONFIG_DIR = shipped("configs", "demo")
 STAGES = ("base", "sr1", "sr2")
@@ -73,9 +71,9 @@ def write_datasets(out: Path, plan: DemoPlan, console: Console) -> dict[str, Pat
     """Train / val shards at SHARD_RESOLUTION (each stage resizes) and held-out reference renders."""
     from PIL import Image
 
-    from .data import synthetic
-    from .data.sources import SyntheticSource
-    from .data.writer import write_shards
+    from ..data import synthetic
+    from ..data.sources import SyntheticSource
+    from ..data.writer import write_shards
 
     paths = {"train": out / "shards" / "train", "val": out / "shards" / "val", "reference": out / "reference"}
     for split_name, count, seed in (("train", plan.train_images, 0), ("val", plan.val_images, 1)):
@@ -97,7 +95,7 @@ def write_datasets(out: Path, plan: DemoPlan, console: Console) -> dict[str, Pat
 
 def heldout_scenes(plan: DemoPlan) -> list[dict]:
     """Scenes whose captions never occur in training (`cascade.data.synthetic` splits by caption)."""
-    from .data import synthetic
+    from ..data import synthetic
 
     return [synthetic.sample_scene(index, seed=2, split="heldout") for index in range(plan.heldout_captions)]
 
@@ -127,22 +125,9 @@ def sample_heldout(cascade: Cascade, scenes: list[dict], out: Path, plan: DemoPl
     return folders
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="cascade demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="working and output folder")
-    parser.add_argument("--fast", action="store_true", help="a few steps of everything (a smoke test, for CI)")
-    parser.add_argument("--base-steps", type=int, default=None, help="override the base stage's training steps")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="torch threads: the two training processes get half each, sampling and "
-                             "evaluation all of them (default: the machine's cores)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    plan = FAST if args.fast else FULL
-    if args.base_steps is not None:
-        try:
-            plan = replace(plan, train_steps=(args.base_steps,) + plan.train_steps[1:])
-        except ValueError as error:
-            parser.error(f"--base-steps: {error}")
+def run_demo(out: Path, plan: DemoPlan, threads: int, fast: bool = False) -> int:
+    """Every step of the demo into `out` (resuming what is there); returns the exit status."""
+    torch.set_num_threads(threads)
     console = Console()
     torch.manual_seed(0)
     started = time.perf_counter()
@@ -151,14 +136,14 @@ def main(argv: list[str]) -> int:
     def step(title: str) -> None:
         console.rule(f"[bold]{title}[/bold]  ({time.perf_counter() - started:.0f} s so far)")
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     step("1/5 writing the synthetic captioned dataset")
-    data = write_datasets(args.out, plan, console)
+    data = write_datasets(out, plan, console)
     timings["data"] = time.perf_counter() - started
     step("2/5 training: base | sr1 then sr2, in two processes")
-    base, sr1, sr2 = stage_runs(args.out, data, plan)
+    base, sr1, sr2 = stage_runs(out, data, plan)
     try:
-        trained = train_concurrently([[base], [sr1, sr2]], max(1, args.threads // 2), console)
+        trained = train_concurrently([[base], [sr1, sr2]], max(1, threads // 2), console)
     except StageTrainingError as error:
         console.print(f"[red]cascade demo: {error}[/red]")
         return 1
@@ -173,7 +158,7 @@ def main(argv: list[str]) -> int:
     ]
     cascade = Cascade.from_paths(checkpoints, settings)
     scenes = heldout_scenes(plan)
-    folders = sample_heldout(cascade, scenes, args.out, plan, console)
+    folders = sample_heldout(cascade, scenes, out, plan, console)
     timings["sampling"] = time.perf_counter() - begun
     step("4/5 evaluating alignment and FID / precision / recall")
     begun = time.perf_counter()
@@ -181,8 +166,8 @@ def main(argv: list[str]) -> int:
     timings["evaluation"] = time.perf_counter() - begun
     step("5/5 writing the report")
     timings["total"] = time.perf_counter() - started
-    files = write_demo_report(args.out, plan=asdict(plan), settings=[s.as_dict() for s in settings],
-                              folders=folders, evaluation=evaluation, timings=timings, fast=args.fast)
+    files = write_demo_report(out, plan=asdict(plan), settings=[s.as_dict() for s in settings],
+                              folders=folders, evaluation=evaluation, timings=timings, fast=fast)
     console.print(f"[green]report: {files.html}[/green] (and {files.markdown})")
     console.print(f"total {time.perf_counter() - started:.0f} s")
     return 0

@@ -32,36 +32,30 @@ KINDS = ("train", "sample", "eval")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="cascade slurm",
-        description="Fill an sbatch template from slurm/ and submit it; prints the job id.",
+        prog="cascade slurm submit",
+        description="Fill an sbatch template and submit it; prints the job id. Arguments after `--` go to "
+        "the cascade command the job runs (cascade fit / sample / eval).",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    submit = commands.add_parser(
-        "submit",
-        help="fill a template and submit it",
-        description="Fill an sbatch template and submit it. Arguments after `--` go to the cascade "
-        "command the job runs (cascade fit / sample / eval).",
-    )
-    submit.add_argument("kind", choices=KINDS, help="which template: slurm/<kind>.sbatch")
-    submit.add_argument("-c", "--config", type=Path, help="train: the stage's LightningCLI config")
-    submit.add_argument("--run-dir", type=Path, required=True,
+    parser.add_argument("kind", choices=KINDS, help="which template: slurm/<kind>.sbatch")
+    parser.add_argument("-c", "--config", type=Path, help="train: the stage's LightningCLI config")
+    parser.add_argument("--run-dir", type=Path, required=True,
                         help="shared directory for checkpoints / outputs, the filled script and logs/")
-    submit.add_argument("--nodes", type=int, help="nodes (train: default trainer.num_nodes)")
-    submit.add_argument("--gpus-per-node", type=int,
+    parser.add_argument("--nodes", type=int, help="nodes (train: default trainer.num_nodes)")
+    parser.add_argument("--gpus-per-node", type=int,
                         help="GPUs per node, 0 for a CPU job (train: default trainer.devices)")
-    submit.add_argument("--tasks-per-node", type=int,
+    parser.add_argument("--tasks-per-node", type=int,
                         help="processes per node (default: one per GPU, 1 on CPU)")
-    submit.add_argument("--cpus-per-task", type=int)
-    submit.add_argument("--time", help="wall-clock limit, e.g. 24:00:00")
-    submit.add_argument("--grace", type=int,
+    parser.add_argument("--cpus-per-task", type=int)
+    parser.add_argument("--time", help="wall-clock limit, e.g. 24:00:00")
+    parser.add_argument("--grace", type=int,
                         help="seconds before the time limit at which SIGUSR1 asks the job to checkpoint")
-    submit.add_argument("--job-name")
-    submit.add_argument("--sbatch-option", action="append", default=[], metavar="OPTION",
+    parser.add_argument("--job-name")
+    parser.add_argument("--sbatch-option", action="append", default=[], metavar="OPTION",
                         help="another #SBATCH line, e.g. --sbatch-option=--partition=gpu or "
                         "--sbatch-option=--dependency=afterok:1234 (repeatable)")
-    submit.add_argument("--template", type=Path,
+    parser.add_argument("--template", type=Path,
                         help="template file (default: slurm/<kind>.sbatch of this checkout)")
-    submit.add_argument("--dry-run", action="store_true",
+    parser.add_argument("--dry-run", action="store_true",
                         help="print the filled script and the sbatch command; submit nothing")
     return parser
 
@@ -102,7 +96,7 @@ def _signal_with_grace(template: str, grace: int) -> str:
     return f"{match.group(1)}@{grace}"
 
 
-def submit(args: argparse.Namespace, passthrough: list[str]) -> int:
+def _submit(args: argparse.Namespace, passthrough: list[str]) -> int:
     template_path = args.template or TEMPLATE_DIR / f"{args.kind}.sbatch"
     if not template_path.is_file():
         print(f"cascade slurm: no template at {template_path}; pass --template", file=sys.stderr)
@@ -175,8 +169,9 @@ def submit(args: argparse.Namespace, passthrough: list[str]) -> int:
     return 0
 
 
-def main(argv: list[str]) -> int:
+def submit(argv: list[str]) -> int:
+    """`cascade slurm submit train|sample|eval [options] [-- command arguments]`."""
     argv = list(argv)
     split = argv.index("--") if "--" in argv else len(argv)
     args = _parser().parse_args(argv[:split])
-    return submit(args, argv[split + 1:])
+    return _submit(args, argv[split + 1:])

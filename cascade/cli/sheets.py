@@ -15,77 +15,73 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ...data.prompt_sets import SHIPPED_PROMPT_SETS, PromptRecord, read_prompt_set, resolve_prompt_set
-from ..atomic import write_text
-from .errors import SheetError
-from .images import IMAGE_FORMATS
-from .ingest import collect_answers, load_study
-from .make import write_study
-from .results import print_results, summarise
-from .samples import read_sample_folder
-from .study import plan_study, unique_prompts
+from ..data.prompt_sets import SHIPPED_PROMPT_SETS, PromptRecord, read_prompt_set, resolve_prompt_set
+from ..files.atomic import write_text
+from ..eval.sheets.errors import SheetError
+from ..eval.sheets.images import IMAGE_FORMATS
+from ..eval.sheets.ingest import collect_answers, load_study
+from ..eval.sheets.make import write_study
+from ..eval.sheets.results import print_results, summarise
+from ..eval.sheets.samples import read_sample_folder
+from ..eval.sheets.study import plan_study, unique_prompts
 
 
-def main(argv: list[str]) -> int:
-    """Run one `sheets` subcommand; bad input prints its problems and returns 1."""
-    args = _parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except SheetError as error:
-        Console(stderr=True).print(f"[bold red]cascade eval sheets {args.command}: {len(error.problems)} problem(s)[/]")
-        print(error, file=sys.stderr)
-        return 1
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cascade eval sheets",
-        description="Blinded pairwise human evaluation of two systems (DrawBench protocol, Saharia et al. 2022).",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    make = commands.add_parser("make", help="write a key file plus an HTML sheet and a CSV template per rater")
-    make.add_argument(
+def make(argv: list[str]) -> int:
+    """`cascade eval sheets make`: a key file plus an HTML sheet and a CSV template per rater."""
+    parser = argparse.ArgumentParser(prog="cascade eval sheets make", description="Write a key file plus an HTML sheet and a CSV template per rater.")
+    parser.add_argument(
         "--prompts",
         required=True,
         help=f"prompt set: a shipped one by name ({', '.join(SHIPPED_PROMPT_SETS)}), or a .csv / .tsv / .txt file",
     )
-    make.add_argument(
+    parser.add_argument(
         "--system-a", required=True, metavar="NAME=DIR", help="first system: its name and `cascade sample` folder"
     )
-    make.add_argument("--system-b", required=True, metavar="NAME=DIR", help="second system, as --system-a")
-    make.add_argument(
+    parser.add_argument("--system-b", required=True, metavar="NAME=DIR", help="second system, as --system-a")
+    parser.add_argument(
         "--raters", type=int, default=3, help="number of raters, each with their own order and sides (default 3)"
     )
-    make.add_argument("--out", required=True, type=Path, help="output folder")
-    make.add_argument("--seed", type=int, default=None, help="fixes the study id, orders and sides (default: random)")
-    make.add_argument("--limit", type=int, default=None, help="use only the first N prompts of the set")
-    make.add_argument("--index", type=int, default=0, help="which sample per prompt to show, by its index (default 0)")
-    make.add_argument(
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--seed", type=int, default=None, help="fixes the study id, orders and sides (default: random)")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N prompts of the set")
+    parser.add_argument("--index", type=int, default=0, help="which sample per prompt to show, by its index (default 0)")
+    parser.add_argument(
         "--max-side",
         type=int,
         default=512,
         help="downscale larger images to this many pixels on the longer side; 0 keeps them (default 512)",
     )
-    make.add_argument(
+    parser.add_argument(
         "--image-format",
         choices=IMAGE_FORMATS,
         default="jpeg",
         help="how images are embedded: jpeg (default; small sheets) or png (lossless; sheets ~10x larger)",
     )
-    make.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality for --image-format jpeg (default 95)")
-    make.set_defaults(run=_make)
+    parser.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality for --image-format jpeg (default 95)")
+    return _run("make", _make, parser.parse_args(argv))
 
-    ingest = commands.add_parser("ingest", help="validate filled answer sheets, un-blind them, compute the results")
-    ingest.add_argument("--key", required=True, type=Path, help="the key file written by `sheets make`")
-    ingest.add_argument("sheets", nargs="+", type=Path, help="filled answer CSV files (any number, any raters)")
-    ingest.add_argument("--out", required=True, type=Path, help="where to write results.json")
-    ingest.add_argument(
+
+def ingest(argv: list[str]) -> int:
+    """`cascade eval sheets ingest`: validate filled answer sheets, un-blind them, summarise."""
+    parser = argparse.ArgumentParser(prog="cascade eval sheets ingest", description="Validate filled answer sheets, un-blind them, compute the results.")
+    parser.add_argument("--key", required=True, type=Path, help="the key file written by `sheets make`")
+    parser.add_argument("sheets", nargs="+", type=Path, help="filled answer CSV files (any number, any raters)")
+    parser.add_argument("--out", required=True, type=Path, help="where to write results.json")
+    parser.add_argument(
         "--bootstrap", type=int, default=2000, help="bootstrap resamples for the 95%% intervals (default 2000)"
     )
-    ingest.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
-    ingest.set_defaults(run=_ingest)
-    return parser
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    return _run("ingest", _ingest, parser.parse_args(argv))
+
+
+def _run(command: str, action, args: argparse.Namespace) -> int:  # noqa: ANN001 - action: Namespace -> int
+    """Run one sheets command; bad input prints its problems and returns 1."""
+    try:
+        return action(args)
+    except SheetError as error:
+        Console(stderr=True).print(f"[bold red]cascade eval sheets {command}: {len(error.problems)} problem(s)[/]")
+        print(error, file=sys.stderr)
+        return 1
 
 
 def _make(args: argparse.Namespace) -> int:
@@ -145,6 +141,3 @@ def _name_and_folder(value: str, flag: str) -> tuple[str, Path]:
         raise SheetError(f"{flag} {value!r}: expected NAME=DIR")
     return name.strip(), Path(folder)
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -18,15 +18,14 @@ cascade.bench.memory), for sizes the machine at hand cannot run.
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 from rich.console import Console
 
 from ..diffusion import SAMPLERS
 
-from .records import append_jsonl, environment, print_table
-from .stage_inputs import SpeedSettings
+from ..bench.records import append_jsonl, environment, print_table
+from ..bench.stage_inputs import SpeedSettings
 
 DEFAULT_JSONL = "bench-results.jsonl"
 
@@ -60,51 +59,9 @@ def _common_options() -> argparse.ArgumentParser:
     return common
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cascade bench", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 1)[1])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
-    common = _common_options()
-
-    train = commands.add_parser("train", parents=[common], help="train step of stage configs")
-    train.add_argument("configs", nargs="+", help="stage config YAML files")
-    train.add_argument("--batch", type=int, default=8)
-    train.add_argument("--resolution", type=int, help="training size (SR crops); default the stage's image_size")
-
-    step = commands.add_parser("sample-step", parents=[common], help="one CFG denoising step of stage configs")
-    step.add_argument("configs", nargs="+", help="stage config YAML files")
-    step.add_argument("--batch", type=int, default=8)
-    step.add_argument("--resolution", type=int, help="sampling size; default the stage's image_size")
-    step.add_argument("--guidance", type=float, default=3.0)
-
-    cascade = commands.add_parser("cascade", parents=[common], help="seconds per image of base -> SR -> SR")
-    cascade.add_argument("configs", nargs="+", help="base config, then the SR configs in order")
-    _add_cascade_options(cascade)
-
-    loader = commands.add_parser("loader", parents=[common], help="decoded samples/s per loader worker (cascade.data.bench)")
-    _add_loader_options(loader)
-
-    peer = commands.add_parser("peer", parents=[common], help="our train / CFG step vs imagen-pytorch at matched size")
-    peer.add_argument("config", help="a text-conditional base stage config")
-    peer.add_argument("--batch", type=int, default=8)
-    peer.add_argument("--guidance", type=float, default=3.0)
-
-    memory = commands.add_parser("memory", help="ESTIMATE peak tensor memory (fake tensors, bf16 autocast)")
-    memory.add_argument("configs", nargs="+", help="stage config YAML files")
-    memory.add_argument("--mode", choices=["train", "sample"], default="train")
-    memory.add_argument("--batch", type=int, default=1)
-    memory.add_argument("--resolution", type=int, help="image / crop size; default the stage's image_size")
-    memory.add_argument("--fit-gib", type=float, help="instead: the largest batch whose estimate fits this many GiB")
-    memory.add_argument("--jsonl", default=DEFAULT_JSONL, help=f"append results here (default {DEFAULT_JSONL})")
-
-    every = commands.add_parser("all", parents=[common], help="every benchmark on a base and its SR configs")
-    every.add_argument("--base", required=True, help="base stage config")
-    every.add_argument("--sr", nargs="*", default=[], help="SR stage configs, in cascade order")
-    every.add_argument("--batch", type=int, default=8)
-    every.add_argument("--skip-loader", action="store_true", help="leave out the data-loader benchmark")
-    _add_cascade_options(every, batch=False)
-    _add_loader_options(every)
-    return parser
+def _parser(command: str, description: str, common: bool = True) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=f"cascade bench {command}", description=description,
+                                   parents=[_common_options()] if common else [])
 
 
 def _add_cascade_options(parser: argparse.ArgumentParser, batch: bool = True) -> None:
@@ -159,7 +116,7 @@ class BenchRun:
         self.records += records
 
     def train(self, configs: list[str], batch: int, resolution: int | None) -> None:
-        from .train_step import run_train_benchmark
+        from ..bench.train_step import run_train_benchmark
 
         a = self.args
         records = [run_train_benchmark(c, self.device, self.settings, batch, resolution, a.warmup, a.iters, a.seed)
@@ -167,7 +124,7 @@ class BenchRun:
         self.emit("Train step", records, TRAIN_COLUMNS)
 
     def sample_step(self, configs: list[str], batch: int, resolution: int | None, guidance: float) -> None:
-        from .sampling import run_step_benchmark
+        from ..bench.sampling import run_step_benchmark
 
         a = self.args
         records = [run_step_benchmark(c, self.device, self.settings, batch, resolution, guidance, a.warmup, a.iters,
@@ -175,7 +132,7 @@ class BenchRun:
         self.emit("Denoising step with CFG", records, STEP_COLUMNS)
 
     def cascade(self, configs: list[str], batch: int) -> None:
-        from .sampling import run_cascade_benchmark
+        from ..bench.sampling import run_cascade_benchmark
 
         a = self.args
         records = run_cascade_benchmark(configs, self.device, self.settings, batch, a.samplers,
@@ -183,13 +140,13 @@ class BenchRun:
         self.emit("Cascade sampling", records, CASCADE_COLUMNS)
 
     def loader(self) -> None:
-        from .loader import run_loader_benchmark
+        from ..bench.loader import run_loader_benchmark
 
         a = self.args
         self.emit("Data loader", run_loader_benchmark(a.workdir, a.datasets, a.loader_stages, a.samples), LOADER_COLUMNS)
 
     def memory(self, configs: list[str], mode: str, batch: int, resolution: int | None, fit_gib: float | None) -> None:
-        from .memory import estimate_peak, largest_batch
+        from ..bench.memory import estimate_peak, largest_batch
 
         if fit_gib is not None:
             records = [largest_batch(c, mode, resolution, fit_gib) for c in configs]
@@ -199,7 +156,7 @@ class BenchRun:
 
     def peer(self, config: str, batch: int, guidance: float) -> bool:
         """Run the peer comparison; False (with a message) when imagen-pytorch is missing."""
-        from .peer import PeerUnavailable, run_peer_benchmark
+        from ..bench.peer import PeerUnavailable, run_peer_benchmark
 
         a = self.args
         try:
@@ -219,36 +176,101 @@ class BenchRun:
         return True
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+def _run(args: argparse.Namespace, benchmark) -> int:  # noqa: ANN001 - benchmark: BenchRun -> bool | None
+    """Set threads, run `benchmark(BenchRun)`; input errors print one line and return 2."""
     console = Console(width=200) if not Console().is_terminal else Console()
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     try:
         run = BenchRun(args, console)
-        if args.command == "train":
-            run.train(args.configs, args.batch, args.resolution)
-        elif args.command == "sample-step":
-            run.sample_step(args.configs, args.batch, args.resolution, args.guidance)
-        elif args.command == "cascade":
-            run.cascade(args.configs, args.batch)
-        elif args.command == "loader":
-            run.loader()
-        elif args.command == "memory":
-            run.memory(args.configs, args.mode, args.batch, args.resolution, args.fit_gib)
-        elif args.command == "peer":
-            if not run.peer(args.config, args.batch, args.guidance):
-                return 1
-        else:
-            configs = [args.base, *args.sr]
-            run.train(configs, args.batch, None)
-            run.sample_step(configs, args.batch, None, args.guidance)
-            run.cascade(configs, args.batch)
-            run.peer(args.base, args.batch, args.guidance)
-            if not args.skip_loader:
-                run.loader()
+        if benchmark(run) is False:
+            return 1
     except (ValueError, FileNotFoundError) as error:
         console.print(f"[red]cascade bench: {error}[/red]")
         return 2
     console.print(f"{len(run.records)} result(s) appended to {args.jsonl}")
     return 0
+
+
+def train(argv: list[str]) -> int:
+    """`cascade bench train CONFIG... [--batch N] [--resolution N]`."""
+    parser = _parser("train", "Train step of stage configs.")
+    parser.add_argument("configs", nargs="+", help="stage config YAML files")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--resolution", type=int, help="training size (SR crops); default the stage's image_size")
+    args = parser.parse_args(argv)
+    return _run(args, lambda run: run.train(args.configs, args.batch, args.resolution))
+
+
+def sample_step(argv: list[str]) -> int:
+    """`cascade bench sample-step CONFIG... [--batch N] [--resolution N] [--guidance W]`."""
+    parser = _parser("sample-step", "One CFG denoising step of stage configs.")
+    parser.add_argument("configs", nargs="+", help="stage config YAML files")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--resolution", type=int, help="sampling size; default the stage's image_size")
+    parser.add_argument("--guidance", type=float, default=3.0)
+    args = parser.parse_args(argv)
+    return _run(args, lambda run: run.sample_step(args.configs, args.batch, args.resolution, args.guidance))
+
+
+def cascade(argv: list[str]) -> int:
+    """`cascade bench cascade BASE SR... [--steps N...] [--samplers S...]`."""
+    parser = _parser("cascade", "Seconds per image of base -> SR -> SR.")
+    parser.add_argument("configs", nargs="+", help="base config, then the SR configs in order")
+    _add_cascade_options(parser)
+    args = parser.parse_args(argv)
+    return _run(args, lambda run: run.cascade(args.configs, args.batch))
+
+
+def loader(argv: list[str]) -> int:
+    """`cascade bench loader [--workdir DIR] [--datasets ...] [--loader-stages ...]`."""
+    parser = _parser("loader", "Decoded training samples/s per loader worker (cascade.data.bench).")
+    _add_loader_options(parser)
+    args = parser.parse_args(argv)
+    return _run(args, lambda run: run.loader())
+
+
+def peer(argv: list[str]) -> int:
+    """`cascade bench peer CONFIG [--batch N] [--guidance W]`: ours against imagen-pytorch."""
+    parser = _parser("peer", "Our train / CFG step against imagen-pytorch's at matched size.")
+    parser.add_argument("config", help="a text-conditional base stage config")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--guidance", type=float, default=3.0)
+    args = parser.parse_args(argv)
+    return _run(args, lambda run: run.peer(args.config, args.batch, args.guidance))
+
+
+def memory(argv: list[str]) -> int:
+    """`cascade bench memory CONFIG... --mode train|sample [--batch N | --fit-gib G]`."""
+    parser = _parser("memory", "ESTIMATE peak tensor memory (fake tensors, bf16 autocast).", common=False)
+    parser.add_argument("configs", nargs="+", help="stage config YAML files")
+    parser.add_argument("--mode", choices=["train", "sample"], default="train")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--resolution", type=int, help="image / crop size; default the stage's image_size")
+    parser.add_argument("--fit-gib", type=float, help="instead: the largest batch whose estimate fits this many GiB")
+    parser.add_argument("--jsonl", default=DEFAULT_JSONL, help=f"append results here (default {DEFAULT_JSONL})")
+    args = parser.parse_args(argv)
+    return _run(args, lambda run: run.memory(args.configs, args.mode, args.batch, args.resolution, args.fit_gib))
+
+
+def run_all(argv: list[str]) -> int:
+    """`cascade bench all --base CONFIG [--sr CONFIG...]`: every benchmark with one set of options."""
+    parser = _parser("all", "Every benchmark on a base and its SR configs.")
+    parser.add_argument("--base", required=True, help="base stage config")
+    parser.add_argument("--sr", nargs="*", default=[], help="SR stage configs, in cascade order")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--skip-loader", action="store_true", help="leave out the data-loader benchmark")
+    _add_cascade_options(parser, batch=False)
+    _add_loader_options(parser)
+    args = parser.parse_args(argv)
+
+    def every(run: BenchRun) -> None:
+        configs = [args.base, *args.sr]
+        run.train(configs, args.batch, None)
+        run.sample_step(configs, args.batch, None, args.guidance)
+        run.cascade(configs, args.batch)
+        run.peer(args.base, args.batch, args.guidance)
+        if not args.skip_loader:
+            run.loader()
+
+    return _run(args, every)

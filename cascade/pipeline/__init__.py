@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from .diffusion import SAMPLERS
-from .diffusion.samplers import randn
-from .stages.conditioning import Condition
-from .stages.diffusion_stage import DiffusionStage
-from .stages.export import load_stage
-from .stages.super_res import SuperResStage
+from ..diffusion import SAMPLERS
+from ..diffusion.samplers import randn
+from ..stages.conditioning import Condition
+from ..stages.diffusion_stage import DiffusionStage
+from ..stages.export import load_stage
+from ..stages.super_res import SuperResStage
 
 
 @dataclass(frozen=True)
