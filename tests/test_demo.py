@@ -45,3 +45,15 @@ def test_a_failing_stage_is_named_with_its_log(tmp_path):
     with pytest.raises(StageTrainingError, match=r"training the (base|sr1) stage failed .* its output is in .*train\.log"):
         train_concurrently(lanes, threads_per_process=1, console=Console(file=io.StringIO()))
     assert "max_stepz" in (tmp_path / "base" / "train.log").read_text()
+
+
+def test_the_report_names_the_lowest_validation_loss_the_best(tmp_path):
+    from cascade.demo.report import training_curves
+
+    log = tmp_path / "csv" / "version_0" / "metrics.csv"
+    log.parent.mkdir(parents=True)
+    log.write_text("step,train/loss,val/loss\n10,0.9,\n249,,0.50\n499,,0.31\n749,,0.35\n")
+    figure, (best, val) = training_curves(tmp_path)
+    assert best == 0.31
+    assert val == {249: 0.50, 499: 0.31, 749: 0.35}
+    figure.clear()

@@ -45,10 +45,6 @@ class Degradation:
             if not 1 <= low <= high <= 100:
                 raise ValueError(f"jpeg_quality must be a range within [1, 100], got {self.jpeg_quality}")
 
-    @property
-    def active(self) -> bool:
-        return self.blur_sigma is not None or self.jpeg_quality is not None
-
     def __call__(self, image: Image.Image, rng: random.Random) -> Image.Image:
         if self.blur_sigma is not None:
             sigma = rng.uniform(*self.blur_sigma)

@@ -52,7 +52,7 @@ def training_curves(run_dir: Path):
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    return figure, (min(val.items())[1] if val else math.nan, val)
+    return figure, (min(val.values()) if val else math.nan, val)
 
 
 def _grid_paths(images: Path, entries: list[dict]) -> list[Path]:

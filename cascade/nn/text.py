@@ -218,9 +218,6 @@ class TextEncoder(nn.Module):
             return TextEncoding(empty, torch.zeros(0, self.max_length, dtype=torch.bool, device=device), empty[:, 0])
         return TextEncoding(*(torch.stack([row[i] for row in rows]).to(device) for i in range(3)))
 
-    def clear_cache(self) -> None:
-        self._cache.clear()
-
     def _encode_batch(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch = self.tokenizer(
             prompts,
