@@ -12,5 +12,5 @@ Modules, in the order the data flows:
 - `make`: write a study to disk
 - `ingest`: validate filled answer sheets and un-blind them
 - `stats`, `results`: preference rates, bootstrap intervals, agreement; ``results.json``
-- `cli`: the command line; `atomic`, `errors`: shared helpers
+- `errors`: the one error type of bad sheet input (the commands are in `cascade.cli.sheets`)
 """
