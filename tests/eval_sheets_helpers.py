@@ -76,14 +76,15 @@ class MadeStudy:
         return next(r["sheet"] for r in self.key["raters"] if r["rater_id"] == rater)
 
 
-def make_study(tmp_path: Path, seed: int = 5, raters: int = 3, image_format: str = "png") -> MadeStudy:
-    """Run `cascade eval sheets make` on `PROMPTS` with systems ``base`` and ``new``.
+def make_study(tmp_path: Path, seed: int = 5, raters: int = 3, image_format: str = "png",
+               prompts: list[tuple[str, str]] = PROMPTS) -> MadeStudy:
+    """Run `cascade eval sheets make` on `prompts` (default `PROMPTS`) with systems ``base`` and ``new``.
 
     PNG by default, so that each embedded image is its sample file byte for byte.
     """
     tmp_path.mkdir(parents=True, exist_ok=True)
-    prompts_csv = write_prompt_csv(tmp_path / "prompts.csv", PROMPTS)
-    texts = [prompt for prompt, _ in PROMPTS]
+    prompts_csv = write_prompt_csv(tmp_path / "prompts.csv", prompts)
+    texts = [prompt for prompt, _ in prompts]
     dirs = {
         "base": write_sample_folder(tmp_path / "base", texts, 10),
         "new": write_sample_folder(tmp_path / "new", texts, 200),

@@ -189,14 +189,42 @@ def test_json_for_script_cannot_close_the_block():
     assert json.loads(text) == {"prompt": "</script><!-- & -->"}
 
 
-@pytest.mark.parametrize("cell", ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx"])
+@pytest.mark.parametrize(
+    "cell", ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "\0x", " =leading space", "\n\x01 +1", "\u00a0@x"]
+)
 def test_formula_cells_are_neutralised(cell: str):
     assert neutralise_formula(cell) == "'" + cell
 
 
-@pytest.mark.parametrize("cell", ["A red car.", "1+1=2", " =leading space", "", "r1"])
+@pytest.mark.parametrize("cell", ["A red car.", "1+1=2", " a = b", "", "r1", "   "])
 def test_ordinary_cells_are_kept(cell: str):
     assert neutralise_formula(cell) == cell
+
+
+def _split_like_a_spreadsheet(line: str, separator: str) -> list[str]:
+    """Cells of one CSV line as Excel / LibreOffice read it with another list separator: every
+    double quote toggles quoting, and only a separator outside quotes ends a cell."""
+    cells, cell, quoted = [], "", False
+    for ch in line:
+        if ch == '"':
+            quoted = not quoted
+        elif ch == separator and not quoted:
+            cells.append(cell)
+            cell = ""
+        else:
+            cell += ch
+    return cells + [cell]
+
+
+@pytest.mark.parametrize("separator", [",", ";", "\t"])
+def test_no_cell_of_the_template_starts_a_formula_whatever_the_list_separator(tmp_path: Path, separator: str):
+    hostile = ["a;=cmd|' /C calc'!A0", "b\t=1+1", 'c","=2+2', "plain"]
+    study = make_study(tmp_path, prompts=[(prompt, "hostile") for prompt in hostile])
+    for line in study.template("r1").read_text(encoding="utf-8-sig").splitlines():
+        for cell in _split_like_a_spreadsheet(line, separator):
+            assert not cell.lstrip().startswith(("=", "+", "-", "@")), (separator, line, cell)
+    rows = read_rows(study.template("r1"))
+    assert {row[COLUMNS.index("prompt")] for row in rows[1:]} == set(hostile)
 
 
 def test_template_neutralises_prompts(study: MadeStudy):

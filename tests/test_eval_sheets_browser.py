@@ -84,6 +84,11 @@ def test_fill_sheet_in_chromium_then_ingest(chromium: str, tmp_path: Path):
     prompts = {row["prompt"] for row in rows}
     assert "'" + FORMULA_PROMPT in prompts and FORMULA_PROMPT not in prompts, "formula neutralised in the download"
     assert SCRIPT_PROMPT in prompts
+    # Every field quoted, as in the template: a `;` or tab list separator cannot split a prompt.
+    template_lines = study.template("r1").read_text(encoding="utf-8-sig").splitlines()
+    downloaded_lines = downloaded.read_text(encoding="utf-8-sig").splitlines()
+    assert all(line.startswith('"') and line.endswith('"') for line in downloaded_lines)
+    assert downloaded_lines[0] == template_lines[0]
 
     results_path = tmp_path / "results.json"
     assert (

@@ -8,14 +8,18 @@ on reading, commas, semicolons and tabs are all accepted as separators, and a fi
 UTF-8 (a spreadsheet's legacy encoding) is read as Latin-1, which is harmless because only
 the ASCII id and answer columns are used.
 
-Prompts are user text: a cell that a spreadsheet would run as a formula (one starting with
-``=``, ``+``, ``-``, ``@``, a tab or a carriage return) is written with a leading ``'``.
+Prompts are user text (OWASP, "CSV Injection"): every field is quoted, so a spreadsheet whose
+list separator is ``;`` or a tab cannot split a prompt into a new cell, and a cell that a
+spreadsheet would run as a formula (one starting with NUL, a tab or a carriage return, or with
+``=``, ``+``, ``-`` or ``@`` after any leading whitespace or control characters) is written with a
+leading ``'``.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +28,8 @@ from .study import QUESTIONS, Study
 
 COLUMNS = ("study_id", "rater_id", "position", "pair_id", "prompt", *QUESTIONS)
 REQUIRED_COLUMNS = ("study_id", "rater_id", "pair_id", *QUESTIONS)
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_CHARACTERS = ("=", "+", "-", "@")
+DANGEROUS_FIRST_CHARACTERS = ("\0", "\t", "\r")
 ANSWER_ALIASES = {
     "left": "left",
     "l": "left",
@@ -36,14 +41,17 @@ ANSWER_ALIASES = {
 
 
 def neutralise_formula(text: str) -> str:
-    """``text`` with a leading ``'`` when a spreadsheet would otherwise read it as a formula."""
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
+    """``text`` with a leading ``'`` when a spreadsheet could read it as a formula."""
+    visible = next((ch for ch in text if not (ch.isspace() or unicodedata.category(ch).startswith("C"))), "")
+    if text.startswith(DANGEROUS_FIRST_CHARACTERS) or (visible and visible in FORMULA_CHARACTERS):
+        return "'" + text
+    return text
 
 
 def answer_template_csv(study: Study, rater_id: str) -> str:
     """The empty answer sheet of one rater, as CSV text (write it with a UTF-8 BOM)."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer = csv.writer(buffer, lineterminator="\r\n", quoting=csv.QUOTE_ALL)
     writer.writerow(COLUMNS)
     for placement in study.raters[rater_id].placements:
         prompt = study.pairs[placement.pair_id].prompt

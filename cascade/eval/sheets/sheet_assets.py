@@ -5,7 +5,7 @@ block (``study_id``, ``rater_id``, ``columns``, ``questions``, ``pairs`` as
 ``[{"id", "prompt"}]`` in sheet order, ``download_name``), keeps the answers in
 ``localStorage`` under ``cascade-sheet:<study>:<rater>`` so that a reload loses nothing,
 shows progress, and downloads the answers as the CSV of `cascade.eval.sheets.answer_csv`
-(same columns, same formula neutralisation, UTF-8 with BOM, CRLF line ends).
+(same columns, every field quoted, same formula neutralisation, UTF-8 with BOM, CRLF line ends).
 """
 
 SHEET_CSS = """
@@ -123,9 +123,8 @@ SHEET_JS = r"""
 
   function csvCell(value) {
     var text = String(value);
-    if (/^[=+\-@\t\r]/.test(text)) { text = "'" + text; }
-    if (/[",\r\n]/.test(text)) { text = '"' + text.replace(/"/g, '""') + '"'; }
-    return text;
+    if (/^[\0\t\r]/.test(text) || /^[\s\x00-\x1f\x7f-\x9f]*[=+\-@]/.test(text)) { text = "'" + text; }
+    return '"' + text.replace(/"/g, '""') + '"';
   }
 
   function answersCsv() {
