@@ -183,3 +183,30 @@ def test_super_resolution_folders_give_fid_and_lowres_psnr_per_aug_level(tmp_pat
     assert faithful.metrics["lowres_psnr"] > ignoring.metrics["lowres_psnr"] + 5
     assert faithful.protocol["num_samples"] == 12 and faithful.protocol["num_reference"] == 12
     assert "fid" in faithful.metrics and faithful.protocol["extractor"] == "tiny-test"
+
+
+def test_cached_reference_statistics_are_recomputed_when_the_images_change(tmp_path):
+    """Replacing a reference folder's images must not reuse the old statistics (stale FID/KID)."""
+    from cascade.eval.features import reference_statistics
+
+    real = tmp_path / "real"
+    real.mkdir()
+    rng = np.random.default_rng(0)
+
+    def write_images(offset: int) -> None:
+        for index in range(6):
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) // 2 + offset
+            Image.fromarray(pixels.astype(np.uint8)).save(real / f"{index}.png")
+
+    extractor = TinyExtractor()
+    write_images(0)
+    first, path = reference_statistics(real, extractor, cache_dir=tmp_path / "cache", progress=False)
+    again, same_path = reference_statistics(real, extractor, cache_dir=tmp_path / "cache", progress=False)
+    assert same_path == path and np.array_equal(again.mu, first.mu)
+
+    write_images(120)  # same names, new content
+    with pytest.warns(UserWarning, match="changed since their statistics were cached"):
+        changed, changed_path = reference_statistics(real, extractor, cache_dir=tmp_path / "cache", progress=False)
+    assert changed_path == path
+    assert not np.allclose(changed.mu, first.mu)
+    assert changed.protocol["content_fingerprint"] != first.protocol["content_fingerprint"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,17 @@ def dataset_name_for(spec: str | os.PathLike[str]) -> str:
     return f"{base}-{hashlib.sha256(absolute.encode()).hexdigest()[:8]}"
 
 
+def content_fingerprint(source: Dataset | IterableDataset) -> str:
+    """A hash of what a real set holds: each image file's or shard's path, size and modification
+    time (cheap: nothing is read). Any added, removed, replaced or touched file changes it."""
+    paths = getattr(source, "files", None) or getattr(source, "shards", None) or []
+    entries = []
+    for path in paths:
+        stat = os.stat(path)
+        entries.append([os.path.abspath(path), stat.st_size, stat.st_mtime_ns])
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+
+
 def reference_cache_path(cache_dir: str | os.PathLike[str], dataset: str, resolution: int | None,
                          extractor: FeatureExtractor) -> Path:
     """``<cache_dir>/<dataset>-<resolution|native>-<extractor>-<weights hash>.npz``."""
@@ -149,6 +161,9 @@ def reference_statistics(
     `spec` is an image folder or shards (see :func:`cascade.eval.sources.open_image_source`), or an
     ``.npz`` written earlier (used as is). A cached file without raw features is recomputed
     when `need_features` is set. Returns the statistics and the cache file's path.
+
+    The cache stores a fingerprint of the set's files (`content_fingerprint`); when the images
+    changed since, the statistics are recomputed (with a warning) instead of silently reused.
     """
     if str(spec).endswith(".npz"):
         return ReferenceStatistics.load(spec), Path(spec)
@@ -156,14 +171,19 @@ def reference_statistics(
     if max_images is not None:
         dataset = f"{dataset}-first{max_images}"
     path = reference_cache_path(cache_dir or default_stats_dir(), dataset, resolution, extractor)
+    source = open_image_source(spec, resolution)
+    fingerprint = content_fingerprint(source)
     if path.is_file():
         cached = ReferenceStatistics.load(path)
-        if cached.features is not None or not need_features:
+        if cached.protocol.get("content_fingerprint") != fingerprint:
+            warnings.warn(f"{spec}: the images changed since their statistics were cached in {path}; recomputing",
+                          stacklevel=2)
+        elif cached.features is not None or not need_features:
             return cached, path
-    source = open_image_source(spec, resolution)
     extracted = extract_features(extractor, source, batch_size=batch_size, num_workers=num_workers,
                                  max_images=max_images, progress=progress, description=f"reference {dataset}")
-    protocol = {"dataset": dataset, "source": str(spec), "resolution": resolution, **extractor.describe()}
+    protocol = {"dataset": dataset, "source": str(spec), "resolution": resolution,
+                "content_fingerprint": fingerprint, **extractor.describe()}
     statistics = ReferenceStatistics.from_features(extracted.features, protocol)
     statistics.save(path)
     return statistics, path
