@@ -5,13 +5,16 @@ The templates running on a real (emulated) cluster are in test_slurm_cluster.py.
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from cascade.cli import main as cascade_main
 from cascade.cli.slurm import TEMPLATE_DIR, fill
-
 
 TEMPLATES = sorted(TEMPLATE_DIR.glob("*.sbatch"))
 
@@ -56,7 +59,9 @@ def test_dry_run_takes_nodes_and_gpus_from_the_config(tmp_path, capsys):
     assert out.splitlines()[-1] == (
         f"# sbatch --parsable {run_dir}/train.sbatch {config} {run_dir} --trainer.max_steps 5"
     )
-    assert not run_dir.exists(), "a dry run writes nothing"
+    written = (run_dir / "train.sbatch").read_text()
+    assert written in out, "the dry run writes the script whose sbatch line it prints"
+    assert (run_dir / "logs").is_dir()
 
 
 def test_dry_run_of_a_cpu_sampling_job(tmp_path, capsys):
@@ -73,3 +78,52 @@ def test_train_needs_an_existing_config(tmp_path, capsys):
     assert cascade_main(["slurm", "submit", "train", "--run-dir", str(tmp_path), "--dry-run"]) == 2
     assert cascade_main(["slurm", "submit", "train", "-c", str(tmp_path / "nope.yaml"), "--run-dir", str(tmp_path)]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=lambda path: path.name)
+def test_no_template_expands_an_array_that_bash_4_2_calls_unbound(path):
+    """Under `set -u`, bash before 4.4 fails on "${array[@]}" when the array is empty."""
+    for line in path.read_text().splitlines():
+        for expansion in re.findall(r'"\$\{(\w+)\[@\]\}"', line):
+            assert f"${{{expansion}[@]+" in line, line
+
+
+def _fake_slurm_bin(folder: Path) -> Path:
+    """`srun` that prints where the command it was given resolves, and `scontrol` for hostnames."""
+    folder.mkdir()
+    (folder / "srun").write_text('#!/bin/bash\nwhile [[ $1 == -* ]]; do shift; done\necho "runs $(command -v "$1")"\n')
+    (folder / "scontrol").write_text("#!/bin/bash\necho localhost\n")
+    for tool in ("srun", "scontrol"):
+        (folder / tool).chmod(0o755)
+    return folder
+
+
+def _run_job(script: Path, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    slurm_env = {"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "localhost", "SLURM_JOB_NUM_NODES": "1",
+                 "SLURM_NTASKS_PER_NODE": "1", "SLURM_NTASKS": "1", "HOME": str(tmp_path)}
+    fake = tmp_path / "fake-bin"
+    if not fake.exists():
+        _fake_slurm_bin(fake)
+    path = os.pathsep.join([str(fake), "/usr/bin", "/bin"])  # no virtual environment on PATH
+    return subprocess.run(["bash", str(script), "stage.yaml", str(tmp_path / "run")], capture_output=True,
+                          text=True, env={"PATH": path, **slurm_env, **env})
+
+
+def test_the_submitted_job_runs_the_submitting_installation_without_an_activated_environment(tmp_path, capsys):
+    run_dir = tmp_path / "submitted"
+    config = tmp_path / "stage.yaml"
+    config.write_text("trainer:\n  num_nodes: 1\n  devices: 1\n")
+    assert cascade_main(["slurm", "submit", "train", "-c", str(config), "--run-dir", str(run_dir), "--dry-run"]) == 0
+    capsys.readouterr()
+    job = _run_job(run_dir / "train.sbatch", tmp_path)
+    assert job.returncode == 0, job.stderr
+    assert f"runs {Path(sys.executable).parent / 'cascade'}" in job.stdout
+
+
+def test_the_environment_hook_runs_before_cascade_is_looked_up(tmp_path):
+    template = TEMPLATE_DIR / "train.sbatch"
+    missing = _run_job(template, tmp_path)
+    assert missing.returncode == 2 and "cascade is not on PATH" in missing.stderr
+    hooked = _run_job(template, tmp_path, CASCADE_ENV_SETUP=f'export PATH="{Path(sys.executable).parent}:$PATH"')
+    assert hooked.returncode == 0, hooked.stderr
+    assert f"runs {Path(sys.executable).parent / 'cascade'}" in hooked.stdout

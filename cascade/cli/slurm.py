@@ -6,10 +6,12 @@
 
 Filling means setting the values of the template's own `#SBATCH` lines (nodes, tasks and GPUs
 per node, CPUs, time, signal grace, job name, output file under RUN_DIR/logs) and adding any
-`--sbatch-option` lines; the script body stays the shipped one. For `train`, nodes and GPUs per
-node default to the config's `trainer.num_nodes` and `trainer.devices`. The filled script is
-kept as RUN_DIR/<kind>.sbatch, submitted with `sbatch --parsable`, and the job id is the only
-thing printed on stdout, so `$(cascade slurm submit ...)` chains jobs with --dependency.
+`--sbatch-option` lines) and the default of `CASCADE_BIN` (this installation's bin directory,
+so the nodes run the same `cascade`); the script body stays the shipped one. For `train`, nodes
+and GPUs per node default to the config's `trainer.num_nodes` and `trainer.devices`. The filled
+script is kept as RUN_DIR/<kind>.sbatch (`--dry-run` writes and prints it, and submits
+nothing), submitted with `sbatch --parsable`, and the job id is the only thing printed on
+stdout, so `$(cascade slurm submit ...)` chains jobs with --dependency.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from ..files.atomic import write_text
 from ..resources import shipped
 
 TEMPLATE_DIR = shipped("slurm")
@@ -56,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--template", type=Path,
                         help="template file (default: slurm/<kind>.sbatch of this checkout)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="print the filled script and the sbatch command; submit nothing")
+                        help="write and print the filled script and the sbatch command; submit nothing")
     return parser
 
 
@@ -86,6 +89,26 @@ def fill(template: str, values: dict[str, str], extra_options: list[str]) -> str
         raise ValueError(f"the template has no #SBATCH line for {', '.join(sorted(missing))}")
     lines[last + 1:last + 1] = [f"#SBATCH {option}" for option in extra_options]
     return "\n".join(lines) + "\n"
+
+
+def cascade_bin() -> Path | None:
+    """The bin directory holding the `cascade` of this installation (the running interpreter's,
+    else the one on PATH), or None when there is none."""
+    here = Path(sys.executable).parent
+    if (here / "cascade").is_file():
+        return here
+    found = shutil.which("cascade")
+    return Path(found).parent if found else None
+
+
+def with_cascade_bin(script: str, bin_dir: Path | None) -> str:
+    """`script` with the default of its `CASCADE_BIN=${CASCADE_BIN:-}` line set to `bin_dir`."""
+    if bin_dir is None:
+        return script
+    line = "CASCADE_BIN=${CASCADE_BIN:-}"
+    if line not in script:
+        raise ValueError(f"the template has no `{line}` line")
+    return script.replace(line, f"CASCADE_BIN=${{CASCADE_BIN:-{shlex.quote(str(bin_dir))}}}", 1)
 
 
 def _signal_with_grace(template: str, grace: int) -> str:
@@ -140,25 +163,25 @@ def _submit(args: argparse.Namespace, passthrough: list[str]) -> int:
     try:
         if args.grace is not None:
             values["signal"] = _signal_with_grace(template, args.grace)
-        script = fill(template, values, args.sbatch_option)
+        script = with_cascade_bin(fill(template, values, args.sbatch_option), cascade_bin())
     except ValueError as error:
         print(f"cascade slurm: {template_path}: {error}", file=sys.stderr)
         return 2
 
     script_path = run_dir / f"{args.kind}.sbatch"
     command = ["sbatch", "--parsable", str(script_path), *script_args]
-    if args.dry_run:
-        print(script, end="")
-        print(f"# submit with:\n# {shlex.join(command)}")
-        return 0
-    if shutil.which("sbatch") is None:
-        print("cascade slurm: sbatch not found; run this on a Slurm login node (or use --dry-run)",
-              file=sys.stderr)
-        return 2
     # Slurm does not create the output file's directory: a job whose log cannot be opened fails
     # without a word.
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    script_path.write_text(script)
+    write_text(script_path, script)
+    if args.dry_run:
+        print(script, end="")
+        print(f"# written to {script_path}; submit with:\n# {shlex.join(command)}")
+        return 0
+    if shutil.which("sbatch") is None:
+        print(f"cascade slurm: sbatch not found; run this on a Slurm login node ({script_path} is written)",
+              file=sys.stderr)
+        return 2
     result = subprocess.run(command, text=True, capture_output=True)
     if result.returncode != 0:
         print(f"cascade slurm: sbatch failed: {result.stderr.strip()}", file=sys.stderr)
