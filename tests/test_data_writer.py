@@ -136,3 +136,13 @@ def test_cli_writes_synthetic_shards_and_reports_bad_settings(tmp_path, capsys):
     assert len(glob.glob(str(out / "*.tar"))) == 3
     assert cascade_main(["data", "write-shards", "--source", "folder:" + str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_a_flat_image_folder_is_pointed_to_the_list_source(tmp_path, capsys):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.new("RGB", (8, 8)).save(flat / "a.png")
+    code = cascade_main(["data", "write-shards", "--source", f"folder:{flat}", "--out", str(tmp_path / "out")])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "no class sub-folders" in error and "--source list:FILE" in error and "`image`, `caption`" in error

@@ -57,3 +57,20 @@ def test_the_report_names_the_lowest_validation_loss_the_best(tmp_path):
     assert best == 0.31
     assert val == {249: 0.50, 499: 0.31, 749: 0.35}
     figure.clear()
+
+
+def test_training_names_each_log_and_prints_heartbeats_when_not_on_a_terminal(tmp_path, monkeypatch):
+    from cascade.demo import training
+
+    class Counting(StageRun):
+        def command(self) -> list[str]:
+            lines = "".join(f"print('step {step}/{self.steps}', flush=True); " for step in range(1, self.steps + 1))
+            touch = f"import pathlib; p = pathlib.Path({str(self.last_checkpoint)!r}); p.parent.mkdir(parents=True); p.touch()"
+            return [sys.executable, "-c", lines + touch]
+
+    out = io.StringIO()
+    run = Counting("base", tmp_path / "base.yaml", tmp_path / "base", 3, ())
+    training.train_concurrently([[run]], threads_per_process=1, console=Console(file=out), heartbeat_seconds=0.0)
+    printed = out.getvalue()
+    assert f"training base (3 steps): log in {tmp_path / 'base' / 'train.log'}" in printed
+    assert "base: step 3/3" in printed

@@ -5,6 +5,7 @@ A tiny deterministic extractor stands in for Inception so these run in seconds.
 """
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -210,3 +211,18 @@ def test_cached_reference_statistics_are_recomputed_when_the_images_change(tmp_p
     assert changed_path == path
     assert not np.allclose(changed.mu, first.mu)
     assert changed.protocol["content_fingerprint"] != first.protocol["content_fingerprint"]
+
+
+def test_distribution_metrics_on_too_few_images_warn():
+    small = GenerativeMetrics(TinyExtractor(), ("fid", "kid"), kid_subsets=2, kid_subset_size=8)
+    small.update(REAL, real=True)
+    small.update(FAKE)
+    with pytest.warns(UserWarning, match="fid, kid from only 17 images"):
+        small.compute()
+
+    enough = GenerativeMetrics(TinyExtractor(), ("fid",))
+    enough.update(_images(100, 2), real=True)
+    enough.update(_images(100, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert enough.compute()["num_fake"] == 100

@@ -94,7 +94,7 @@ def test_report_escapes_user_text_and_embeds_everything(tmp_path):
         assert text in page
 
     markdown = files.markdown.read_text()
-    assert "<script" not in markdown and "&lt;script&gt;alert\\(" in markdown
+    assert "<script" not in markdown and "&lt;script&gt;alert(" in markdown and "alert\\(" not in markdown
     linked = re.findall(r"\]\((report_assets/[^)]+)\)", markdown)
     assert len(linked) == 7 and all((files.markdown.parent / path).is_file() for path in linked)
     assert not list((tmp_path / "out").rglob(".*.tmp"))
@@ -123,3 +123,20 @@ def test_human_eval_loader_rejects_other_documents(tmp_path):
     loaded = load_human_eval(tmp_path / "ok.json")
     assert loaded.categories == ["Colors", EVIL, "overall"] and loaded.systems == ["base", "new"]
     assert loaded.study["raters"] == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "escaped"),
+    [
+        ("guidance (3), s = 0.1!", "guidance (3), s = 0.1!"),  # ordinary punctuation stays readable
+        ("a_b*c [link](url) | `x`", "a\\_b\\*c \\[link\\](url) \\| \\`x\\`"),
+        ("# not a heading", "\\# not a heading"),
+        ("- not a list", "\\- not a list"),
+        ("12. not a numbered item", "12\\. not a numbered item"),
+        ("<b>bold</b> & more\nlines", "&lt;b&gt;bold&lt;/b&gt; &amp; more lines"),
+    ],
+)
+def test_markdown_escapes_syntax_not_punctuation(text, escaped):
+    from cascade.eval.markdown import escape
+
+    assert escape(text) == escaped

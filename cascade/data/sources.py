@@ -68,7 +68,11 @@ class FolderSource:
             raise FileNotFoundError(f"--source folder: {self.root!r} is not a directory")
         self.classes = sorted(d.name for d in os.scandir(self.root) if d.is_dir())
         if not self.classes:
-            raise ValueError(f"--source folder: {self.root!r} has no class sub-folders")
+            raise ValueError(
+                f"--source folder: {self.root!r} has no class sub-folders (folder:PATH is the ImageNet layout "
+                f"PATH/<class>/<image>); for a flat folder of images, list them with captions in a JSONL or "
+                f"CSV file (fields `image`, `caption`) and use --source list:FILE"
+            )
         self.items = [
             (os.path.join(self.root, name, file), label)
             for label, name in enumerate(self.classes)

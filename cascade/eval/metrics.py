@@ -19,6 +19,7 @@ order; IS depends on that order through its splits, the other metrics do not.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -34,6 +35,9 @@ from .kid import kernel_inception_distance
 from .precision_recall import precision_recall
 
 METRIC_NAMES = ("fid", "is", "pr", "kid")
+# Below this many images FID / KID / precision-recall are dominated by their small-sample bias
+# (FID's covariance of 2048 dimensions needs thousands; ~100 is the least that says anything).
+MIN_IMAGES_FOR_DISTRIBUTION_METRICS = 100
 
 
 def parse_metric_names(names: str | Iterable[str]) -> tuple[str, ...]:
@@ -162,6 +166,15 @@ class GenerativeMetrics(Metric):
     def compute(self) -> dict[str, float]:
         results: dict[str, float] = {"num_fake": int(self.fake_count.item())}
         results["num_real"] = self.reference.num_images if self.reference is not None else int(self.real_count.item())
+        few = min(results["num_fake"], results["num_real"])
+        distribution_metrics = sorted({"fid", "kid", "pr"} & set(self.metrics))
+        if distribution_metrics and few < MIN_IMAGES_FOR_DISTRIBUTION_METRICS:
+            warnings.warn(
+                f"{', '.join(distribution_metrics)} from only {few} images (fewer than "
+                f"{MIN_IMAGES_FOR_DISTRIBUTION_METRICS}): the estimates are strongly biased and noisy (KID can "
+                f"even come out negative); do not compare them with published numbers",
+                stacklevel=2,
+            )
         if "fid" in self.metrics:
             mu_fake, sigma_fake = self._gaussian("fake")
             if self.reference is not None:

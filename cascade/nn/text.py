@@ -86,8 +86,9 @@ def _not_found(kind: str, source: str, reason: str) -> TextEncoderNotFoundError:
     return TextEncoderNotFoundError(
         f"cannot load the {kind!r} text encoder from the {where}: {reason}\n"
         f"Supply the weights (a directory written by save_pretrained: config, weights, tokenizer) in "
-        f"one of these ways: pass path=... to TextEncoder.from_config (the text encoder's `path` "
-        f"setting in the stage config); set {environment_variable(kind)}=/path/to/dir; or, on a "
+        f"one of these ways: `--encoder-path DIR` (cascade data precompute-text); the "
+        f"`text_encoder: {{path: DIR}}` setting of the stage config (`--model.init_args.text_encoder.path "
+        f"DIR` for cascade fit); set {environment_variable(kind)}=DIR; or, on a "
         f"machine with network access, fill the Hugging Face cache (location: HF_HOME / "
         f"HF_HUB_CACHE) with `hf download {DEFAULT_SOURCES.get(kind) or source}`. Nothing is "
         f"downloaded at run time."
