@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..diffusion import SAMPLERS
-from ..pipeline import StageSettings
+from ..stages.config import SamplingSettings
 from ..stages.diffusion_stage import DiffusionStage
 from ..stages.super_res import SuperResStage
 
@@ -69,7 +69,7 @@ def run_step_benchmark(
     size = resolution or stage.image_size
     condition = random_condition(stage, batch_size, generator)
     lowres = lowres_input(stage, batch_size, size, generator)
-    denoise = stage.make_denoiser(condition, guidance_scale=guidance, lowres=lowres, aug_level=0.0)
+    denoise = stage.make_denoiser(condition, guidance=guidance, lowres=lowres, aug_level=0.0)
     x_t = settings.image(torch.randn(batch_size, 3, size, size, generator=generator).to(device))
     t = torch.full((batch_size,), 0.5, device=device)
 
@@ -106,7 +106,7 @@ def run_step_benchmark(
 
 def sample_cascade(
     stages: list[DiffusionStage],
-    settings: list[StageSettings],
+    settings: list[SamplingSettings],
     batch_size: int,
     speed: SpeedSettings,
     seed: int,
@@ -126,12 +126,8 @@ def sample_cascade(
                 images = stage.generate(
                     condition=condition,
                     num_samples=batch_size,
-                    guidance_scale=setting.guidance,
                     lowres=lowres,
-                    aug_level=setting.aug_level if index > 0 else None,
-                    dynamic_threshold=setting.dynamic_threshold,
-                    sampler=setting.sampler,
-                    steps=setting.steps,
+                    settings=setting,
                     generator=torch.Generator(device).manual_seed(seed + index),
                 )
 
@@ -165,10 +161,10 @@ def run_cascade_benchmark(
     records = []
     for sampler in samplers:
         settings = [
-            StageSettings(sampler=sampler, steps=count, guidance=guidance, dynamic_threshold=0.995 if i == 0 else None)
+            SamplingSettings(sampler=sampler, steps=count, guidance=guidance, dynamic_threshold=0.995 if i == 0 else None)
             for i, count in enumerate(steps)
         ]
-        warm = [StageSettings(sampler=sampler, steps=1, guidance=guidance) for _ in stages]
+        warm = [setting.updated(steps=1) for setting in settings]
         sample_cascade(stages, warm, batch_size, speed, seed)  # kernels, allocator, compilation
         reset_peak_memory(device)
         stage_ms: list[list[float]] = [[] for _ in stages]
