@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from cascade.pipeline import Cascade
 from cascade.cli.sample import sample as sample_main
+from cascade.files.sample_folder import png_bytes
+from cascade.pipeline import Cascade
 from cascade.stages import SamplingSettings, StageConfigError
 from cascade.stages.base_stage import BaseStage
-from cascade.files.sample_folder import png_bytes
 from cascade.stages.export import write_export
 from cascade.stages.super_res import SuperResStage
 
@@ -40,7 +40,8 @@ def randomise_output_layers(stage, seed):
     return stage
 
 
-def tiny_stages(text=False, sampling=(SamplingSettings(), SamplingSettings())):
+def tiny_stages(text=False, sampling=None):
+    sampling = sampling or (SamplingSettings(), SamplingSettings())
     conditioning = "text" if text else "class"
     encoder = {"kind": "minilm"} if text else None
     base = BaseStage(unet=tiny_unet(16, text=text), image_size=16, conditioning=conditioning, text_encoder=encoder,
@@ -89,6 +90,25 @@ def test_text_cascade_encodes_prompts_once_and_uses_them():
     red, blue = cascade.generate([5, 5], prompts=["a red circle", "two blue squares"])[0]
     assert len(calls) == 1, "prompts are encoded once for all stages sharing an encoder"
     assert not torch.allclose(red, blue)
+
+
+def test_ready_made_conditions_give_the_images_prompts_give_and_each_stage_end_is_reported():
+    stages = tiny_stages(text=True)
+    cascade = Cascade(stages, SETTINGS)
+    prompts = ["a red circle", "two blue squares"]
+    tokens, mask = stages[0].text_encoder.encode(prompts, stages[0].device)
+    conditions = [stage.make_condition(text_tokens=tokens, text_mask=mask) for stage in stages]
+    ends = []
+    from_conditions = cascade.generate([5, 6], conditions=conditions, keep_intermediate=True,
+                                       on_stage_end=lambda index, images: ends.append((index, images)))
+    from_prompts = cascade.generate([5, 6], prompts=prompts, keep_intermediate=True)
+    for made, expected in zip(from_conditions, from_prompts):
+        torch.testing.assert_close(made, expected, rtol=0, atol=0)
+    assert [index for index, _ in ends] == [0, 1] and all(a is b for (_, a), b in zip(ends, from_conditions))
+    with pytest.raises(ValueError, match="not several"):
+        cascade.generate([5, 6], prompts=prompts, conditions=conditions)
+    with pytest.raises(ValueError, match="2 conditions for 1 stages|1 conditions for 2 stages"):
+        cascade.generate([5, 6], conditions=conditions[:1])
 
 
 def test_cascade_rejects_mismatched_stages():

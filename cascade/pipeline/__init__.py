@@ -10,6 +10,7 @@ from generators seeded by it, so an image does not depend on the batch it was ge
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from ..stages.config import SamplingSettings
 from ..stages.diffusion_stage import DiffusionStage
 from ..stages.export import load_stage
 from ..stages.super_res import SuperResStage
+
+StageEnd = Callable[[int, torch.Tensor], None]
 
 
 class Cascade:
@@ -89,20 +92,39 @@ class Cascade:
         seeds: list[int],
         prompts: list[str] | None = None,
         class_labels: list[int] | None = None,
+        conditions: list[Condition] | None = None,
         keep_intermediate: bool = False,
         progress: bool = False,
+        on_stage_end: StageEnd | None = None,
     ) -> list[torch.Tensor]:
         """Images in [-1, 1] for one batch: the final stage's output, or every stage's output
-        (low to high resolution) with keep_intermediate."""
+        (low to high resolution) with keep_intermediate.
+
+        The condition comes from `prompts` (text cascades) or `class_labels` (class cascades), or
+        ready-made from `conditions`, one per stage (e.g. precomputed text encodings).
+        `on_stage_end(index, images)` is called as each stage finishes (the benchmark times
+        the stages with it).
+        """
         if prompts is not None and len(prompts) != len(seeds):
             raise ValueError(f"got {len(prompts)} prompts for {len(seeds)} seeds")
         if class_labels is not None and len(class_labels) != len(seeds):
             raise ValueError(f"got {len(class_labels)} class labels for {len(seeds)} seeds")
+        if conditions is not None:
+            if prompts is not None or class_labels is not None:
+                raise ValueError("give prompts, class labels or conditions, not several")
+            if len(conditions) != len(self.stages):
+                raise ValueError(f"got {len(conditions)} conditions for {len(self.stages)} stages")
+            for index, condition in enumerate(conditions):
+                if condition.batch_size not in (None, len(seeds)):
+                    raise ValueError(f"the condition of stage {index} has {condition.batch_size} rows for {len(seeds)} seeds")
         encodings: dict = {}
         outputs = []
         images = None
         for index, (stage, setting) in enumerate(zip(self.stages, self.settings)):
-            condition = self._condition(stage, prompts, class_labels, encodings)
+            if conditions is not None:
+                condition = conditions[index]
+            else:
+                condition = self._condition(stage, prompts, class_labels, encodings)
             generators = [torch.Generator(stage.device).manual_seed(seed + 7919 * index) for seed in seeds]
             shape = stage.output_shape(len(seeds), images)
             images = stage.generate(
@@ -114,6 +136,8 @@ class Cascade:
                 x_T=randn(shape, generators, device=stage.device),
                 progress=progress,
             )
+            if on_stage_end is not None:
+                on_stage_end(index, images)
             outputs.append(images)
         return outputs if keep_intermediate else outputs[-1:]
 
