@@ -10,7 +10,14 @@ import yaml
 from safetensors.torch import load_file
 
 from cascade.cli import main as cascade_main
-from cascade.stages import BaseStage, SampleGrid, SamplingSettings, SuperResStage, load_checkpoint, load_exported
+from cascade.stages import (
+    BaseStage,
+    SampleGrid,
+    SamplingSettings,
+    SuperResStage,
+    load_checkpoint,
+    load_exported,
+)
 from cascade.stages.export import resolve_stage_class
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

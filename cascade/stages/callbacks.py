@@ -60,8 +60,8 @@ class SampleGrid(pl.Callback):
     ):
         if every_n_steps < 0 or num_samples < 1 or scale < 1:
             raise ValueError("SampleGrid needs every_n_steps >= 0, num_samples >= 1 and scale >= 1")
-        given = dict(sampler=sampler, steps=steps, guidance=guidance, dynamic_threshold=dynamic_threshold,
-                     aug_level=aug_level, guidance_scale=guidance_scale)
+        given = {"sampler": sampler, "steps": steps, "guidance": guidance, "dynamic_threshold": dynamic_threshold,
+                 "aug_level": aug_level, "guidance_scale": guidance_scale}
         self.sampling_changes = {key: value for key, value in given.items() if value is not None}
         try:
             SamplingSettings().updated(**self.sampling_changes)

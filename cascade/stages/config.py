@@ -84,7 +84,7 @@ class SamplingSettings:
         if problems:
             raise StageConfigError([(f"sampling.{name}", message) for name, message in problems])
 
-    def updated(self, **changes: Any) -> "SamplingSettings":
+    def updated(self, **changes: Any) -> SamplingSettings:
         """A copy with `changes` (field name=value) applied and checked. The one place that reads
         older key names (`guidance_scale` -> `guidance`) and rejects unknown ones."""
         problems = []
@@ -100,7 +100,7 @@ class SamplingSettings:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_dict(cls, data: "Mapping[str, Any] | SamplingSettings") -> "SamplingSettings":
+    def from_dict(cls, data: Mapping[str, Any] | SamplingSettings) -> SamplingSettings:
         """Settings from a mapping (a config section, a checkpoint's or an export's plain
         hyper-parameters); missing keys take the defaults. An instance passes through."""
         if isinstance(data, cls):
