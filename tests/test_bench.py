@@ -36,8 +36,8 @@ def write_config(tmp_path, name: str, model: dict) -> str:
 
 @pytest.fixture
 def micro_configs(tmp_path) -> dict[str, str]:
-    """A 16x16 text-conditional base (random text tokens, the encoder is never loaded) and an
-    8 -> 16 super-resolution stage."""
+    """A 16x16 text-conditional base (random text tokens, the encoder is never loaded) and a
+    16 -> 32 super-resolution stage after it."""
     base = {
         "class_path": "cascade.stages.BaseStage",
         "init_args": {
@@ -50,9 +50,9 @@ def micro_configs(tmp_path) -> dict[str, str]:
     sr = {
         "class_path": "cascade.stages.SuperResStage",
         "init_args": {
-            "image_size": 16,
-            "lowres_size": 8,
-            "unet": {**MICRO_UNET, "attention_resolutions": [], "cross_attention_resolutions": [],
+            "image_size": 32,
+            "lowres_size": 16,
+            "unet": {**MICRO_UNET, "image_size": 32, "attention_resolutions": [], "cross_attention_resolutions": [],
                      "lowres_channels": 3, "use_aug_cond": True},
         },
     }
@@ -96,9 +96,26 @@ def test_cascade_benchmark_reports_seconds_per_image(micro_configs, tmp_path):
     records = read_jsonl(out)
     assert [r["sampler"] for r in records] == ["dpmpp_2m", "ddim"]
     for record in records:
-        assert record["sizes"] == "16 -> 16" and record["steps"] == "2/2"
+        assert record["sizes"] == "16 -> 32" and record["steps"] == "2/2"
         assert len(record["stage_seconds"]) == 2
         assert record["seconds_per_image"] == pytest.approx(record["seconds_per_batch"] / 2)
+
+
+def test_cascade_benchmark_times_cascade_generate_itself(micro_configs):
+    from cascade.bench.sampling import sample_cascade
+    from cascade.bench.stage_inputs import SpeedSettings, load_stage, random_condition
+    from cascade.pipeline import Cascade
+    from cascade.stages import SamplingSettings
+
+    stages = [load_stage(micro_configs[name], torch.device("cpu"), seed) for seed, name in enumerate(["base", "sr"])]
+    cascade = Cascade(stages, [SamplingSettings(steps=2, guidance=3.0), SamplingSettings("ddpm", 2, aug_level=0.1)])
+    stage_ms = [[], []]
+    images = sample_cascade(cascade, 2, SpeedSettings(), seed=5, stage_ms=stage_ms)
+    generator = torch.Generator().manual_seed(5)  # the benchmark's random text tokens: no encoder is loaded
+    conditions = [random_condition(stage, 2, generator) for stage in stages]
+    (expected,) = cascade.generate([5, 6], conditions=conditions)
+    torch.testing.assert_close(images, expected, rtol=0, atol=0)
+    assert [len(ms) for ms in stage_ms] == [1, 1] and min(min(stage_ms)) > 0
 
 
 def test_bad_arguments_fail_with_a_message(micro_configs, tmp_path, capsys):

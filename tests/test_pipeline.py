@@ -12,8 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from cascade.pipeline import Cascade, StageSettings
 from cascade.cli.sample import sample as sample_main
+from cascade.files.sample_folder import png_bytes
+from cascade.pipeline import Cascade
+from cascade.stages import SamplingSettings, StageConfigError
 from cascade.stages.base_stage import BaseStage
 from cascade.stages.export import write_export
 from cascade.stages.super_res import SuperResStage
@@ -38,26 +40,28 @@ def randomise_output_layers(stage, seed):
     return stage
 
 
-def tiny_stages(text=False):
+def tiny_stages(text=False, sampling=None):
+    sampling = sampling or (SamplingSettings(), SamplingSettings())
     conditioning = "text" if text else "class"
     encoder = {"kind": "minilm"} if text else None
-    base = BaseStage(unet=tiny_unet(16, text=text), image_size=16, conditioning=conditioning, text_encoder=encoder)
+    base = BaseStage(unet=tiny_unet(16, text=text), image_size=16, conditioning=conditioning, text_encoder=encoder,
+                     sampling=sampling[0])
     sr = SuperResStage(unet=tiny_unet(32, lowres=True, text=text), image_size=32, lowres_size=16,
-                       conditioning=conditioning, text_encoder=encoder)
+                       conditioning=conditioning, text_encoder=encoder, sampling=sampling[1])
     return [randomise_output_layers(base, 1).eval(), randomise_output_layers(sr, 2).eval()]
 
 
-SETTINGS = [StageSettings(steps=3, guidance=2.0), StageSettings(steps=2, guidance=1.0, aug_level=0.1)]
+def write_exports(stages, root) -> list[str]:
+    return [str(write_export(stage.unet.state_dict(), stage.stage_config(), root / f"stage{index}"))
+            for index, stage in enumerate(stages)]
+
+
+SETTINGS = [SamplingSettings(steps=3, guidance=2.0), SamplingSettings(steps=2, guidance=1.0, aug_level=0.1)]
 
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    root = tmp_path_factory.mktemp("exports")
-    paths = []
-    for index, stage in enumerate(tiny_stages()):
-        state = {name: tensor for name, tensor in stage.unet.state_dict().items()}
-        paths.append(str(write_export(state, stage.stage_config(), root / f"stage{index}")))
-    return paths
+    return write_exports(tiny_stages(), tmp_path_factory.mktemp("exports"))
 
 
 def test_cascade_shapes_and_intermediate_outputs():
@@ -69,7 +73,7 @@ def test_cascade_shapes_and_intermediate_outputs():
 
 
 def test_an_image_depends_on_its_seed_not_on_its_batch():
-    cascade = Cascade(tiny_stages(), [StageSettings(sampler="ddpm", steps=3), StageSettings(sampler="ddim", steps=2, aug_level=0.3)])
+    cascade = Cascade(tiny_stages(), [SamplingSettings(sampler="ddpm", steps=3), SamplingSettings(sampler="ddim", steps=2, aug_level=0.3)])
     together = cascade.generate([10, 11, 12], class_labels=[0, 1, 2])[0]
     alone = cascade.generate([11], class_labels=[1])[0]
     torch.testing.assert_close(alone[0], together[1])
@@ -88,14 +92,42 @@ def test_text_cascade_encodes_prompts_once_and_uses_them():
     assert not torch.allclose(red, blue)
 
 
+def test_ready_made_conditions_give_the_images_prompts_give_and_each_stage_end_is_reported():
+    stages = tiny_stages(text=True)
+    cascade = Cascade(stages, SETTINGS)
+    prompts = ["a red circle", "two blue squares"]
+    tokens, mask = stages[0].text_encoder.encode(prompts, stages[0].device)
+    conditions = [stage.make_condition(text_tokens=tokens, text_mask=mask) for stage in stages]
+    ends = []
+    from_conditions = cascade.generate([5, 6], conditions=conditions, keep_intermediate=True,
+                                       on_stage_end=lambda index, images: ends.append((index, images)))
+    from_prompts = cascade.generate([5, 6], prompts=prompts, keep_intermediate=True)
+    for made, expected in zip(from_conditions, from_prompts):
+        torch.testing.assert_close(made, expected, rtol=0, atol=0)
+    assert [index for index, _ in ends] == [0, 1] and all(a is b for (_, a), b in zip(ends, from_conditions))
+    with pytest.raises(ValueError, match="not several"):
+        cascade.generate([5, 6], prompts=prompts, conditions=conditions)
+    with pytest.raises(ValueError, match="2 conditions for 1 stages|1 conditions for 2 stages"):
+        cascade.generate([5, 6], conditions=conditions[:1])
+
+
 def test_cascade_rejects_mismatched_stages():
     base, sr = tiny_stages()
     with pytest.raises(ValueError, match="first stage"):
         Cascade([sr], SETTINGS[:1])
     with pytest.raises(ValueError, match="settings"):
         Cascade([base, sr], SETTINGS[:1])
-    with pytest.raises(ValueError, match="sampler"):
-        Cascade([base, sr], [StageSettings(sampler="euler"), SETTINGS[1]])
+    with pytest.raises(TypeError, match="SamplingSettings"):
+        Cascade([base, sr], [{"steps": 2}, SETTINGS[1]])
+
+
+def test_a_cascade_samples_with_each_stages_own_settings_unless_given_others():
+    own = (SamplingSettings("ddim", 3, 2.0, 0.9), SamplingSettings(steps=2, aug_level=0.2))
+    cascade = Cascade(tiny_stages(sampling=own))
+    assert cascade.settings == list(own)
+    assert cascade.updated(None, aug_level=0.1).settings == [own[0], own[1].updated(aug_level=0.1)]  # SR only
+    with pytest.raises(StageConfigError, match="sampling.steps"):
+        cascade.updated(1, steps=0)
 
 
 def run_sample(exports, out, *extra):
@@ -128,6 +160,26 @@ def test_sample_writes_images_metadata_and_rerun_reproduces(exports, tmp_path):
         assert np.abs(a - c).max() <= 1, line["file"]
 
 
+def test_sample_writes_the_images_cascade_generate_makes(exports, tmp_path):
+    run_sample(exports, tmp_path, "--guidance", "2,1", "--aug-level", "0.1", "--batch-size", "1")
+    cascade = Cascade.from_paths(exports).updated(None, steps=2, aug_level=0.1).updated(0, guidance=2.0)
+    lines = read_lines(tmp_path)
+    assert [stage["guidance"] for stage in lines[0]["stages"]] == [2.0, 1.0]
+    for line in lines:
+        (images,) = cascade.generate([line["seed"]], class_labels=[line["class_label"]])
+        assert png_bytes(images[0]) == (tmp_path / line["file"]).read_bytes(), line["file"]
+
+
+def test_sample_keeps_each_stages_own_settings_unless_a_flag_changes_them(tmp_path):
+    own = (SamplingSettings("ddim", 2, 2.0, 0.9), SamplingSettings("ddpm", 2, 1.0, None, 0.2))
+    exports = write_exports(tiny_stages(sampling=own), tmp_path / "exports")
+    argv = ["--stages", *exports, "--classes", "0", "--out", str(tmp_path / "out"), "--no-progress"]
+    assert sample_main([*argv, "--guidance", "3"]) == 0
+    base, sr = read_lines(tmp_path / "out")[0]["stages"]
+    assert {key: base[key] for key in own[0].to_dict()} == own[0].updated(guidance=3.0).to_dict()
+    assert {key: sr[key] for key in own[1].to_dict()} == own[1].updated(guidance=3.0).to_dict()
+
+
 def test_sweep_writes_one_folder_per_setting(exports, tmp_path):
     run_sample(exports, tmp_path, "--sweep", "guidance=1,3", "--sweep", "aug_level=0,0.2")
     folders = sorted(p.name for p in tmp_path.iterdir())
@@ -142,6 +194,9 @@ def test_sweep_writes_one_folder_per_setting(exports, tmp_path):
     (["--steps", "1,2,3"], "--steps"),
     (["--sweep", "cfg=1,2"], "--sweep"),
     (["--batch-size", "0"], "--batch-size"),
+    (["--steps", "0"], "--steps: stage 0: must be an integer >= 1, got 0"),
+    (["--dynamic-threshold", "off,1.5"], "--dynamic-threshold: stage 1: must be a percentile"),
+    (["--sweep", "guidance=1,-1"], "--sweep guidance=-1.0: must be a number >= 0"),
 ])
 def test_bad_arguments_name_the_flag(exports, tmp_path, capsys, argv, message):
     code = sample_main(["--stages", *exports, "--classes", "0", "--out", str(tmp_path), "--no-progress", *argv])

@@ -10,7 +10,14 @@ import yaml
 from safetensors.torch import load_file
 
 from cascade.cli import main as cascade_main
-from cascade.stages import BaseStage, SuperResStage, load_checkpoint, load_exported
+from cascade.stages import (
+    BaseStage,
+    SampleGrid,
+    SamplingSettings,
+    SuperResStage,
+    load_checkpoint,
+    load_exported,
+)
 from cascade.stages.export import resolve_stage_class
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -28,9 +35,10 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
         ("sr", "--model.init_args.lowres_size=6", "lowres_size"),
         ("base", "--trainer.max_stepz=3", "--trainer.max_stepz"),
         ("sr", "--data.init_args.resolution=32", "data.init_args.resolution"),
+        ("base", "--model.init_args.sampling.steps=0", "model.init_args.sampling.steps"),
     ],
     ids=["unknown-key", "wrong-type", "bad-value", "missing-data", "lowres-not-dividing", "unknown-trainer-key",
-         "data-size-differs"],  # fmt: skip
+         "data-size-differs", "bad-sampling-value"],  # fmt: skip
 )
 def test_bad_configs_fail_before_training_naming_the_key(write_stage_config, capsys, stage, override, named_key):
     config, run_dir = write_stage_config(stage=stage)
@@ -62,7 +70,8 @@ def test_export_validate_and_load_without_pickle(write_stage_config, tmp_path, c
     for (name, a), (_, b) in zip(from_export.state_dict().items(), from_checkpoint.state_dict().items()):
         assert torch.equal(a, b), name
     condition = from_export.make_condition(class_labels=[1, 2])
-    images = from_export.generate(condition, guidance_scale=2.0, steps=2, generator=torch.Generator().manual_seed(0))
+    settings = SamplingSettings(guidance=2.0, steps=2)
+    images = from_export.generate(condition, settings=settings, generator=torch.Generator().manual_seed(0))
     assert images.shape == (2, 3, 16, 16)
 
     capsys.readouterr()
@@ -71,6 +80,19 @@ def test_export_validate_and_load_without_pickle(write_stage_config, tmp_path, c
 
     with pytest.raises(ValueError, match="only cascade"):
         resolve_stage_class("os.system")
+
+
+@pytest.mark.parametrize("key", ["guidance", "guidance_scale"], ids=["today", "older"])
+def test_configs_give_the_guidance_scale_under_todays_key_or_the_older_one(write_stage_config, capsys, key):
+    config, _ = write_stage_config(stage="sr", sampling={key: 2.0, "steps": 3}, aug_level=0.1)
+    grid = ["--trainer.callbacks+=cascade.stages.SampleGrid", f"--trainer.callbacks.{key}=4.0"]
+    assert cascade_main(["fit", "-c", str(config), *grid, "--print_config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    model = printed["model"]
+    stage = resolve_stage_class(model["class_path"])(**model["init_args"])
+    assert stage.sampling == SamplingSettings(steps=3, guidance=2.0, aug_level=0.1)
+    (grid_config,) = [c for c in printed["trainer"]["callbacks"] if c["class_path"].endswith("SampleGrid")]
+    assert SampleGrid(**grid_config["init_args"]).settings_for(stage).guidance == 4.0
 
 
 STAGE_CONFIGS = sorted([*CONFIGS.glob("*.yaml"), *CONFIGS.glob("demo/*.yaml")])  # full run configs

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cascade.diffusion import cfg_combine, predicted_x0
-from cascade.stages import BaseStage, Condition, SuperResStage
+from cascade.stages import BaseStage, Condition, SamplingSettings, SuperResStage
 
 pytestmark = [
     pytest.mark.usefixtures("one_torch_thread"),
@@ -88,7 +88,7 @@ def test_guided_denoiser_runs_cond_and_null_rows_in_one_forward(make_stage):
     x_t, t = torch.randn(3, 3, 16, 16), torch.full((3,), 0.6)
 
     calls = RecordUNetCalls(stage)
-    guided = stage.make_denoiser(condition, guidance_scale=4.0)(x_t, t)
+    guided = stage.make_denoiser(condition, guidance=4.0)(x_t, t)
     assert len(calls.calls) == 1
     call = calls.calls[0]
     assert call["x_t"].shape[0] == 6
@@ -105,7 +105,7 @@ def test_guided_denoiser_runs_cond_and_null_rows_in_one_forward(make_stage):
     torch.testing.assert_close(guided, expected, atol=1e-5, rtol=1e-4)
 
     calls.calls.clear()
-    stage.make_denoiser(condition, guidance_scale=1.0)(x_t, t)
+    stage.make_denoiser(condition, guidance=1.0)(x_t, t)
     assert calls.calls[0]["x_t"].shape[0] == 3 and calls.calls[0]["null_cond"] is None
 
 
@@ -114,12 +114,13 @@ def test_dynamic_threshold_option_and_generate_shapes():
     make_outputs_nonzero(stage)
     condition = stage.make_condition(class_labels=[0, 1])
     x_t, t = torch.randn(2, 3, 16, 16) * 3, torch.full((2,), 0.05)  # |x0_hat| well above 1
-    static = stage.make_denoiser(condition, guidance_scale=8.0)(x_t, t)
-    dynamic = stage.make_denoiser(condition, guidance_scale=8.0, dynamic_threshold=0.9)(x_t, t)
+    static = stage.make_denoiser(condition, guidance=8.0)(x_t, t)
+    dynamic = stage.make_denoiser(condition, guidance=8.0, dynamic_threshold=0.9)(x_t, t)
     assert static.abs().max() <= 1 and dynamic.abs().max() <= 1 and not torch.equal(static, dynamic)
 
-    first = stage.generate(condition, guidance_scale=3.0, steps=3, generator=torch.Generator().manual_seed(1))
-    again = stage.generate(condition, guidance_scale=3.0, steps=3, generator=torch.Generator().manual_seed(1))
+    settings = SamplingSettings(guidance=3.0, steps=3)
+    first = stage.generate(condition, settings=settings, generator=torch.Generator().manual_seed(1))
+    again = stage.generate(condition, settings=settings, generator=torch.Generator().manual_seed(1))
     assert first.shape == (2, 3, 16, 16) and torch.equal(first, again)
 
 

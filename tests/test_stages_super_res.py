@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from cascade.diffusion import alpha_from_log_snr, sigma_from_log_snr
-from cascade.stages import SuperResStage, load_stage
+from cascade.stages import SamplingSettings, SuperResStage, load_stage
 from cascade.cli.stage import fit as fit_main
 from cascade.stages.super_res import BlurConfig, blur_randomly
 
@@ -67,14 +67,14 @@ def test_training_noises_the_upsampled_lowres_to_a_random_level():
 
 
 def test_sampling_uses_the_aug_level_setting():
-    stage = sr_stage(aug_level=0.2).eval()
+    stage = sr_stage(sampling={"steps": 2, "aug_level": 0.2}).eval()
     calls = record_unet_inputs(stage)
     lowres = sr_batch(2)["lowres"]
-    stage.generate(lowres=lowres, steps=2)
+    stage.generate(lowres=lowres)
     assert torch.allclose(calls[-1]["aug_cond"], torch.full((2,), 200.0))  # the stage's default
 
     calls.clear()
-    stage.generate(lowres=lowres, steps=2, aug_level=0.0)
+    stage.generate(lowres=lowres, settings=stage.sampling.updated(aug_level=0.0))
     assert (calls[-1]["aug_cond"] == 0).all()
     torch.testing.assert_close(calls[-1]["lowres"], stage.upsample_lowres(lowres), atol=1e-3, rtol=0)
 
@@ -114,13 +114,13 @@ def test_trains_on_crops_and_samples_at_full_size(write_stage_config, tmp_path):
     stage = load_stage(run_dir / "checkpoints" / "last.ckpt")
     assert isinstance(stage, SuperResStage) and stage.blur.probability == 0.5
     lowres = torch.rand(2, 3, 16, 16) * 2 - 1
-    images = stage.generate(lowres=lowres, steps=2, generator=torch.Generator().manual_seed(0))
+    images = stage.generate(lowres=lowres, settings=SamplingSettings(steps=2), generator=torch.Generator().manual_seed(0))
     assert images.shape == (2, 3, 32, 32)
     assert images.abs().max() <= 1
 
 
 def test_one_generator_per_row_makes_each_image_independent_of_its_batch():
-    stage = sr_stage(aug_level=0.3).eval()
+    stage = sr_stage(sampling=SamplingSettings(sampler="ddpm", steps=2, aug_level=0.3)).eval()
     torch.manual_seed(0)
     for parameter in stage.unet.parameters():
         parameter.data.normal_(0, 0.1)
@@ -129,6 +129,6 @@ def test_one_generator_per_row_makes_each_image_independent_of_its_batch():
     def generators(seeds):
         return [torch.Generator().manual_seed(seed) for seed in seeds]
 
-    together = stage.generate(lowres=lowres, steps=2, sampler="ddpm", generator=generators([7, 8, 9]))
-    alone = stage.generate(lowres=lowres[1:2], steps=2, sampler="ddpm", generator=generators([8]))
+    together = stage.generate(lowres=lowres, generator=generators([7, 8, 9]))
+    alone = stage.generate(lowres=lowres[1:2], generator=generators([8]))
     torch.testing.assert_close(together[1:2], alone, atol=1e-5, rtol=1e-5)

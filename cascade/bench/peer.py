@@ -198,7 +198,7 @@ def run_peer_benchmark(
 
     generator = torch.Generator().manual_seed(seed)
     condition = random_condition(stage, batch_size, generator)
-    denoise = stage.make_denoiser(condition, guidance_scale=guidance)
+    denoise = stage.make_denoiser(condition, guidance=guidance)
     x_t = settings.image(torch.randn(batch_size, 3, stage.image_size, stage.image_size, generator=generator).to(device))
     t = torch.full((batch_size,), 0.5, device=device)
 

@@ -4,26 +4,29 @@
   through the stage's own `make_denoiser` (the conditional and null rows in one batched
   forward pass; the record counts the UNet calls per step to show it).
 - `run_cascade_benchmark`: seconds per final image of base -> SR -> SR for each sampler and
-  step counts, each stage sampling with `Cascade`'s per-stage settings.
+  step counts: `Cascade.generate` itself, timed per stage through its `on_stage_end` hook.
 
 Stages carry random weights (speed does not depend on them) and random text tokens stand in
-for prompt encodings (encoded once per prompt and shared by the stages in real use).
+for prompt encodings (encoded once per prompt and shared by the stages in real use), handed
+to `Cascade.generate` as ready-made conditions, so no text encoder is loaded.
 """
 
 from __future__ import annotations
 
 import statistics
+import time
 from pathlib import Path
 
 import torch
 
 from ..diffusion import SAMPLERS
-from ..pipeline import StageSettings
+from ..pipeline import Cascade
+from ..stages.config import SamplingSettings
 from ..stages.diffusion_stage import DiffusionStage
 from ..stages.super_res import SuperResStage
 
 from .flops import count_flops
-from .harness import measure, peak_memory, reset_peak_memory, time_call
+from .harness import measure, peak_memory, reset_peak_memory, synchronize
 from .stage_inputs import SpeedSettings, load_stage, random_condition
 
 
@@ -69,7 +72,7 @@ def run_step_benchmark(
     size = resolution or stage.image_size
     condition = random_condition(stage, batch_size, generator)
     lowres = lowres_input(stage, batch_size, size, generator)
-    denoise = stage.make_denoiser(condition, guidance_scale=guidance, lowres=lowres, aug_level=0.0)
+    denoise = stage.make_denoiser(condition, guidance=guidance, lowres=lowres, aug_level=0.0)
     x_t = settings.image(torch.randn(batch_size, 3, size, size, generator=generator).to(device))
     t = torch.full((batch_size,), 0.5, device=device)
 
@@ -105,39 +108,31 @@ def run_step_benchmark(
 
 
 def sample_cascade(
-    stages: list[DiffusionStage],
-    settings: list[StageSettings],
+    cascade: Cascade,
     batch_size: int,
     speed: SpeedSettings,
     seed: int,
     stage_ms: list[list[float]] | None = None,
 ) -> torch.Tensor:
-    """Run base -> SR -> ... once; append each stage's milliseconds to `stage_ms[i]` if given."""
+    """One batch through `Cascade.generate` (seeds seed .. seed + batch_size - 1, random
+    conditions from `seed`); appends each stage's milliseconds, device work included, to
+    `stage_ms[i]` if given. Returns the final images."""
     generator = torch.Generator().manual_seed(seed)
-    conditions = [random_condition(stage, batch_size, generator) for stage in stages]
-    images = None
-    for index, (stage, setting, condition) in enumerate(zip(stages, settings, conditions)):
-        device = stage.device
-        lowres = images
+    conditions = [random_condition(stage, batch_size, generator) for stage in cascade.stages]
+    device = cascade.stages[0].device
+    ends: list[float] = []
 
-        def run_stage() -> None:
-            nonlocal images
-            with speed.autocast(device):
-                images = stage.generate(
-                    condition=condition,
-                    num_samples=batch_size,
-                    guidance_scale=setting.guidance,
-                    lowres=lowres,
-                    aug_level=setting.aug_level if index > 0 else None,
-                    dynamic_threshold=setting.dynamic_threshold,
-                    sampler=setting.sampler,
-                    steps=setting.steps,
-                    generator=torch.Generator(device).manual_seed(seed + index),
-                )
+    def stage_end(index: int, images: torch.Tensor) -> None:
+        synchronize(device)
+        ends.append(time.perf_counter())
 
-        elapsed = time_call(run_stage, device)
-        if stage_ms is not None:
-            stage_ms[index].append(elapsed)
+    synchronize(device)
+    start = time.perf_counter()
+    with speed.autocast(device):
+        (images,) = cascade.generate(list(range(seed, seed + batch_size)), conditions=conditions, on_stage_end=stage_end)
+    if stage_ms is not None:
+        for index, (begun, ended) in enumerate(zip([start, *ends], ends)):
+            stage_ms[index].append((ended - begun) * 1000.0)
     return images
 
 
@@ -165,15 +160,16 @@ def run_cascade_benchmark(
     records = []
     for sampler in samplers:
         settings = [
-            StageSettings(sampler=sampler, steps=count, guidance=guidance, dynamic_threshold=0.995 if i == 0 else None)
+            SamplingSettings(sampler=sampler, steps=count, guidance=guidance, dynamic_threshold=0.995 if i == 0 else None)
             for i, count in enumerate(steps)
         ]
-        warm = [StageSettings(sampler=sampler, steps=1, guidance=guidance) for _ in stages]
-        sample_cascade(stages, warm, batch_size, speed, seed)  # kernels, allocator, compilation
+        warm = Cascade(stages, [setting.updated(steps=1) for setting in settings])
+        sample_cascade(warm, batch_size, speed, seed)  # kernels, allocator, compilation
         reset_peak_memory(device)
+        cascade = Cascade(stages, settings)
         stage_ms: list[list[float]] = [[] for _ in stages]
         for _ in range(iters):
-            sample_cascade(stages, settings, batch_size, speed, seed, stage_ms)
+            sample_cascade(cascade, batch_size, speed, seed, stage_ms)
         memory, memory_kind = peak_memory(device)
         total_ms = [sum(parts) for parts in zip(*stage_ms)]
         records.append(

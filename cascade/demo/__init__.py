@@ -25,9 +25,10 @@ import torch
 from rich.console import Console
 
 from ..files.sample_folder import merge_metadata
-from ..pipeline import Cascade, StageSettings
+from ..pipeline import Cascade
 from ..pipeline.to_folder import FolderJob, sample_folder
 from ..resources import shipped
+from ..stages.config import SamplingSettings
 from .evaluation import evaluate_demo
 from .report import write_demo_report
 from .training import StageRun, StageTrainingError, train_concurrently
@@ -51,6 +52,7 @@ class DemoPlan:
     validations: int = 4  # per stage, evenly spaced; the last one at the final step saves last.ckpt
     guidance: float = 3.0  # the base stage's guidance "on"; the SR stages sample unguided
     sampling_steps: tuple[int, int, int] = (25, 15, 10)
+    dynamic_threshold: float | None = 0.995  # every stage
     aug_levels: tuple[float, float] = (0.1, 0.1)
     batch_size: int = 16
 
@@ -152,8 +154,9 @@ def run_demo(out: Path, plan: DemoPlan, threads: int, fast: bool = False) -> int
     checkpoints = [run.last_checkpoint for run in (base, sr1, sr2)]
     step("3/5 sampling held-out captions through the cascade")
     begun = time.perf_counter()
-    settings = [StageSettings(steps=plan.sampling_steps[0], guidance=plan.guidance)] + [
-        StageSettings(steps=steps, guidance=1.0, aug_level=aug)
+    settings = [SamplingSettings(steps=plan.sampling_steps[0], guidance=plan.guidance,
+                                 dynamic_threshold=plan.dynamic_threshold)] + [
+        SamplingSettings(steps=steps, guidance=1.0, dynamic_threshold=plan.dynamic_threshold, aug_level=aug)
         for steps, aug in zip(plan.sampling_steps[1:], plan.aug_levels)
     ]
     cascade = Cascade.from_paths(checkpoints, settings)
@@ -166,7 +169,7 @@ def run_demo(out: Path, plan: DemoPlan, threads: int, fast: bool = False) -> int
     timings["evaluation"] = time.perf_counter() - begun
     step("5/5 writing the report")
     timings["total"] = time.perf_counter() - started
-    files = write_demo_report(out, plan=asdict(plan), settings=[s.as_dict() for s in settings],
+    files = write_demo_report(out, plan=asdict(plan), settings=[s.to_dict() for s in settings],
                               folders=folders, evaluation=evaluation, timings=timings, fast=fast)
     console.print(f"[green]report: {files.html}[/green] (and {files.markdown})")
     console.print(f"total {time.perf_counter() - started:.0f} s")

@@ -46,7 +46,7 @@ def sample_folder(cascade: Cascade, conditions, job: FolderJob, folder: Path, ra
     items = shard_for_rank(work_items(conditions, job.n_per_condition), rank, world_size)
     todo = [item for item in items if not is_done(folder, item)]
     hashes = [_source_hash(source) for source in cascade.sources]
-    settings = [setting.as_dict() for setting in cascade.settings]
+    settings = [setting.to_dict() for setting in cascade.settings]
     intermediate_dirs = []
     if job.keep_intermediate:
         for index, stage in enumerate(cascade.stages[:-1]):

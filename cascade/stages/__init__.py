@@ -4,13 +4,13 @@ their callbacks (`EMA`, `SampleGrid`, `TrainingSpeed`, `ProgressLines`), and loa
     from cascade.stages import load_stage
     base = load_stage("runs/base/export")              # an export directory or a .ckpt file
     condition = base.make_condition(prompts=["a red circle"])
-    images = base.generate(condition, guidance_scale=3.0)
+    images = base.generate(condition, settings=base.sampling.updated(guidance=3.0))
 """
 
 from .base_stage import BaseStage
 from .callbacks import ProgressLines, SampleGrid, TrainingSpeed
 from .conditioning import Condition, TextEncoderConfig
-from .config import SamplingConfig, ScheduleConfig, StageConfigError, ValidationConfig
+from .config import SamplingSettings, ScheduleConfig, StageConfigError, ValidationConfig
 from .diffusion_stage import DiffusionStage, NonFiniteLossError
 from .ema import EMA
 from .export import export_stage, load_checkpoint, load_exported, load_stage
@@ -27,7 +27,7 @@ __all__ = [
     "OptimizerConfig",
     "ProgressLines",
     "SampleGrid",
-    "SamplingConfig",
+    "SamplingSettings",
     "ScheduleConfig",
     "StageConfigError",
     "SuperResStage",

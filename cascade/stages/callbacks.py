@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid, save_image
 
 from .conditioning import Condition
+from .config import SamplingSettings, StageConfigError
 from .diffusion_stage import DiffusionStage
 from .ema import EMA
 from .super_res import SuperResStage
@@ -34,9 +35,12 @@ class SampleGrid(pl.Callback):
         every_n_steps: how often (0: only at the end of training).
         num_samples: images per grid.
         prompts / class_labels: fixed conditions (cycled to num_samples).
-        guidance_scale / steps / sampler / aug_level: sampling settings (None: the stage's).
+        sampler / steps / guidance / dynamic_threshold / aug_level: `SamplingSettings` values
+            that replace the stage's own `sampling` ones for the grids (None: the stage's).
+            Checked when the callback is built, not at the first grid.
         seed: seed of the starting noise.
         scale: nearest-neighbour magnification of the saved grid (tiny images are hard to see).
+        guidance_scale: the older name of `guidance`, read so that older configs still work.
     """
 
     def __init__(
@@ -45,23 +49,29 @@ class SampleGrid(pl.Callback):
         num_samples: int = 8,
         prompts: list[str] | None = None,
         class_labels: list[int] | None = None,
-        guidance_scale: float | None = None,
-        steps: int | None = None,
         sampler: str | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        dynamic_threshold: float | None = None,
         aug_level: float | None = None,
         seed: int = 0,
         scale: int = 1,
+        guidance_scale: float | None = None,
     ):
         if every_n_steps < 0 or num_samples < 1 or scale < 1:
             raise ValueError("SampleGrid needs every_n_steps >= 0, num_samples >= 1 and scale >= 1")
+        given = {"sampler": sampler, "steps": steps, "guidance": guidance, "dynamic_threshold": dynamic_threshold,
+                 "aug_level": aug_level, "guidance_scale": guidance_scale}
+        self.sampling_changes = {key: value for key, value in given.items() if value is not None}
+        try:
+            SamplingSettings().updated(**self.sampling_changes)
+        except StageConfigError as error:
+            problems = "; ".join(f"{key.removeprefix('sampling.')}: {message}" for key, message in error.problems)
+            raise ValueError(f"SampleGrid {problems}") from None
         self.every_n_steps = every_n_steps
         self.num_samples = num_samples
         self.prompts = list(prompts) if prompts else None
         self.class_labels = list(class_labels) if class_labels else None
-        self.guidance_scale = guidance_scale
-        self.steps = steps
-        self.sampler = sampler
-        self.aug_level = aug_level
         self.seed = seed
         self.scale = scale
         self._reference: dict[str, Any] | None = None
@@ -123,17 +133,18 @@ class SampleGrid(pl.Callback):
         samples = stage.generate(
             condition,
             num_samples=count,
-            guidance_scale=self.guidance_scale,
             lowres=lowres,
-            aug_level=self.aug_level,
-            sampler=self.sampler,
-            steps=self.steps,
+            settings=self.settings_for(stage),
             generator=generator,
         )
         if lowres is None:
             return [samples]
         shown_lowres = F.interpolate(lowres.float(), size=samples.shape[-2:], mode="nearest")
         return [shown_lowres, samples, reference["image"].to(samples.device, samples.dtype)]
+
+    def settings_for(self, stage: DiffusionStage) -> SamplingSettings:
+        """The stage's own sampling settings with this callback's changes."""
+        return stage.sampling.updated(**self.sampling_changes)
 
     def _condition(self, stage: DiffusionStage, reference: dict[str, Any] | None, count: int) -> Condition | None:
         if stage.conditioning == "none":

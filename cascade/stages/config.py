@@ -1,10 +1,14 @@
-"""Typed settings of a stage (LightningCLI reads them from YAML) and their validation."""
+"""Typed settings of a stage (LightningCLI reads them from YAML) and their validation, and the
+one sampling-settings type (`SamplingSettings`) of stages, the pipeline, the CLI and the benchmarks."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..diffusion import SAMPLERS
 
 
 class StageConfigError(ValueError):
@@ -37,18 +41,85 @@ class ValidationConfig:
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class SamplingConfig:
-    """Defaults of `generate` and of the sample grids logged during training.
+# Older names of sampling settings, read from checkpoints, exports and configs written before
+# the settings were one type: {old key: current key}.
+RENAMED_SAMPLING_KEYS = {"guidance_scale": "guidance"}
 
-    guidance_scale: classifier-free guidance scale (1 = conditional model, 0 = unconditional).
-    dynamic_threshold: percentile of Imagen's dynamic thresholding, or None for static clipping.
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How a stage samples: a stage's defaults (its YAML `sampling:` section), each stage of a
+    `cascade.pipeline.Cascade`, `cascade sample`'s flags, the `SampleGrid` callback and the
+    benchmarks all use this one type. It checks itself when built; a bad value raises a
+    `StageConfigError` naming the key (`sampling.steps: must be >= 1, got 0`).
+
+    sampler: a `cascade.diffusion.SAMPLERS` name.
+    steps: denoising steps.
+    guidance: classifier-free guidance scale (1 = the conditional model, 0 = unconditional).
+    dynamic_threshold: percentile of Imagen's dynamic thresholding, or None for static clipping
+        of x0 to [-1, 1].
+    aug_level: super-resolution stages only: the level s in [0, 1] the low-res input is noised
+        to (Ho et al. 2022, "Cascaded Diffusion Models", sec. 4.3); base stages ignore it.
     """
 
     sampler: str = "dpmpp_2m"
     steps: int = 25
-    guidance_scale: float = 1.0
+    guidance: float = 1.0
     dynamic_threshold: float | None = None
+    aug_level: float = 0.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.sampler not in SAMPLERS:
+            problems.append(("sampler", f"must be one of {SAMPLERS}, got {self.sampler!r}"))
+        if not _is_int(self.steps) or self.steps < 1:
+            problems.append(("steps", f"must be an integer >= 1, got {self.steps!r}"))
+        if not _is_number(self.guidance) or self.guidance < 0:
+            problems.append(("guidance", f"must be a number >= 0, got {self.guidance!r}"))
+        threshold = self.dynamic_threshold
+        if threshold is not None and (not _is_number(threshold) or not 0.0 < threshold <= 1.0):
+            problems.append(("dynamic_threshold", f"must be a percentile in (0, 1] or null (off), got {threshold!r}"))
+        if not _is_number(self.aug_level) or not 0.0 <= self.aug_level <= 1.0:
+            problems.append(("aug_level", f"must be in [0, 1], got {self.aug_level!r}"))
+        if problems:
+            raise StageConfigError([(f"sampling.{name}", message) for name, message in problems])
+
+    def updated(self, **changes: Any) -> SamplingSettings:
+        """A copy with `changes` (field name=value) applied and checked. The one place that reads
+        older key names (`guidance_scale` -> `guidance`) and rejects unknown ones."""
+        problems = []
+        for old, new in RENAMED_SAMPLING_KEYS.items():
+            if old in changes:
+                if new in changes:
+                    problems.append((f"sampling.{old}", f"is the older name of {new}; give only {new}"))
+                changes[new] = changes.pop(old)
+        names = {f.name for f in dataclasses.fields(self)}
+        problems += [(f"sampling.{name}", "unknown key") for name in sorted(set(changes) - names)]
+        if problems:
+            raise StageConfigError(problems)
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | SamplingSettings) -> SamplingSettings:
+        """Settings from a mapping (a config section, a checkpoint's or an export's plain
+        hyper-parameters); missing keys take the defaults. An instance passes through."""
+        if isinstance(data, cls):
+            return data
+        if not isinstance(data, Mapping):
+            raise StageConfigError([("sampling", f"expected a mapping of {cls.__name__} fields, got {type(data).__name__}")])
+        return cls().updated(**{str(key): value for key, value in data.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML- and JSON-safe data; `from_dict` reads it back."""
+        return to_plain(self)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def to_plain(value: Any) -> Any:

@@ -23,7 +23,6 @@ import torch
 from lightning.pytorch.utilities.parsing import collect_init_args
 
 from ..diffusion import (
-    SAMPLERS,
     TARGETS,
     WEIGHTINGS,
     NoiseSchedule,
@@ -40,7 +39,7 @@ from ..nn import UNet, UNetConfig, compile_static
 
 from .conditioning import CONDITIONINGS, Condition, FrozenTextEncoder, TextEncoderConfig, cfg_dropout_mask
 from .config import (
-    SamplingConfig,
+    SamplingSettings,
     ScheduleConfig,
     StageConfigError,
     ValidationConfig,
@@ -85,7 +84,9 @@ class DiffusionStage(pl.LightningModule):
         p_uncond: probability that a training row's condition is replaced by the null condition.
         optimizer: AdamW and learning-rate schedule (`OptimizerConfig`).
         validation: t-bucketed validation loss (`ValidationConfig`).
-        sampling: defaults of `generate` and of the logged sample grids (`SamplingConfig`).
+        sampling: the stage's own sampling settings (`SamplingSettings`): what `generate`, the
+            logged sample grids and a `Cascade` use unless told otherwise. A mapping may use the
+            older key `guidance_scale` (checkpoints and exports written before it was `guidance`).
         compile_unet: torch.compile the UNet for training and sampling: null (off) or a
             torch.compile mode ("default", "reduce-overhead", "max-autotune"). Compiled in place
             with static shapes (`cascade.nn.compile_static`), so checkpoints and exports keep
@@ -110,18 +111,19 @@ class DiffusionStage(pl.LightningModule):
         p_uncond: float = 0.1,
         optimizer: OptimizerConfig = OptimizerConfig(),
         validation: ValidationConfig = ValidationConfig(),
-        sampling: SamplingConfig = SamplingConfig(),
+        sampling: SamplingSettings | dict[str, Any] = SamplingSettings(),
         compile_unet: str | None = None,
         max_consecutive_nonfinite: int = 5,
     ):
         super().__init__()
         # Not sent to the loggers: the saved config.yaml has them, and names may clash with the data's.
         self.save_hyperparameters(to_plain(collect_stage_init_args(inspect.currentframe())), logger=False)
+        self.sampling = SamplingSettings.from_dict(sampling)
+        self.hparams["sampling"] = self.sampling.to_dict()  # stored under today's key names
         unet = as_dataclass(unet, UNetConfig, "unet")
         self.schedule_config = as_dataclass(schedule, ScheduleConfig, "schedule")
         self.optimizer_config = as_dataclass(optimizer, OptimizerConfig, "optimizer")
         self.validation_config = as_dataclass(validation, ValidationConfig, "validation")
-        self.sampling_config = as_dataclass(sampling, SamplingConfig, "sampling")
         text_encoder = None if text_encoder is None else as_dataclass(text_encoder, TextEncoderConfig, "text_encoder")
         self.image_size = image_size
         self.target = target
@@ -176,15 +178,6 @@ class DiffusionStage(pl.LightningModule):
             problems.append(("schedule", str(error)))
         if self.validation_config.num_t_buckets < 1:
             problems.append(("validation.num_t_buckets", "must be >= 1"))
-        if self.sampling_config.sampler not in SAMPLERS:
-            problems.append(("sampling.sampler", f"must be one of {SAMPLERS}, got {self.sampling_config.sampler!r}"))
-        if self.sampling_config.steps < 1:
-            problems.append(("sampling.steps", "must be >= 1"))
-        if self.sampling_config.guidance_scale < 0:
-            problems.append(("sampling.guidance_scale", "must be >= 0"))
-        threshold = self.sampling_config.dynamic_threshold
-        if threshold is not None and not 0.0 < threshold <= 1.0:
-            problems.append(("sampling.dynamic_threshold", f"must be a percentile in (0, 1] or null, got {threshold}"))
         problems += check_optimizer_config(self.optimizer_config)
         if problems:
             raise StageConfigError(problems)
@@ -395,7 +388,7 @@ class DiffusionStage(pl.LightningModule):
     def make_denoiser(
         self,
         condition: Condition,
-        guidance_scale: float = 1.0,
+        guidance: float = 1.0,
         lowres: torch.Tensor | None = None,
         aug_level: float | None = None,
         dynamic_threshold: float | None = None,
@@ -409,13 +402,13 @@ class DiffusionStage(pl.LightningModule):
         thresholding) or, with a `dynamic_threshold` percentile, dynamically thresholded
         (Saharia et al. 2022, sec. 2.3). SR stages take `lowres` (B,3,h,w) at its own size and
         the augmentation level `aug_level` in [0, 1] it is noised to (Ho et al. 2022, CDM;
-        None = the stage's `aug_level` setting), with noise from `generator` (one, or one per row).
+        None = the stage's `sampling.aug_level`), with noise from `generator` (one, or one per row).
         The returned function uses the stage's current weights (the EMA weights when the stage
         was loaded from a checkpoint or an export) and runs without gradients.
         """
         image_inputs = self.sampling_inputs(lowres, aug_level, generator)
-        guided = not condition.is_empty and guidance_scale != 1.0
-        if guided and guidance_scale == 0.0:
+        guided = not condition.is_empty and guidance != 1.0
+        if guided and guidance == 0.0:
             condition = condition.with_null(torch.ones(condition.batch_size, dtype=torch.bool, device=self.device))
             guided = False
         if guided:
@@ -429,7 +422,7 @@ class DiffusionStage(pl.LightningModule):
                 out = self(x_in, t_in, doubled_condition, **doubled_inputs)
                 x0_both = predicted_x0(out.float(), x_in.float(), t_in, self.schedule, self.target)
                 cond_x0, uncond_x0 = x0_both.chunk(2)
-                x0 = cfg_combine(cond_x0, uncond_x0, guidance_scale)
+                x0 = cfg_combine(cond_x0, uncond_x0, guidance)
             else:
                 out = self(x_t, t, condition, **image_inputs)
                 x0 = predicted_x0(out.float(), x_t.float(), t, self.schedule, self.target)
@@ -448,12 +441,8 @@ class DiffusionStage(pl.LightningModule):
         self,
         condition: Condition | None = None,
         num_samples: int | None = None,
-        guidance_scale: float | None = None,
         lowres: torch.Tensor | None = None,
-        aug_level: float | None = None,
-        dynamic_threshold: float | None = None,
-        sampler: str | None = None,
-        steps: int | None = None,
+        settings: SamplingSettings | None = None,
         generator: Generators = None,
         x_T: torch.Tensor | None = None,
         progress: bool = False,
@@ -461,23 +450,22 @@ class DiffusionStage(pl.LightningModule):
         """Sample images (clamped to [-1, 1]) with the stage's current weights (see `make_denoiser`).
 
         The batch size comes from `condition` (or `lowres`, or `num_samples` for an unconditional
-        base). None settings take the stage's `sampling` defaults. `generator` (on this stage's
-        device; or a list of one generator per row, so each image depends only on its own seed)
-        seeds the starting noise, any sampler noise and the SR augmentation noise.
+        base). `settings` (None: the stage's own `sampling`) are used as given: a None
+        dynamic_threshold means static clipping. `generator` (on this stage's device; or a list
+        of one generator per row, so each image depends only on its own seed) seeds the starting
+        noise, any sampler noise and the SR augmentation noise.
         """
         condition = condition if condition is not None else Condition()
-        settings = self.sampling_config
+        settings = self.sampling if settings is None else settings
         batch_size = condition.batch_size or (lowres.shape[0] if lowres is not None else num_samples)
         if batch_size is None:
             raise ValueError("generate needs a condition, a lowres batch or num_samples")
-        if dynamic_threshold is None:
-            dynamic_threshold = settings.dynamic_threshold
         denoise = self.make_denoiser(
             condition.to(self.device),
-            guidance_scale=settings.guidance_scale if guidance_scale is None else guidance_scale,
+            guidance=settings.guidance,
             lowres=None if lowres is None else lowres.to(self.device),
-            aug_level=aug_level,
-            dynamic_threshold=dynamic_threshold,
+            aug_level=settings.aug_level,
+            dynamic_threshold=settings.dynamic_threshold,
             generator=generator,
         )
         was_training = self.training
@@ -487,8 +475,8 @@ class DiffusionStage(pl.LightningModule):
                 denoise,
                 self.schedule,
                 self.output_shape(batch_size, lowres),
-                sampler=sampler or settings.sampler,
-                steps=steps or settings.steps,
+                sampler=settings.sampler,
+                steps=settings.steps,
                 generator=generator,
                 x_T=x_T,
                 progress=progress,

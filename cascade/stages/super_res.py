@@ -8,7 +8,7 @@ before it in the cascade:
   Saharia et al. 2022, Imagen, sec. 2.5): in training the upsampled low-res image is noised
   with the stage's own schedule to a level s ~ U[0, aug_max_level],
   x_s = alpha_s lowres + sigma_s eps, and the network is told s (`aug_cond`); at sampling s is
-  a setting (`aug_level`, default 0);
+  a setting (`sampling.aug_level`, default 0);
 - Gaussian blur of the low-res image (CDM's blurring augmentation), optional.
 
 Stages that train on random crops (256 -> 1024 on 256 crops) sample at full size: the
@@ -18,6 +18,7 @@ UNet is fully convolutional, and `generate` sizes its output from the low-res in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ from ..diffusion import alpha_from_log_snr, sigma_from_log_snr
 from ..diffusion.samplers import Generators, randn
 from ..nn import UNetConfig
 
-from .config import StageConfigError, as_dataclass
+from .config import SamplingSettings, StageConfigError, as_dataclass
 from .diffusion_stage import DiffusionStage
 
 UPSAMPLE_MODES = ("bilinear", "bicubic")
@@ -56,9 +57,13 @@ class SuperResStage(DiffusionStage):
         upsample: how the low-res input is resized to the output size: "bicubic" (default,
             clamped to [-1, 1]) or "bilinear" (both with align_corners=False).
         aug_max_level: training augmentation levels s ~ U[0, aug_max_level], in schedule time.
-        aug_level: the default augmentation level at sampling (`generate`, sample grids).
+        aug_level: the older place of the default augmentation level at sampling, now
+            `sampling.aug_level`; still read (checkpoints, exports and configs written before)
+            and moved there. Giving both with different values is an error.
         blur: the optional blur augmentation (`BlurConfig`).
         conditioning: "none" (default), "text" (Imagen conditions SR stages on text too) or "class".
+        sampling: as `DiffusionStage`'s; its `aug_level` is the default augmentation level at
+            sampling (`generate`, sample grids, a `Cascade` built from the stage's own settings).
     """
 
     def __init__(
@@ -68,22 +73,29 @@ class SuperResStage(DiffusionStage):
         lowres_size: int = 64,
         upsample: str = "bicubic",
         aug_max_level: float = 0.5,
-        aug_level: float = 0.0,
+        aug_level: float | None = None,
         blur: BlurConfig = BlurConfig(),
         conditioning: str = "none",
-        **kwargs,
+        sampling: SamplingSettings | dict[str, Any] = SamplingSettings(),
+        **kwargs: Any,
     ):
         unet = as_dataclass(unet, UNetConfig, "unet")
         blur = as_dataclass(blur, BlurConfig, "blur")
         problems = _super_res_problems(unet, image_size, lowres_size, upsample, aug_max_level, aug_level, blur)
         if problems:
             raise StageConfigError(problems)
-        super().__init__(unet=unet, image_size=image_size, conditioning=conditioning, **kwargs)
+        sampling = SamplingSettings.from_dict(sampling)
+        if aug_level is not None:
+            if sampling.aug_level not in (0.0, aug_level):
+                message = f"{aug_level} differs from sampling.aug_level {sampling.aug_level}; give only sampling.aug_level"
+                raise StageConfigError([("aug_level", message)])
+            sampling = sampling.updated(aug_level=aug_level)
+        super().__init__(unet=unet, image_size=image_size, conditioning=conditioning, sampling=sampling, **kwargs)
+        del self.hparams["aug_level"]  # stored once, as sampling.aug_level
         self.lowres_size = lowres_size
         self.scale_factor = image_size // lowres_size
         self.upsample = upsample
         self.aug_max_level = aug_max_level
-        self.aug_level = aug_level
         self.blur = blur
 
     # ------------------------------------------------------------------ low-res input
@@ -126,7 +138,7 @@ class SuperResStage(DiffusionStage):
     ) -> dict[str, torch.Tensor]:
         if lowres is None:
             raise ValueError("a super-resolution stage needs `lowres` (B,3,h,w) to sample")
-        level_value = self.aug_level if aug_level is None else float(aug_level)
+        level_value = self.sampling.aug_level if aug_level is None else float(aug_level)
         if not 0.0 <= level_value <= 1.0:
             raise ValueError(f"aug_level must be in [0, 1], got {level_value}")
         upsampled = self.upsample_lowres(lowres.to(self.device))
@@ -145,7 +157,7 @@ def _super_res_problems(
     lowres_size: int,
     upsample: str,
     aug_max_level: float,
-    aug_level: float,
+    aug_level: float | None,
     blur: BlurConfig,
 ) -> list[tuple[str, str]]:
     problems = []
@@ -157,7 +169,7 @@ def _super_res_problems(
         problems.append(("upsample", f"must be one of {UPSAMPLE_MODES}, got {upsample!r}"))
     if not 0.0 <= aug_max_level <= 1.0:
         problems.append(("aug_max_level", f"must be in [0, 1], got {aug_max_level}"))
-    if not 0.0 <= aug_level <= 1.0:
+    if aug_level is not None and not 0.0 <= aug_level <= 1.0:
         problems.append(("aug_level", f"must be in [0, 1], got {aug_level}"))
     if unet.lowres_channels != unet.in_channels:
         problems.append(("unet.lowres_channels", f"must be {unet.in_channels} for a super-resolution stage"))
