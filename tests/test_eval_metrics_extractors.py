@@ -13,7 +13,7 @@ from PIL import Image
 from cascade.eval.clip_score import CLIPScore
 from cascade.eval.extractors import DinoV2Extractor, RandomInceptionExtractor, build_extractor
 from cascade.eval.features import extract_features
-from cascade.eval.images import to_uint8
+from cascade.files.images import to_uint8
 from cascade.eval.inception import FIDInceptionV3
 from cascade.eval.sources import ImageFolder, open_image_source
 from cascade.eval.weights import state_dict_sha256

@@ -10,18 +10,16 @@ and together leave no gaps.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from .atomic import remove_stale_temporaries, write_bytes
+from .images import png_bytes
 
 METADATA_FILE = "metadata.jsonl"
 
@@ -92,18 +90,6 @@ def is_done(folder: Path, item: WorkItem) -> bool:
     return (folder / f"{item.name}.json").exists() and (folder / f"{item.name}.png").exists()
 
 
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """A (3, H, W) image in [-1, 1] as an (H, W, 3) uint8 array."""
-    scaled = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round()
-    return scaled.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-
-
-def png_bytes(image: torch.Tensor) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(to_uint8(image)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def write_image(folder: Path, name: str, image: torch.Tensor, metadata: dict) -> None:
     """The PNG first, then its sidecar: the sidecar marks the image complete."""
     write_bytes(folder / f"{name}.png", png_bytes(image))
@@ -126,11 +112,3 @@ def merge_metadata(folder: Path) -> int:
     remove_stale_temporaries(folder, [METADATA_FILE])
     write_bytes(folder / METADATA_FILE, ("\n".join(lines) + "\n").encode() if lines else b"")
     return len(lines)
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
