@@ -24,7 +24,7 @@ from .progress import track_images
 from .results import EvaluationResult
 from .sources import ImageFolder, image_batches, source_length
 from .super_resolution import LowResConsistencyPSNR
-from .sweeps import SampleSet, condition_text, discover_sample_sets, read_metadata
+from .sweeps import SampleSet, condition_text, discover_sample_sets, metadata_by_file
 
 
 def _protocol(metric: GenerativeMetrics, reference: ReferenceStatistics, reference_file: Path | None) -> dict[str, object]:
@@ -93,7 +93,7 @@ def evaluate_samples(
 def clip_score_of_folder(folder: ImageFolder, clip_model: str | os.PathLike[str], batch_size: int = 32,
                          max_images: int | None = None) -> float | None:
     """Mean CLIP score of a sample folder's images with their ``metadata.jsonl`` prompts (None if no prompts)."""
-    metadata = read_metadata(folder.root)
+    metadata = metadata_by_file(folder.root)
     pairs = [(index, condition_text(metadata.get(path.name, {}))) for index, path in enumerate(folder.files)]
     pairs = [(index, prompt) for index, prompt in pairs if prompt and not prompt.startswith("class ")][:max_images]
     if not pairs:

@@ -15,6 +15,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -100,6 +101,24 @@ def remove_stale_writes(folder: Path, items: list[WorkItem]) -> int:
     """Remove the temporary files a killed earlier run left for these items' PNGs and sidecars
     (one listing of the folder). Only for the rank that writes these items."""
     return remove_stale_temporaries(folder, [f"{item.name}{suffix}" for item in items for suffix in (".png", ".json")])
+
+
+def read_metadata(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The records of a sample folder's metadata.jsonl in file order (blank lines skipped);
+    FileNotFoundError when the folder has none, ValueError naming a line that is not a JSON object."""
+    path = Path(folder) / METADATA_FILE
+    records = []
+    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{line_number}: expected a JSON object per line")
+        records.append(record)
+    return records
 
 
 def merge_metadata(folder: Path) -> int:
