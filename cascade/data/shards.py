@@ -33,9 +33,10 @@ from typing import Any
 import braceexpand
 import numpy as np
 
+from ..files.atomic import AtomicFile
+
 IMAGE_FIELDS: tuple[str, ...] = ("jpg", "png", "webp")
 SHARD_PATTERN = "shard-{index:06d}.tar"
-TMP_SUFFIX = ".tmp"
 EMBEDDING_FIELD = "emb.npy"
 TAR_BLOCK = 512
 TAR_END_BYTES = 10_240  # end-of-archive blocks, padded to tarfile's record size
@@ -117,13 +118,15 @@ def shard_keys(path: str) -> list[str]:
 
 
 class AtomicShard:
-    """One shard being written to ``<path>.tmp``; `commit` makes it appear under `path`."""
+    """One shard being written: its tar streams into an `AtomicFile`, a temporary
+    ``.shard-NNNNNN.tar.RANDOM.tmp`` next to `path`; `commit` publishes it under `path` (fsync,
+    rename), `discard` removes it. A killed writer's temporary is cleared by
+    `cascade.files.atomic.remove_stale_temporaries`."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.tmp_path = path + TMP_SUFFIX
-        self.handle = open(self.tmp_path, "wb")
-        self.tar = tarfile.open(fileobj=self.handle, mode="w", format=tarfile.USTAR_FORMAT)
+        self.file = AtomicFile(path)
+        self.tar = tarfile.open(fileobj=self.file.handle, mode="w", format=tarfile.USTAR_FORMAT)
         self.samples = 0
         self.bytes = TAR_END_BYTES
 
@@ -133,25 +136,11 @@ class AtomicShard:
         self.bytes += size
 
     def commit(self) -> None:
-        self.tar.close()
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
-        os.replace(self.tmp_path, self.path)
+        self.tar.close()  # writes the end-of-archive blocks; the file stays open
+        self.file.commit()
 
     def discard(self) -> None:
-        self.handle.close()
-        os.remove(self.tmp_path)
-
-
-def write_bytes_atomically(path: str, data: bytes) -> None:
-    """Write a small file via ``path.tmp`` + fsync + rename, so readers never see half of it."""
-    tmp = path + TMP_SUFFIX
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+        self.file.discard()
 
 
 def _is_remote(url: str) -> bool:
