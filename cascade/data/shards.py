@@ -89,14 +89,23 @@ def add_members(tar: tarfile.TarFile, members: Iterable[tuple[str, bytes]]) -> N
         tar.addfile(info, io.BytesIO(data))
 
 
+def member_key_and_field(name: str) -> tuple[str, str]:
+    """(sample key, field) of a tar member, by webdataset's rule: the key is the member's path up
+    to the first dot of its file name, the field the rest ("a/b.seg.png" -> ("a/b", "seg.png"))."""
+    folder, slash, base = name.rpartition("/")
+    stem, _, field = base.partition(".")
+    return folder + slash + stem, field
+
+
 def read_samples(path: str) -> Iterable[dict[str, bytes]]:
-    """Raw samples of one local shard, in order: {"__key__": key, field: bytes, ...}."""
+    """Raw samples of one local shard (plain or compressed tar, read as a stream), in order:
+    {"__key__": key, field: bytes, ...}; consecutive members with the same key form a sample."""
     current: dict[str, bytes] | None = None
-    with tarfile.open(path, mode="r:") as tar:
+    with tarfile.open(path, mode="r|*") as tar:
         for info in tar:
             if not info.isreg():
                 continue
-            key, _, field = info.name.partition(".")
+            key, field = member_key_and_field(info.name)
             if current is None or current["__key__"] != key:
                 if current is not None:
                     yield current
@@ -111,7 +120,7 @@ def shard_keys(path: str) -> list[str]:
     keys: list[str] = []
     with tarfile.open(path, mode="r:") as tar:
         for info in tar:
-            key = info.name.partition(".")[0]
+            key = member_key_and_field(info.name)[0]
             if info.isreg() and (not keys or keys[-1] != key):
                 keys.append(key)
     return keys
