@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from ..diffusion import alpha_from_log_snr, sigma_from_log_snr
-from ..diffusion.samplers import Generators, randn
+from ..diffusion import Generators
+from ..diffusion.samplers import randn
 from ..nn import UNetConfig
 
 from .config import StageConfigError, as_dataclass
