@@ -148,6 +148,8 @@ def image_batches(
         yield batch
 
 
-def source_length(source: object) -> int | None:
-    """Number of images when known in advance (folders), else None."""
-    return len(source) if isinstance(source, Dataset) and not isinstance(source, IterableDataset) else None
+def source_length(source: object, max_images: int | None = None) -> int | None:
+    """How many images `source` gives (at most `max_images`) when known in advance (folders), else None."""
+    if not isinstance(source, Dataset) or isinstance(source, IterableDataset):
+        return None
+    return len(source) if max_images is None else min(len(source), max_images)
