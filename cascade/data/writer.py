@@ -4,8 +4,8 @@
   `max_samples` samples or the next sample would take it past `max_bytes`. Encoding is
   deterministic, so the same source and limits always give the same shards, byte for byte.
 - **Atomic.** A shard is written to a temporary ``.shard-NNNNNN.tar.RANDOM.tmp`` next to it,
-  flushed, fsync'ed and renamed (`cascade.files.atomic`, as every file the project writes): a
-  file named ``shard-NNNNNN.tar`` is always complete.
+  flushed, fsync'ed and renamed (the one scheme of `cascade.files.atomic`, which sample folders
+  and reports use too): a file named ``shard-NNNNNN.tar`` is always complete.
 - **Resume.** Rerunning on the same folder removes the temporaries a killed run left (the
   writer owns its output folder), keeps the complete shards, and continues after the last key
   of the last complete shard (keys are source indices), so the result equals an uninterrupted
