@@ -64,6 +64,12 @@ def encode_field(field: str, value: Any) -> bytes:
     raise TypeError(f"cannot encode field {field!r} of type {type(value).__name__}")
 
 
+def decode_caption(data: bytes) -> str:
+    """The caption stored in a ``txt`` field: UTF-8 (UnicodeDecodeError otherwise), without
+    surrounding whitespace."""
+    return data.decode("utf-8").strip()
+
+
 def encode_sample(sample: Mapping[str, Any]) -> list[tuple[str, bytes]]:
     """(member name, bytes) pairs for a sample dict with ``__key__`` and field entries."""
     key = sample["__key__"]

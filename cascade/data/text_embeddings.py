@@ -21,7 +21,15 @@ import torch
 from rich.progress import track
 
 from ..files.atomic import remove_stale_temporaries, write_bytes
-from .shards import EMBEDDING_FIELD, AtomicShard, encode_sample, member_bytes, read_samples, resolve_shards
+from .shards import (
+    EMBEDDING_FIELD,
+    AtomicShard,
+    decode_caption,
+    encode_sample,
+    member_bytes,
+    read_samples,
+    resolve_shards,
+)
 
 
 def precompute_text(
@@ -86,7 +94,7 @@ def _metadata(sample: dict[str, bytes]) -> dict[str, Any]:
 
 def _caption(sample: dict[str, bytes]) -> str | None:
     try:
-        return sample["txt"].decode("utf-8").strip() if "txt" in sample else None
+        return decode_caption(sample["txt"]) if "txt" in sample else None
     except UnicodeDecodeError:
         return None
 
