@@ -1,6 +1,7 @@
 """The shard writer: limits, sources, atomic writes and exact resume."""
 
 import csv
+import fnmatch
 import glob
 import io
 import json
@@ -13,7 +14,7 @@ from PIL import Image
 
 from cascade.cli import main as cascade_main
 from cascade.data.image_io import ImageEncoding
-from cascade.data.shards import read_samples, resolve_shards, shard_keys
+from cascade.data.shards import AtomicShard, encode_sample, member_bytes, read_samples, resolve_shards, shard_keys
 from cascade.data.sources import CaptionListSource, FolderSource, SyntheticSource
 from cascade.data.writer import write_shards
 
@@ -69,12 +70,16 @@ def test_crash_mid_shard_then_rerun_gives_the_same_shards(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         write_shards(crashing, str(out), max_samples=6, progress=False)
     assert sorted(os.listdir(out)) == ["shard-000000.tar", "shard-000001.tar", "writer.json"]
-    # a hard kill (no chance to clean up) leaves a temporary file behind
-    (out / "shard-000002.tar.tmp").write_bytes(b"half a shard")
+    # a hard kill (no chance to clean up) leaves the shard's temporary file behind
+    killed = AtomicShard(str(out / "shard-000002.tar"))
+    members = encode_sample({"__key__": "000012", "txt": "half a shard"})
+    killed.add(members, member_bytes(members))
+    killed.file.handle.flush()
+    assert fnmatch.filter(os.listdir(out), ".shard-000002.tar.*.tmp") == [killed.file.tmp.name]
 
     summary = write_shards(SyntheticSource(20, resolution=32), str(out), max_samples=6, progress=False)
     assert summary.resumed_shards == 2
-    assert not glob.glob(str(out / "*.tmp"))
+    assert not [name for name in os.listdir(out) if name.endswith(".tmp")]
     assert _shard_bytes(out) == _shard_bytes(reference)
     assert json.loads((out / "manifest.json").read_text()) == json.loads((reference / "manifest.json").read_text())
 

@@ -25,7 +25,7 @@ def draw(sampler, schedule, steps, seed=0, n=N, **kwargs):
     generator = torch.Generator().manual_seed(seed)
     return sample(
         gaussian_denoiser(schedule, MU, S), schedule, (n, 1), sampler=sampler, steps=steps,
-        generator=generator, progress=False, **kwargs,
+        generator=generator, **kwargs,
     )
 
 
@@ -80,11 +80,11 @@ def test_ddim_eta_zero_is_deterministic_and_eta_one_is_not():
     schedule = NoiseSchedule.cosine()
     x_T = torch.randn(256, 1, generator=torch.Generator().manual_seed(1))
     denoise = gaussian_denoiser(schedule, MU, S)
-    first = sample(denoise, schedule, (256, 1), "ddim", 20, generator=torch.Generator().manual_seed(5), x_T=x_T, progress=False)
-    second = sample(denoise, schedule, (256, 1), "ddim", 20, generator=torch.Generator().manual_seed(6), x_T=x_T, progress=False)
+    first = sample(denoise, schedule, (256, 1), "ddim", 20, generator=torch.Generator().manual_seed(5), x_T=x_T)
+    second = sample(denoise, schedule, (256, 1), "ddim", 20, generator=torch.Generator().manual_seed(6), x_T=x_T)
     assert torch.equal(first, second)
-    noisy_a = sample(denoise, schedule, (256, 1), "ddim", 20, torch.Generator().manual_seed(5), eta=1.0, x_T=x_T, progress=False)
-    noisy_b = sample(denoise, schedule, (256, 1), "ddim", 20, torch.Generator().manual_seed(6), eta=1.0, x_T=x_T, progress=False)
+    noisy_a = sample(denoise, schedule, (256, 1), "ddim", 20, torch.Generator().manual_seed(5), eta=1.0, x_T=x_T)
+    noisy_b = sample(denoise, schedule, (256, 1), "ddim", 20, torch.Generator().manual_seed(6), eta=1.0, x_T=x_T)
     assert not torch.equal(noisy_a, noisy_b)
 
 
@@ -101,15 +101,18 @@ def test_same_generator_seed_reproduces_samples():
         torch.testing.assert_close(draw(sampler, schedule, 10, seed=9, n=64), draw(sampler, schedule, 10, seed=9, n=64))
 
 
-def test_denoiser_receives_batch_of_times_in_unit_interval():
+def test_denoiser_receives_batch_of_times_in_unit_interval_and_the_callback_each_step():
     seen = []
 
     def denoise(x_t, t):
         seen.append(t.clone())
         return torch.zeros_like(x_t)
 
-    sample(denoise, NoiseSchedule.cosine(), (3, 2, 4, 4), "dpmpp_2m", steps=7, progress=False)
+    steps_done = []
+    sample(denoise, NoiseSchedule.cosine(), (3, 2, 4, 4), "dpmpp_2m", steps=7,
+           callback=lambda done, total: steps_done.append((done, total, len(seen))))
     assert len(seen) == 7
+    assert steps_done == [(i, 7, i) for i in range(1, 8)]  # told after each step, never before its denoiser call
     for t in seen:
         assert t.shape == (3,) and t.dtype == torch.float32
         assert 0 <= t.min() and t.max() <= 1
@@ -132,7 +135,7 @@ def test_bad_arguments_raise_value_error_naming_the_argument(kwargs, name):
     schedule = NoiseSchedule.cosine()
     arguments = {"sampler": "ddim", "steps": 5, **kwargs}
     with pytest.raises(ValueError, match=name):
-        sample(gaussian_denoiser(schedule, MU, S), schedule, (2, 1), progress=False, **arguments)
+        sample(gaussian_denoiser(schedule, MU, S), schedule, (2, 1), **arguments)
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp_2m"])
@@ -142,11 +145,10 @@ def test_per_row_generators_make_each_row_independent_of_its_batch(sampler):
 
     def rows(seeds):
         generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-        return sample(denoise, schedule, (len(seeds), 2, 3), sampler, 8, generators, eta=0.5 if sampler == "ddim" else 0.0,
-                      progress=False)
+        return sample(denoise, schedule, (len(seeds), 2, 3), sampler, 8, generators, eta=0.5 if sampler == "ddim" else 0.0)
 
     together = rows([11, 12, 13])
     torch.testing.assert_close(rows([12])[0], together[1])
     torch.testing.assert_close(rows([13, 11])[1], together[0])
     with pytest.raises(ValueError, match="generator"):
-        sample(denoise, schedule, (2, 1), sampler, 3, [torch.Generator()], progress=False)
+        sample(denoise, schedule, (2, 1), sampler, 3, [torch.Generator()])

@@ -13,7 +13,7 @@ from PIL import Image
 from cascade.eval.clip_score import CLIPScore
 from cascade.eval.extractors import DinoV2Extractor, RandomInceptionExtractor, build_extractor
 from cascade.eval.features import extract_features
-from cascade.eval.images import to_uint8
+from cascade.files.images import to_uint8
 from cascade.eval.inception import FIDInceptionV3
 from cascade.eval.sources import ImageFolder, open_image_source
 from cascade.eval.weights import state_dict_sha256
@@ -82,6 +82,33 @@ def test_folder_shards_and_live_batches_give_the_same_features(tmp_path, random_
     with pytest.raises(ValueError, match="--resolution"):  # 20x30 images are fine alone, not mixed with others
         (tmp_path / "folder" / "odd.png").write_bytes(_png(rng.randint(0, 256, (8, 8, 3), dtype=np.uint8)))
         extract_features(extractor, ImageFolder(tmp_path / "folder"), batch_size=8, progress=False)
+
+
+def _tar(path, members, mode="w"):
+    with tarfile.open(path, mode) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_shard_images_are_the_first_image_member_of_each_key(tmp_path):
+    red, green, blue = (np.full((4, 4, 3), value, dtype=np.uint8) for value in ((255, 0, 0), (0, 255, 0), (0, 0, 255)))
+    _tar(tmp_path / "a.tar", [("x/s1.txt", b"caption"), ("x/s1.PNG", _png(red)), ("x/s1.jpg", _png(green)),
+                              ("x/s2.seg.png", _png(blue)), ("x/s1.png", _png(green))])  # s1 again: skipped
+    _tar(tmp_path / "b.tar.gz", [("s3.png", _png(green))], mode="w:gz")
+    images = list(open_image_source(tmp_path / "a.tar"))
+    assert [tuple(image[:, 0, 0].tolist()) for image in images] == [(255, 0, 0), (0, 0, 255)]
+    assert [tuple(image[:, 0, 0].tolist()) for image in open_image_source(tmp_path / "b.tar.gz")] == [(0, 255, 0)]
+    assert len(open_image_source(str(tmp_path / "*.tar*")).shards) == 2  # a glob, as the training shards take
+
+    _tar(tmp_path / "broken.tar", [("k.png", b"not a png")])
+    with pytest.raises(ValueError, match=r"cannot decode image 'k.png' in shard .*broken.tar"):
+        list(open_image_source(tmp_path / "broken.tar"))
+    _tar(tmp_path / "part-000000.tar", [("k.png", _png(red))])
+    with pytest.raises(FileNotFoundError, match="part-000001.tar' does not exist"):
+        open_image_source(str(tmp_path / "part-{000000..000001}.tar"))
 
 
 def test_dinov2_extractor_loads_a_local_timm_weights_file(tmp_path):

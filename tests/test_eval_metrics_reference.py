@@ -18,7 +18,13 @@ from cascade.eval.images import pil_bicubic_resize
 from cascade.eval.inception import FIDInceptionV3
 from cascade.eval.metrics import GenerativeMetrics
 from cascade.eval.sources import ImageFolder, image_batches
-from cascade.eval.weights import INCEPTION_WEIGHTS_ENV, INCEPTION_WEIGHTS_FILENAMES, InceptionWeightsNotFound, file_sha256
+from cascade.eval.weights import (
+    INCEPTION_WEIGHTS_ENV,
+    INCEPTION_WEIGHTS_FILENAMES,
+    WEIGHTS_HASH_LENGTH,
+    InceptionWeightsNotFound,
+)
+from cascade.files.hashing import file_sha256
 
 IMAGES_PER_SET = 12
 
@@ -70,7 +76,7 @@ def test_fid_is_pr_kid_agree_with_torch_fidelity_and_clean_fid(setup, torch_fide
     extractor = InceptionExtractor.from_weights(weights)
     statistics, path = reference_statistics(root / "real", extractor, cache_dir=tmp_path, progress=False)
     assert path.parent == tmp_path and extractor.weights_hash in path.name and "native" in path.name
-    assert statistics.protocol["weights_hash"] == file_sha256(weights)
+    assert statistics.protocol["weights_hash"] == file_sha256(weights, WEIGHTS_HASH_LENGTH)
     cached, same_path = reference_statistics(root / "real", extractor, cache_dir=tmp_path, progress=False)
     assert same_path == path and np.array_equal(cached.sigma, statistics.sigma)
 
@@ -116,7 +122,7 @@ def test_clean_protocol_matches_clean_fid(setup, tmp_path):
     # float images in [0, 255] at 299x299 -> 2048-d features).
     theirs = get_folder_features(str(folder), model=lambda x: network(x, resize_to=None)[0], num_workers=0,
                                  batch_size=4, device=torch.device("cpu"), mode="clean", verbose=False)
-    extractor = CleanInceptionExtractor(network, file_sha256(weights))
+    extractor = CleanInceptionExtractor(network, file_sha256(weights, WEIGHTS_HASH_LENGTH))
     ours = extract_features(extractor, ImageFolder(folder), batch_size=4, progress=False).features
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
 
@@ -145,4 +151,4 @@ def test_inception_weights_are_found_in_the_torch_hub_cache(tmp_path, monkeypatc
     hub.mkdir(parents=True)
     (hub / INCEPTION_WEIGHTS_FILENAMES[1]).write_bytes(weights.read_bytes())
     extractor = build_extractor("inception", device="cpu")
-    assert extractor.weights_hash == file_sha256(weights)
+    assert extractor.weights_hash == file_sha256(weights, WEIGHTS_HASH_LENGTH)

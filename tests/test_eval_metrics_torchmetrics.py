@@ -18,7 +18,7 @@ from PIL import Image
 from cascade.eval.evaluate import evaluate_super_resolution
 from cascade.eval.extractors import FeatureExtractor
 from cascade.eval.features import ReferenceStatistics
-from cascade.eval.images import to_uint8
+from cascade.files.images import to_uint8
 from cascade.eval.metrics import GenerativeMetrics
 from cascade.eval.super_resolution import LowResConsistencyPSNR, antialiased_downsample, psnr
 

@@ -402,3 +402,30 @@ def test_model_info_is_a_cascade_subcommand(capsys, tmp_path):
     captured = capsys.readouterr()
     assert "SuperResStage" in captured.out
     assert "broken.yaml" in captured.err and "unet" in captured.err
+
+
+def test_stage_yaml_reader_takes_both_model_layouts_and_names_what_is_missing(capsys, tmp_path):
+    from cascade.nn import count_parameters
+    from cascade.stages.export import read_stage_config
+
+    unet = {"image_size": 16, "base_channels": 8, "channel_mults": [1, 2], "attention_resolutions": [], "norm_groups": 4}
+    lightning = {"model": {"class_path": "cascade.stages.BaseStage", "init_args": {"unet": unet, "image_size": 16}}}
+    flat = {"model": {"class_path": "cascade.stages.BaseStage", "unet": unet, "image_size": 16}}
+    for name, config in (("lightning.yaml", lightning), ("flat.yaml", flat)):
+        (tmp_path / name).write_text(yaml.safe_dump(config))
+        assert read_stage_config(tmp_path / name) == {"class_path": "cascade.stages.BaseStage",
+                                                      "init_args": {"unet": unet, "image_size": 16}}
+    (tmp_path / "classless.yaml").write_text(yaml.safe_dump({"model": {"unet": unet}}))
+    with pytest.raises(ValueError, match="classless.yaml: the `model:` section has no class_path"):
+        read_stage_config(tmp_path / "classless.yaml")
+    (tmp_path / "empty.yaml").write_text("trainer: {}\n")
+    with pytest.raises(ValueError, match="empty.yaml: no `model:` section"):
+        read_stage_config(tmp_path / "empty.yaml")
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump({"model": {"unet": {**unet, "base_chanels": 8}}}))
+
+    paths = [str(tmp_path / name) for name in ("lightning.yaml", "flat.yaml", "classless.yaml", "typo.yaml")]
+    assert model_info(paths) == 1
+    captured = capsys.readouterr()
+    expected = f"{count_parameters(UNet(UNetConfig(**unet))) / 1e6:,.1f} M"
+    assert captured.out.count("BaseStage") == 2 and captured.out.count(expected) == 3  # the class-less row: "?"
+    assert "typo.yaml" in captured.err and "unet.base_chanels" in captured.err

@@ -10,6 +10,7 @@ from cascade.files.sample_folder import (
     is_done,
     merge_metadata,
     rank_and_world_size,
+    read_metadata,
     remove_stale_writes,
     shard_for_rank,
     work_items,
@@ -69,6 +70,18 @@ def test_merge_metadata_gathers_complete_images_sorted(tmp_path):
     assert merge_metadata(tmp_path) == 6
     lines = [json.loads(line) for line in (tmp_path / METADATA_FILE).read_text().splitlines()]
     assert [line["file"] for line in lines] == sorted(line["file"] for line in lines)
+    assert read_metadata(tmp_path) == lines
+
+
+def test_read_metadata_names_the_line_that_is_not_a_record(tmp_path):
+    (tmp_path / METADATA_FILE).write_text('{"file": "a.png"}\n\n{"file": "b.png"}\n')
+    assert read_metadata(tmp_path) == [{"file": "a.png"}, {"file": "b.png"}]
+    for bad in ('["a.png"]', '{"file": '):
+        (tmp_path / METADATA_FILE).write_text('{"file": "a.png"}\n' + bad + "\n")
+        with pytest.raises(ValueError, match=f"{METADATA_FILE}:2: "):
+            read_metadata(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        read_metadata(tmp_path / "missing")
 
 
 def test_resume_removes_its_own_items_temporaries_from_a_killed_run(tmp_path):

@@ -124,6 +124,16 @@ def test_dynamic_threshold_option_and_generate_shapes():
     assert first.shape == (2, 3, 16, 16) and torch.equal(first, again)
 
 
+def test_generate_with_progress_shows_the_sampler_steps_and_gives_the_same_images(capsys):
+    stage = class_stage().eval()
+    condition = stage.make_condition(class_labels=[0, 1])
+    quiet = stage.generate(condition, sampler="ddim", steps=3, generator=torch.Generator().manual_seed(1))
+    shown = stage.generate(condition, sampler="ddim", steps=3, generator=torch.Generator().manual_seed(1), progress=True)
+    assert torch.equal(quiet, shown)
+    shown_bar = capsys.readouterr().err
+    assert "sampling (ddim)" in shown_bar and "/3" in shown_bar
+
+
 def test_text_encoder_is_frozen_outside_the_state_dict_and_shared_by_copies():
     stage = text_stage()
     assert all(name.startswith("unet.") for name in stage.state_dict())

@@ -23,9 +23,9 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker
 
-from ..stages.export import build_stage
+from ..stages.export import build_stage, read_stage_config
 
-from .stage_inputs import read_stage_config, text_length
+from .stage_inputs import text_length
 
 GIB = 2**30
 

@@ -28,7 +28,7 @@ from types import ModuleType
 import torch
 
 from ..diffusion import diffusion_loss, q_sample
-from ..nn import UNet, UNetConfig
+from ..nn import UNet, UNetConfig, count_parameters
 from ..stages.base_stage import BaseStage
 from ..stages.diffusion_stage import DiffusionStage
 
@@ -82,10 +82,6 @@ def _imagen_unet(imagen: ModuleType, device: torch.device | str, **kwargs) -> to
             return imagen.Unet(**kwargs)
 
 
-def _parameter_count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def matched_imagen_kwargs(imagen: ModuleType, config: UNetConfig, text_tokens: int) -> dict:
     """imagen-pytorch `Unet` arguments matching `config` (see the module docstring); the base
     width `dim` is the multiple of 8 (its GroupNorms have 8 groups) whose parameter count is
@@ -106,10 +102,10 @@ def matched_imagen_kwargs(imagen: ModuleType, config: UNetConfig, text_tokens: i
         "dropout": config.dropout,
     }
     with torch.device("meta"):
-        target = _parameter_count(UNet(config))
+        target = count_parameters(UNet(config))
 
     def count(dim: int) -> int:
-        return _parameter_count(_imagen_unet(imagen, "meta", dim=dim, **kwargs))
+        return count_parameters(_imagen_unet(imagen, "meta", dim=dim, **kwargs))
 
     low, high = 1, 4 * config.base_channels // 8  # dim = 8 * k; parameters grow with k
     while low < high:
@@ -185,9 +181,9 @@ def run_peer_benchmark(
         "resolution": stage.image_size,
         "text_tokens": length,
         **settings.describe(),
-        "ours_parameters_m": _parameter_count(stage.unet) / 1e6,
-        "peer_parameters_m": _parameter_count(peer.unet) / 1e6,
-        "parameters_matched": abs(_parameter_count(peer.unet) / _parameter_count(stage.unet) - 1) <= PARAMETER_TOLERANCE,
+        "ours_parameters_m": count_parameters(stage.unet) / 1e6,
+        "peer_parameters_m": count_parameters(peer.unet) / 1e6,
+        "parameters_matched": abs(count_parameters(peer.unet) / count_parameters(stage.unet) - 1) <= PARAMETER_TOLERANCE,
         "peer": f"imagen-pytorch {imagen.__version__}",
         "peer_unet_kwargs": {key: list(value) if isinstance(value, tuple) else value for key, value in kwargs.items()},
         "warmup": warmup,

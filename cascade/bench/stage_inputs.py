@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from ..nn import compile_static
 from ..stages.conditioning import Condition
 from ..stages.diffusion_stage import DiffusionStage
-from ..stages.export import build_stage
+from ..stages.export import build_stage, read_stage_config
 from ..stages.super_res import SuperResStage
 
 DEFAULT_TEXT_LENGTH = 32
@@ -71,15 +70,6 @@ class SpeedSettings:
 
     def describe(self) -> dict:
         return {"precision": self.precision, "channels_last": self.channels_last, "compile": self.compile_mode}
-
-
-def read_stage_config(path: str | Path) -> dict:
-    """{"class_path", "init_args"} of the `model:` section of a stage YAML (LightningCLI layout)."""
-    config = yaml.safe_load(Path(path).read_text())
-    model = config.get("model") if isinstance(config, dict) else None
-    if not isinstance(model, dict) or "class_path" not in model:
-        raise ValueError(f"{path}: no `model:` section with a class_path")
-    return {"class_path": model["class_path"], "init_args": dict(model.get("init_args") or {})}
 
 
 def load_stage(path: str | Path, device: torch.device, seed: int = 0) -> DiffusionStage:

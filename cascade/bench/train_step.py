@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from ..nn import count_parameters
 from ..stages.diffusion_stage import DiffusionStage
 from ..stages.optim import build_adamw
 
@@ -97,7 +98,7 @@ def run_train_benchmark(
         "benchmark": "train_step",
         "config": str(config),
         "stage": type(stage).__name__,
-        "parameters_m": sum(p.numel() for p in stage.unet.parameters()) / 1e6,
+        "parameters_m": count_parameters(stage.unet) / 1e6,
         "batch": batch_size,
         "resolution": resolution or stage.image_size,
         **settings.describe(),

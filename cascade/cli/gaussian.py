@@ -30,7 +30,7 @@ def moment_errors(sampler: str, schedule: NoiseSchedule, steps: int, mu: float, 
     generator = torch.Generator().manual_seed(seed)
     x = sample(
         gaussian_denoiser(schedule, mu, s), schedule, (n, 1), sampler=sampler, steps=steps,
-        generator=generator, progress=False,
+        generator=generator,
     )
     return abs(x.mean().item() - mu), abs(x.std().item() - s)
 

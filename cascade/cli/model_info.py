@@ -8,7 +8,6 @@ one table row per config.
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -16,34 +15,20 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from ..nn.config import UNetConfig
-from ..nn.unet import UNet
+from ..nn import UNet, UNetConfig, count_parameters
+from ..stages.config import as_dataclass
+from ..stages.export import stage_config_of
 
 
-def unet_section(config: dict) -> tuple[str, dict]:
-    """(stage class name, unet dict) from a parsed stage YAML; ValueError when there is none."""
-    model = config.get("model") if isinstance(config, dict) else None
-    if not isinstance(model, dict):
-        raise ValueError("no `model:` section")
-    init_args = model.get("init_args", model)
-    unet = init_args.get("unet") if isinstance(init_args, dict) else None
-    if not isinstance(unet, dict):
+def unet_of(path: Path) -> tuple[str, UNetConfig]:
+    """(stage class name, or "?" when the file names none; UNetConfig) of a stage YAML file;
+    ValueError when it has no UNet section or the section is not a valid UNetConfig."""
+    stage_config = stage_config_of(yaml.safe_load(path.read_text()))
+    values = stage_config["init_args"].get("unet")
+    if not isinstance(values, dict):
         raise ValueError("no `model.init_args.unet` (or `model.unet`) section")
-    stage = str(model.get("class_path", "?")).rsplit(".", 1)[-1]
-    return stage, unet
-
-
-def unet_config_from_dict(values: dict) -> UNetConfig:
-    """UNetConfig from a YAML mapping; ValueError names fields UNetConfig does not have."""
-    known = {field.name for field in fields(UNetConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown UNetConfig fields {unknown}")
-    return UNetConfig(**values)
-
-
-def count_parameters(unet: UNet) -> int:
-    return sum(parameter.numel() for parameter in unet.parameters())
+    stage = str(stage_config["class_path"] or "?").rsplit(".", 1)[-1]
+    return stage, as_dataclass(values, UNetConfig, "unet")
 
 
 def describe_conditioning(config: UNetConfig) -> str:
@@ -75,8 +60,7 @@ def model_info(argv: list[str]) -> int:
     status = 0
     for path in args.configs:
         try:
-            stage, values = unet_section(yaml.safe_load(path.read_text()))
-            config = unet_config_from_dict(values)
+            stage, config = unet_of(path)
         except (OSError, ValueError, TypeError, yaml.YAMLError) as error:
             errors.print(f"[red]{path}: {error}[/red]")
             status = 1

@@ -33,9 +33,10 @@ from typing import Any
 import braceexpand
 import numpy as np
 
+from ..files.atomic import AtomicFile
+
 IMAGE_FIELDS: tuple[str, ...] = ("jpg", "png", "webp")
 SHARD_PATTERN = "shard-{index:06d}.tar"
-TMP_SUFFIX = ".tmp"
 EMBEDDING_FIELD = "emb.npy"
 TAR_BLOCK = 512
 TAR_END_BYTES = 10_240  # end-of-archive blocks, padded to tarfile's record size
@@ -63,6 +64,12 @@ def encode_field(field: str, value: Any) -> bytes:
     raise TypeError(f"cannot encode field {field!r} of type {type(value).__name__}")
 
 
+def decode_caption(data: bytes) -> str:
+    """The caption stored in a ``txt`` field: UTF-8 (UnicodeDecodeError otherwise), without
+    surrounding whitespace."""
+    return data.decode("utf-8").strip()
+
+
 def encode_sample(sample: Mapping[str, Any]) -> list[tuple[str, bytes]]:
     """(member name, bytes) pairs for a sample dict with ``__key__`` and field entries."""
     key = sample["__key__"]
@@ -88,14 +95,23 @@ def add_members(tar: tarfile.TarFile, members: Iterable[tuple[str, bytes]]) -> N
         tar.addfile(info, io.BytesIO(data))
 
 
+def member_key_and_field(name: str) -> tuple[str, str]:
+    """(sample key, field) of a tar member, by webdataset's rule: the key is the member's path up
+    to the first dot of its file name, the field the rest ("a/b.seg.png" -> ("a/b", "seg.png"))."""
+    folder, slash, base = name.rpartition("/")
+    stem, _, field = base.partition(".")
+    return folder + slash + stem, field
+
+
 def read_samples(path: str) -> Iterable[dict[str, bytes]]:
-    """Raw samples of one local shard, in order: {"__key__": key, field: bytes, ...}."""
+    """Raw samples of one local shard (plain or compressed tar, read as a stream), in order:
+    {"__key__": key, field: bytes, ...}; consecutive members with the same key form a sample."""
     current: dict[str, bytes] | None = None
-    with tarfile.open(path, mode="r:") as tar:
+    with tarfile.open(path, mode="r|*") as tar:
         for info in tar:
             if not info.isreg():
                 continue
-            key, _, field = info.name.partition(".")
+            key, field = member_key_and_field(info.name)
             if current is None or current["__key__"] != key:
                 if current is not None:
                     yield current
@@ -110,20 +126,22 @@ def shard_keys(path: str) -> list[str]:
     keys: list[str] = []
     with tarfile.open(path, mode="r:") as tar:
         for info in tar:
-            key = info.name.partition(".")[0]
+            key = member_key_and_field(info.name)[0]
             if info.isreg() and (not keys or keys[-1] != key):
                 keys.append(key)
     return keys
 
 
 class AtomicShard:
-    """One shard being written to ``<path>.tmp``; `commit` makes it appear under `path`."""
+    """One shard being written: its tar streams into an `AtomicFile`, a temporary
+    ``.shard-NNNNNN.tar.RANDOM.tmp`` next to `path`; `commit` publishes it under `path` (fsync,
+    rename), `discard` removes it. A killed writer's temporary is cleared by
+    `cascade.files.atomic.remove_stale_temporaries`."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.tmp_path = path + TMP_SUFFIX
-        self.handle = open(self.tmp_path, "wb")
-        self.tar = tarfile.open(fileobj=self.handle, mode="w", format=tarfile.USTAR_FORMAT)
+        self.file = AtomicFile(path)
+        self.tar = tarfile.open(fileobj=self.file.handle, mode="w", format=tarfile.USTAR_FORMAT)
         self.samples = 0
         self.bytes = TAR_END_BYTES
 
@@ -133,25 +151,11 @@ class AtomicShard:
         self.bytes += size
 
     def commit(self) -> None:
-        self.tar.close()
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
-        os.replace(self.tmp_path, self.path)
+        self.tar.close()  # writes the end-of-archive blocks; the file stays open
+        self.file.commit()
 
     def discard(self) -> None:
-        self.handle.close()
-        os.remove(self.tmp_path)
-
-
-def write_bytes_atomically(path: str, data: bytes) -> None:
-    """Write a small file via ``path.tmp`` + fsync + rename, so readers never see half of it."""
-    tmp = path + TMP_SUFFIX
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+        self.file.discard()
 
 
 def _is_remote(url: str) -> bool:

@@ -13,19 +13,18 @@ Output shards are written atomically; a rerun skips shards already in the output
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shutil
 from typing import Any
 
 import torch
 from rich.progress import track
 
+from ..files.atomic import remove_stale_temporaries, write_bytes
 from .shards import (
     EMBEDDING_FIELD,
-    TMP_SUFFIX,
     AtomicShard,
+    decode_caption,
     encode_sample,
     member_bytes,
     read_samples,
@@ -49,8 +48,7 @@ def precompute_text(
     os.makedirs(out_dir, exist_ok=True)
     if any(os.path.samefile(os.path.dirname(p) or ".", out_dir) for p in inputs):
         raise ValueError(f"--out {out_dir!r} must differ from the folder of the input shards")
-    for stale in glob.glob(os.path.join(out_dir, "*" + TMP_SUFFIX)):
-        os.remove(stale)
+    remove_stale_temporaries(out_dir)  # a killed run's; the output folder is ours alone
     info = {"kind": encoder.kind, "name": encoder.name, "max_length": encoder.max_length, "dim": encoder.dim}
     outputs = []
     for shard in track(inputs, description="embedding captions", disable=not progress):
@@ -96,7 +94,7 @@ def _metadata(sample: dict[str, bytes]) -> dict[str, Any]:
 
 def _caption(sample: dict[str, bytes]) -> str | None:
     try:
-        return sample["txt"].decode("utf-8").strip() if "txt" in sample else None
+        return decode_caption(sample["txt"]) if "txt" in sample else None
     except UnicodeDecodeError:
         return None
 
@@ -110,4 +108,5 @@ def _copy_side_files(inputs: list[str], out_dir: str) -> None:
     for name in ("manifest.json", "classes.json"):
         source = os.path.join(folder, name)
         if os.path.exists(source):
-            shutil.copyfile(source, os.path.join(out_dir, name))
+            with open(source, "rb") as handle:
+                write_bytes(os.path.join(out_dir, name), handle.read())

@@ -27,7 +27,7 @@ from PIL import Image
 
 from .degrade import Degradation, downsample
 from .image_io import decode_image, resize_short_side
-from .shards import EMBEDDING_FIELD, IMAGE_FIELDS
+from .shards import EMBEDDING_FIELD, IMAGE_FIELDS, decode_caption
 
 
 _LOWRES_MARGIN = 16  # low-res pixels around an SR crop that are downsampled and degraded with it
@@ -170,6 +170,6 @@ def _caption(raw: dict[str, Any]) -> str:
     if "txt" not in raw:
         raise BadSample("missing field txt")
     try:
-        return raw["txt"].decode("utf-8").strip()
+        return decode_caption(raw["txt"])
     except UnicodeDecodeError as error:
         raise BadSample(f"caption is not UTF-8: {error}") from error

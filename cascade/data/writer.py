@@ -3,19 +3,19 @@
 - **Assignment.** Samples go to shards in source order; a shard is closed when it holds
   `max_samples` samples or the next sample would take it past `max_bytes`. Encoding is
   deterministic, so the same source and limits always give the same shards, byte for byte.
-- **Atomic.** A shard is written as ``shard-NNNNNN.tar.tmp``, flushed, fsync'ed and renamed:
-  a file named ``shard-NNNNNN.tar`` is always complete.
-- **Resume.** Rerunning on the same folder removes stale ``*.tmp`` files, keeps the complete
-  shards, and continues after the last key of the last complete shard (keys are source
-  indices), so the result equals an uninterrupted run. ``writer.json`` records the source
-  and limits; resuming with different ones is refused.
+- **Atomic.** A shard is written to a temporary ``.shard-NNNNNN.tar.RANDOM.tmp`` next to it,
+  flushed, fsync'ed and renamed (the one scheme of `cascade.files.atomic`, which sample folders
+  and reports use too): a file named ``shard-NNNNNN.tar`` is always complete.
+- **Resume.** Rerunning on the same folder removes the temporaries a killed run left (the
+  writer owns its output folder), keeps the complete shards, and continues after the last key
+  of the last complete shard (keys are source indices), so the result equals an uninterrupted
+  run. ``writer.json`` records the source and limits; resuming with different ones is refused.
 - At the end, ``manifest.json`` lists the shards and their sample counts, and
   ``classes.json`` the class names (when the source has classes).
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import multiprocessing
@@ -27,15 +27,8 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .shards import (
-    TMP_SUFFIX,
-    AtomicShard,
-    encode_sample,
-    member_bytes,
-    shard_keys,
-    shard_name,
-    write_bytes_atomically,
-)
+from ..files.atomic import remove_stale_temporaries, write_text
+from .shards import AtomicShard, encode_sample, member_bytes, shard_keys, shard_name
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +68,7 @@ def write_shards(
         raise ValueError("the source has no samples")
     os.makedirs(out_dir, exist_ok=True)
     _check_settings(out_dir, {"source": source.describe(), "max_samples": max_samples, "max_bytes": max_bytes})
-    for stale in glob.glob(os.path.join(out_dir, "*" + TMP_SUFFIX)):
-        os.remove(stale)
+    remove_stale_temporaries(out_dir)
     shards, last_key = _complete_shards(out_dir)
     resumed = len(shards)
     start = int(last_key) + 1 if shards else 0
@@ -176,4 +168,4 @@ def _report_unreadable(source, index: int, count: int) -> None:
 
 
 def _write_json(path: str, value: Any) -> None:
-    write_bytes_atomically(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")

@@ -3,7 +3,6 @@ recall in the offline (random-weight Inception) feature space."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +14,10 @@ from ..eval.alignment import aggregate, score
 from ..eval.evaluate import evaluate_samples
 from ..eval.extractors import build_extractor
 from ..eval.features import reference_statistics
-
-from ..files.sample_folder import intermediate_dirs
+from ..files.sample_folder import intermediate_dirs, read_metadata
 
 ALIGNMENT_CHECKS = ("colour", "shape", "count", "exact", "relation")
 FEATURE_INPUT_SIZE = 128  # the random-weight extractor runs at the demo's final resolution
-
-
-def read_metadata(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines() if line.strip()]
 
 
 def alignment_of_folder(folder: Path, scenes: list[dict], images: Path | None = None) -> dict[str, float]:

@@ -14,8 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..eval.report import Report, ReportFiles, add_metrics_section  # noqa: E402
 
-from .evaluation import ALIGNMENT_CHECKS, read_metadata  # noqa: E402
-from ..files.sample_folder import intermediate_dirs  # noqa: E402
+from ..files.sample_folder import intermediate_dirs, read_metadata  # noqa: E402
+from .evaluation import ALIGNMENT_CHECKS  # noqa: E402
 
 GRID_CAPTIONS = 12  # captions shown in the grids
 

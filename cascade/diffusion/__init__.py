@@ -13,12 +13,15 @@ from .parameterization import (
     x0_from_prediction,
     x0_from_v,
 )
-from .samplers import SAMPLERS, sample
+from .samplers import SAMPLERS, Denoiser, Generators, StepCallback, sample
 from .schedule import NoiseSchedule, alpha_from_log_snr, check_time, sigma_from_log_snr
 
 __all__ = [
+    "Denoiser",
+    "Generators",
     "NoiseSchedule",
     "SAMPLERS",
+    "StepCallback",
     "TARGETS",
     "WEIGHTINGS",
     "alpha_from_log_snr",

@@ -19,7 +19,11 @@ import torch
 
 from .schedule import NoiseSchedule, alpha_from_log_snr, sigma_from_log_snr
 
+# A denoiser maps (x_t (B, ...), t (B,)) to its estimate x0_hat of the clean batch; stages build
+# one per condition and guidance setting (`DiffusionStage.make_denoiser`).
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# Told (steps done, total steps) after every step, e.g. to advance a progress bar.
+StepCallback = Callable[[int, int], None]
 Generators = torch.Generator | list[torch.Generator] | None
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
 
@@ -46,7 +50,7 @@ def sample(
     generator: Generators = None,
     eta: float = 0.0,
     x_T: torch.Tensor | None = None,
-    progress: bool = True,
+    callback: StepCallback | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Draw samples of `shape` by integrating the reverse process with `steps` denoiser calls.
@@ -57,6 +61,7 @@ def sample(
     generator: seeds x_T and the per-step noise of ddpm / ddim with eta > 0; a list of one
                generator per batch row makes each row reproducible on its own.
     x_T: the starting noise (defaults to N(0, I) drawn from `generator`).
+    callback: called as callback(i + 1, steps) after step i (a progress bar is the caller's).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -81,7 +86,7 @@ def sample(
     eta_value = 1.0 if sampler == "ddpm" else float(eta)
 
     previous_x0 = None
-    for i in _progress(range(steps), progress, sampler):
+    for i in range(steps):
         t_batch = torch.full((shape[0],), float(times[i]), device=x.device)
         x0_hat = denoise(x, t_batch)
         lambda_s, lambda_t = log_snrs[i], log_snrs[i + 1]
@@ -92,6 +97,8 @@ def sample(
             last = i == steps - 1
             x = _dpmpp_2m_step(x, x0_hat, previous_x0, lambda_s, lambda_t, h_previous, last)
             previous_x0 = x0_hat
+        if callback is not None:
+            callback(i + 1, steps)
     return x
 
 
@@ -150,11 +157,3 @@ def _dpmpp_2m_step(
         ratio = 0.5 * h_previous / h
         d = (1 + 1 / (2 * ratio)) * x0_hat - (1 / (2 * ratio)) * previous_x0
     return (sigma_t / sigma_s) * x + alpha_t * (-torch.expm1(-h)) * d
-
-
-def _progress(iterable, enabled: bool, description: str):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=f"sampling ({description})", leave=False)

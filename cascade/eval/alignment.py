@@ -34,9 +34,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from ..data.synthetic import COLOURS
+from ..files.images import to_uint8
 
 MIN_CHROMA = 60
 DEFAULT_MIN_AREA = 0.006  # the smallest synthetic object covers ~0.029 of the image
@@ -63,9 +65,8 @@ def to_rgb_uint8(image: Any) -> np.ndarray:
     array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
     if array.dtype == np.uint8:
         return array
-    if array.ndim == 3 and array.shape[0] == 3:
-        array = array.transpose(1, 2, 0)
-    return np.clip(np.rint((array.astype(np.float64) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    pixels = to_uint8(torch.from_numpy(np.ascontiguousarray(array))).numpy()  # as a PNG of it would hold
+    return pixels.transpose(1, 2, 0) if pixels.ndim == 3 and pixels.shape[0] == 3 else pixels
 
 
 def segment(image: Any) -> np.ndarray:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torchmetrics import Metric
 
-from .images import to_uint8
+from .images import uint8_batch
 
 
 class CLIPScore(Metric):
@@ -52,7 +52,7 @@ class CLIPScore(Metric):
     def update(self, images: torch.Tensor, prompts: list[str]) -> None:
         if len(prompts) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images for {len(prompts)} prompts")
-        arrays = list(to_uint8(images).permute(0, 2, 3, 1).cpu().numpy())
+        arrays = list(uint8_batch(images).permute(0, 2, 3, 1).cpu().numpy())
         inputs = self.processor(text=list(prompts), images=arrays, return_tensors="pt", padding=True, truncation=True)
         outputs = self.model(**{key: value.to(self.device) for key, value in inputs.items()})
         image_embeds = torch.nn.functional.normalize(outputs.image_embeds.double(), dim=-1)

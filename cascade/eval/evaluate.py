@@ -19,12 +19,23 @@ from torch.utils.data import DataLoader
 from .clip_score import CLIPScore
 from .extractors import FeatureExtractor
 from .features import ReferenceStatistics, reference_statistics
-from .metrics import GenerativeMetrics, parse_metric_names
+from .metrics import GenerativeMetrics, needs_raw_features, parse_metric_names
 from .progress import track_images
 from .results import EvaluationResult
 from .sources import ImageFolder, image_batches, source_length
 from .super_resolution import LowResConsistencyPSNR
-from .sweeps import SampleSet, condition_text, discover_sample_sets, read_metadata
+from .sweeps import SampleSet, condition_text, discover_sample_sets, metadata_by_file
+
+
+def _scores(metric: GenerativeMetrics, reference: ReferenceStatistics,
+            reference_file: Path | None) -> tuple[dict[str, float], dict[str, object]]:
+    """The metric's values and the protocol that produced them (the sample count moves from the
+    values to the protocol)."""
+    values = metric.compute()
+    protocol = _protocol(metric, reference, reference_file)
+    protocol["num_samples"] = values.pop("num_fake")
+    values.pop("num_real")
+    return values, protocol
 
 
 def _protocol(metric: GenerativeMetrics, reference: ReferenceStatistics, reference_file: Path | None) -> dict[str, object]:
@@ -73,15 +84,11 @@ def evaluate_samples(
     is_folder = isinstance(samples, (str, os.PathLike))
     source = ImageFolder(samples, resolution, recursive=recursive) if is_folder else samples
     name = str(samples) if is_folder else "live samples"
-    total = source_length(source)
-    total = min(total, max_images) if total is not None and max_images is not None else total
+    total = source_length(source, max_images)
     for batch in track_images(image_batches(source, batch_size, num_workers, max_images), f"samples {Path(name).name}",
                               total, progress):
         metric.update(batch)
-    values = metric.compute()
-    protocol = _protocol(metric, reference, reference_file)
-    protocol["num_samples"] = values.pop("num_fake")
-    values.pop("num_real")
+    values, protocol = _scores(metric, reference, reference_file)
     if clip_model is not None and is_folder:
         score = clip_score_of_folder(source, clip_model, batch_size, max_images)
         if score is not None:
@@ -93,7 +100,7 @@ def evaluate_samples(
 def clip_score_of_folder(folder: ImageFolder, clip_model: str | os.PathLike[str], batch_size: int = 32,
                          max_images: int | None = None) -> float | None:
     """Mean CLIP score of a sample folder's images with their ``metadata.jsonl`` prompts (None if no prompts)."""
-    metadata = read_metadata(folder.root)
+    metadata = metadata_by_file(folder.root)
     pairs = [(index, condition_text(metadata.get(path.name, {}))) for index, path in enumerate(folder.files)]
     pairs = [(index, prompt) for index, prompt in pairs if prompt and not prompt.startswith("class ")][:max_images]
     if not pairs:
@@ -126,7 +133,7 @@ def evaluate_sweep(
     names = parse_metric_names(metrics)
     reference, reference_file = reference_statistics(
         real, extractor, resolution=resolution, dataset=dataset, cache_dir=stats_dir,
-        need_features="pr" in names or "kid" in names, max_images=max_real,
+        need_features=needs_raw_features(names), max_images=max_real,
         batch_size=batch_size, num_workers=num_workers, progress=progress)
     results = []
     for sample_set in discover_sample_sets(samples_root):
@@ -180,7 +187,7 @@ def evaluate_super_resolution(
     names = parse_metric_names(metrics)
     reference, reference_file = reference_statistics(
         real_highres, extractor, resolution=resolution, dataset=dataset, cache_dir=stats_dir,
-        need_features="pr" in names or "kid" in names, max_images=max_real,
+        need_features=needs_raw_features(names), max_images=max_real,
         batch_size=batch_size, num_workers=num_workers, progress=progress)
     results = []
     for sample_set in discover_sample_sets(sr_outputs):
@@ -199,10 +206,7 @@ def _evaluate_sr_set(sample_set: SampleSet, lowres_root: Path, reference: Refere
     for sr_batch, lowres_batch in track_images(batches, f"SR {sample_set.label}", len(pairs), progress):
         metric.update(sr_batch)
         consistency.update(sr_batch, lowres_batch)
-    values = metric.compute()
-    protocol = _protocol(metric, reference, reference_file)
-    protocol["num_samples"] = values.pop("num_fake")
-    values.pop("num_real")
+    values, protocol = _scores(metric, reference, reference_file)
     values["lowres_psnr"] = float(consistency.compute())
     protocol["lowres_inputs"] = str(lowres_root)
     protocol["lowres_consistency"] = "SR output -> antialiased bicubic downsample to input size, PSNR in dB on [0, 1]"

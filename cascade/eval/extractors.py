@@ -34,9 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .images import pil_bicubic_resize, to_uint8
+from ..files.hashing import file_sha256
+from .images import pil_bicubic_resize, uint8_batch
 from .inception import FEATURE_DIM, INPUT_SIZE, FIDInceptionV3
-from .weights import file_sha256, find_inception_weights, state_dict_sha256
+from .weights import WEIGHTS_HASH_LENGTH, find_inception_weights, state_dict_sha256
 
 EXTRACTOR_NAMES = ("inception", "clean", "random-inception", "dinov2")
 
@@ -106,14 +107,14 @@ class InceptionExtractor(FeatureExtractor):
     def from_weights(cls, weights: str | os.PathLike[str] | None = None) -> InceptionExtractor:
         """Load from `weights`, or ``$CASCADE_INCEPTION_WEIGHTS``, or the torch hub cache."""
         path = find_inception_weights(weights)
-        return cls(FIDInceptionV3.from_weights_file(path), file_sha256(path))
+        return cls(FIDInceptionV3.from_weights_file(path), file_sha256(path, WEIGHTS_HASH_LENGTH))
 
     @property
     def provides_logits(self) -> bool:
         return True
 
     def _network_input(self, images: torch.Tensor) -> torch.Tensor:
-        return to_uint8(images).to(self.device)
+        return uint8_batch(images).to(self.device)
 
     @torch.no_grad()
     def features_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +136,7 @@ class CleanInceptionExtractor(InceptionExtractor):
 
     @torch.no_grad()
     def features_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        resized = pil_bicubic_resize(to_uint8(images), INPUT_SIZE).to(self.device)
+        resized = pil_bicubic_resize(uint8_batch(images), INPUT_SIZE).to(self.device)
         features, logits = self.network(resized, resize_to=None)
         return features.float(), logits.float()
 
@@ -213,7 +214,7 @@ class DinoV2Extractor(FeatureExtractor):
         )
         self.model.requires_grad_(False).eval()
         self.feature_dim = int(self.model.num_features)
-        self.weights_hash = file_sha256(path)
+        self.weights_hash = file_sha256(path, WEIGHTS_HASH_LENGTH)
         self.name = f"dinov2-{model_name}"
         self.preprocessing = "uint8 -> bicubic resize (antialiased) to 224x224, ImageNet mean/std (Stein et al. 2023)"
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255, persistent=False)
@@ -221,7 +222,7 @@ class DinoV2Extractor(FeatureExtractor):
 
     @torch.no_grad()
     def features_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
-        x = to_uint8(images).to(self.device).float()
+        x = uint8_batch(images).to(self.device).float()
         x = F.interpolate(x, size=(self.input_size,) * 2, mode="bicubic", align_corners=False, antialias=True)
         x = (x.clamp(0, 255) - self.mean) / self.std
         return self.model(x).float(), None
@@ -246,7 +247,7 @@ def build_extractor(
         extractor: FeatureExtractor = InceptionExtractor.from_weights(inception_weights)
     elif name == "clean":
         path = find_inception_weights(inception_weights)
-        extractor = CleanInceptionExtractor(FIDInceptionV3.from_weights_file(path), file_sha256(path))
+        extractor = CleanInceptionExtractor(FIDInceptionV3.from_weights_file(path), file_sha256(path, WEIGHTS_HASH_LENGTH))
     elif name == "random-inception":
         extractor = RandomInceptionExtractor(seed=random_seed, input_size=random_input_size)
     elif name == "dinov2":

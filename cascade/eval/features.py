@@ -49,9 +49,7 @@ def extract_features(
 ) -> ExtractedFeatures:
     """Run `extractor` over a source (see :func:`cascade.eval.sources.image_batches`), batched, on its device."""
     features, logits = [], []
-    total = source_length(source)
-    if total is not None and max_images is not None:
-        total = min(total, max_images)
+    total = source_length(source, max_images)
     batches = image_batches(source, batch_size, num_workers, max_images)
     for batch in track_images(batches, description, total, progress):
         batch_features, batch_logits = extractor.features_and_logits(batch)

@@ -2,8 +2,8 @@
 
 The project's convention is float images in [-1, 1], NCHW; feature extractors work on
 8-bit images, as every reference implementation of FID does (images are read from PNG/JPEG).
-Float images are quantised exactly as saving them to PNG would, so evaluating a live
-generator and evaluating its saved samples give the same numbers.
+Float images are quantised by `cascade.files.images.to_uint8`, exactly as saving them to PNG
+does, so evaluating a live generator and evaluating its saved samples give the same numbers.
 """
 
 from __future__ import annotations
@@ -12,16 +12,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..files.images import to_uint8
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """uint8 NCHW in [0, 255] from uint8 (returned as is) or float NCHW in [-1, 1]."""
+
+def uint8_batch(images: torch.Tensor) -> torch.Tensor:
+    """A batch of RGB images, uint8 NCHW or float NCHW in [-1, 1], as uint8 NCHW in [0, 255]
+    (`cascade.files.images.to_uint8`); ValueError for any other shape."""
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(images.shape)}")
-    if images.dtype == torch.uint8:
-        return images
-    if not images.is_floating_point():
-        raise TypeError(f"expected uint8 or float images, got {images.dtype}")
-    return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return to_uint8(images)
 
 
 def to_unit_float(images: torch.Tensor) -> torch.Tensor:

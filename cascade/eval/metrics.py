@@ -40,6 +40,12 @@ METRIC_NAMES = ("fid", "is", "pr", "kid")
 MIN_IMAGES_FOR_DISTRIBUTION_METRICS = 100
 
 
+def needs_raw_features(names: Iterable[str]) -> bool:
+    """True when one of the metrics `names` reads every feature vector (precision/recall, KID),
+    not only their mean and covariance (FID) or the logits (IS)."""
+    return any(name in ("pr", "kid") for name in names)
+
+
 def parse_metric_names(names: str | Iterable[str]) -> tuple[str, ...]:
     """``"fid,is"`` or ``["fid", "is"]`` -> validated tuple of metric names."""
     if isinstance(names, str):
@@ -109,7 +115,7 @@ class GenerativeMetrics(Metric):
 
     @property
     def _needs_raw_features(self) -> bool:
-        return "pr" in self.metrics or "kid" in self.metrics
+        return needs_raw_features(self.metrics)
 
     def _check_reference(self, reference: ReferenceStatistics | None) -> None:
         if reference is None:

@@ -34,7 +34,7 @@ from .human_eval_results import HumanEvalResults, load_human_eval
 from .plots import METRIC_LABELS, metric_vs_setting, numeric_sweep_keys, precision_vs_recall, preference_bars, sample_grid
 from .results import EvaluationResult
 from .sources import list_image_files
-from .sweeps import condition_text, read_metadata
+from .sweeps import condition_text, metadata_by_file
 
 PROTOCOL_FIELDS = (
     ("extractor", "feature extractor"), ("weights_hash", "extractor weights (sha256 prefix)"),
@@ -179,7 +179,7 @@ def add_sample_grids(report: Report, results: Sequence[EvaluationResult], images
         paths = list_image_files(folder, recursive=False)[:images_per_setting]
         if not paths:
             continue
-        metadata = read_metadata(folder)
+        metadata = metadata_by_file(folder)
         captions = [condition_text(metadata.get(path.name, {})) for path in paths]
         report.image_grid(paths, f"{label}: first {len(paths)} samples", captions, name=f"grid-{label}", tile=tile)
     return report

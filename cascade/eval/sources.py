@@ -5,24 +5,24 @@ All sources yield uint8 CHW RGB tensors (folders and shards) or batches the call
 into batches for a feature extractor.
 
 Folders are read recursively in sorted path order (the order torch-fidelity uses, which
-matters for IS splits). Shards are the project's webdataset format: tar files whose members
-are ``<key>.<ext>``; the first ``jpg``/``jpeg``/``png``/``webp`` member of each key is the
-image, other members (``txt``, ``cls``, ``json``) are ignored.
+matters for IS splits). Shards are webdataset tar files (the project's format,
+`cascade.data.shards`, which reads them and resolves shard specifications): members
+``<key>.<field>``; the first member of each key with an image extension (`IMAGE_EXTENSIONS`)
+is the image, other members (``txt``, ``cls``, ``json``) are ignored.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import braceexpand
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from ..data.shards import read_samples, resolve_shards
 from .images import center_crop_resize, pil_to_uint8_tensor
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -64,22 +64,12 @@ class ImageFolder(Dataset):
             return _load(image, self.resolution)
 
 
-def expand_shard_spec(spec: str | os.PathLike[str]) -> list[str]:
-    """Shard paths from a `.tar` file, a folder of `.tar` files, or a brace pattern
-    (``shards/train-{000000..000009}.tar``)."""
-    spec = str(spec)
-    if Path(spec).is_dir():
-        shards = sorted(str(p) for p in Path(spec).glob("*.tar"))
-    else:
-        shards = list(braceexpand.braceexpand(spec))
-    missing = [s for s in shards if not Path(s).is_file()]
-    if not shards or missing:
-        raise FileNotFoundError(f"no shards found for {spec!r}" + (f" (missing: {missing[:3]})" if missing else ""))
-    return shards
-
-
 class ShardImages(IterableDataset):
-    """The images of webdataset tar shards, in shard order; shards are split across loader workers."""
+    """The images of webdataset tar shards, in shard order; shards are split across loader workers.
+
+    Shards are read by `cascade.data.shards.read_samples`; a sample's image is its first member
+    whose extension is an image extension (`IMAGE_EXTENSIONS`), a key seen again later in the
+    same shard is skipped."""
 
     def __init__(self, shards: list[str], resolution: int | None = None):
         self.shards = shards
@@ -93,30 +83,32 @@ class ShardImages(IterableDataset):
 
     def _read_shard(self, shard: str) -> Iterator[torch.Tensor]:
         seen: set[str] = set()
-        with tarfile.open(shard, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                name = Path(member.name)
-                key = str(name.parent / name.name.split(".", 1)[0])
-                if key in seen or name.suffix.lower() not in IMAGE_EXTENSIONS:
-                    continue
-                seen.add(key)
-                data = tar.extractfile(member).read()
-                try:
-                    with Image.open(io.BytesIO(data)) as image:
-                        yield _load(image, self.resolution)
-                except OSError as error:
-                    raise ValueError(f"cannot decode image {member.name!r} in shard {shard}") from error
+        for sample in read_samples(shard):
+            key = sample["__key__"]
+            field = next((f for f in sample if f != "__key__" and _is_image_field(f)), None)
+            if key in seen or field is None:
+                continue
+            seen.add(key)
+            try:
+                with Image.open(io.BytesIO(sample[field])) as image:
+                    yield _load(image, self.resolution)
+            except OSError as error:
+                raise ValueError(f"cannot decode image {key + '.' + field!r} in shard {shard}") from error
+
+
+def _is_image_field(field: str) -> bool:
+    """True for a shard field whose last extension is an image's ("png", "seg.PNG", ...)."""
+    return "." + field.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS
 
 
 def open_image_source(spec: str | os.PathLike[str], resolution: int | None = None) -> ImageFolder | ShardImages:
-    """A folder of images, or shards (a `.tar`, a brace pattern, or a folder holding only `.tar` files)."""
+    """A folder of images, or shards: a `.tar`, a brace pattern, a glob, or a folder holding
+    only `.tar` files (`cascade.data.shards.resolve_shards`)."""
     path = Path(spec)
     is_shard_folder = path.is_dir() and any(path.glob("*.tar")) and not list_image_files(path, recursive=False)
     if path.is_dir() and not is_shard_folder:
         return ImageFolder(path, resolution)
-    return ShardImages(expand_shard_spec(spec), resolution)
+    return ShardImages(resolve_shards(str(spec), "image source"), resolution)
 
 
 def _stack_same_size(images: list[torch.Tensor]) -> torch.Tensor:
@@ -156,6 +148,8 @@ def image_batches(
         yield batch
 
 
-def source_length(source: object) -> int | None:
-    """Number of images when known in advance (folders), else None."""
-    return len(source) if isinstance(source, Dataset) and not isinstance(source, IterableDataset) else None
+def source_length(source: object, max_images: int | None = None) -> int | None:
+    """How many images `source` gives (at most `max_images`) when known in advance (folders), else None."""
+    if not isinstance(source, Dataset) or isinstance(source, IterableDataset):
+        return None
+    return len(source) if max_images is None else min(len(source), max_images)

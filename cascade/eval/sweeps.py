@@ -10,11 +10,11 @@ one JSON object per image. The metadata keys this module reads: the image file n
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..files.sample_folder import METADATA_FILE, read_metadata
 from .sources import list_image_files
 
 FILE_KEYS = ("file", "image", "filename", "path")
@@ -71,18 +71,12 @@ def discover_sample_sets(root: str | os.PathLike[str]) -> list[SampleSet]:
                                        for k, v in s.setting.items()])
 
 
-def read_metadata(folder: str | os.PathLike[str]) -> dict[str, dict[str, object]]:
+def metadata_by_file(folder: str | os.PathLike[str]) -> dict[str, dict[str, object]]:
     """``metadata.jsonl`` of a sample folder as {image file name: record}; empty if absent."""
-    path = Path(folder) / "metadata.jsonl"
-    if not path.is_file():
+    if not (Path(folder) / METADATA_FILE).is_file():
         return {}
     records = {}
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        record = json.loads(line)
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}:{line_number}: expected a JSON object per line")
+    for record in read_metadata(folder):
         name = next((record[key] for key in FILE_KEYS if key in record), None)
         if name is not None:
             records[Path(str(name)).name] = record

@@ -21,6 +21,9 @@ from pathlib import Path
 import torch
 
 INCEPTION_WEIGHTS_ENV = "CASCADE_INCEPTION_WEIGHTS"
+# An extractor's `weights_hash`: this many leading hex digits of the SHA-256 of its weights
+# (`cascade.files.hashing.file_sha256` of a weights file, `state_dict_sha256` of built weights).
+WEIGHTS_HASH_LENGTH = 16
 
 # torch-fidelity 0.4.0 (feature_extractor_inceptionv3.URL_INCEPTION_V3) and pytorch-fid
 # (inception.FID_WEIGHTS_URL) ship the same converted weights under these two names.
@@ -89,16 +92,7 @@ def find_inception_weights(explicit: str | os.PathLike[str] | None = None) -> Pa
     raise InceptionWeightsNotFound(candidates)
 
 
-def file_sha256(path: str | os.PathLike[str], length: int = 16) -> str:
-    """The first `length` hex digits of the SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:length]
-
-
-def state_dict_sha256(state_dict: dict[str, torch.Tensor], length: int = 16) -> str:
+def state_dict_sha256(state_dict: dict[str, torch.Tensor], length: int = WEIGHTS_HASH_LENGTH) -> str:
     """A content hash of a state dict: names, shapes, dtypes and values, in sorted key order."""
     digest = hashlib.sha256()
     for name in sorted(state_dict):

@@ -1,5 +1,10 @@
-"""The bottom layer: small pieces every other package shares, with no dependency on any of them.
+"""The bottom layer: small file formats and helpers every other package shares.
 
-- `atomic`: atomic file writes (temporary file beside the target, fsync, rename).
-- `sample_folder`: the format of a `cascade sample` folder (names, seeds, metadata, stages).
+- `atomic`: atomic writes (temporary file next to the target, fsync, rename) and the cleanup
+  of a killed writer's temporaries;
+- `hashing`: content hashes of files;
+- `images`: float images in [-1, 1] as 8-bit pixels, with the rounding PNG files get;
+- `sample_folder`: the folder format `cascade sample` writes.
+
+Nothing here imports another `cascade` package.
 """

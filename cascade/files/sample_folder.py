@@ -10,18 +10,17 @@ and together leave no gaps.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 
 from .atomic import remove_stale_temporaries, write_bytes
+from .images import png_bytes
 
 METADATA_FILE = "metadata.jsonl"
 
@@ -92,18 +91,6 @@ def is_done(folder: Path, item: WorkItem) -> bool:
     return (folder / f"{item.name}.json").exists() and (folder / f"{item.name}.png").exists()
 
 
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """A (3, H, W) image in [-1, 1] as an (H, W, 3) uint8 array."""
-    scaled = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round()
-    return scaled.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-
-
-def png_bytes(image: torch.Tensor) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(to_uint8(image)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def write_image(folder: Path, name: str, image: torch.Tensor, metadata: dict) -> None:
     """The PNG first, then its sidecar: the sidecar marks the image complete."""
     write_bytes(folder / f"{name}.png", png_bytes(image))
@@ -116,6 +103,24 @@ def remove_stale_writes(folder: Path, items: list[WorkItem]) -> int:
     return remove_stale_temporaries(folder, [f"{item.name}{suffix}" for item in items for suffix in (".png", ".json")])
 
 
+def read_metadata(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The records of a sample folder's metadata.jsonl in file order (blank lines skipped);
+    FileNotFoundError when the folder has none, ValueError naming a line that is not a JSON object."""
+    path = Path(folder) / METADATA_FILE
+    records = []
+    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{line_number}: expected a JSON object per line")
+        records.append(record)
+    return records
+
+
 def merge_metadata(folder: Path) -> int:
     """Gather every sidecar of a folder into metadata.jsonl (sorted by file name); returns the count."""
     lines = [
@@ -126,11 +131,3 @@ def merge_metadata(folder: Path) -> int:
     remove_stale_temporaries(folder, [METADATA_FILE])
     write_bytes(folder / METADATA_FILE, ("\n".join(lines) + "\n").encode() if lines else b"")
     return len(lines)
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -8,6 +8,6 @@ stays cheap.
 
 from .config import UNetConfig
 from .text import TextEncoder, TextEncoderNotFoundError, TextEncoding
-from .unet import UNet, compile_static
+from .unet import UNet, compile_static, count_parameters
 
-__all__ = ["TextEncoder", "TextEncoderNotFoundError", "TextEncoding", "UNet", "UNetConfig", "compile_static"]
+__all__ = ["TextEncoder", "TextEncoderNotFoundError", "TextEncoding", "UNet", "UNetConfig", "compile_static", "count_parameters"]

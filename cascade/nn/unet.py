@@ -45,6 +45,12 @@ def compile_static(module: nn.Module, mode: str = "default") -> nn.Module:
     return module
 
 
+def count_parameters(module: nn.Module) -> int:
+    """How many numbers `module`'s parameters hold (also for a module built on the meta device,
+    which allocates nothing)."""
+    return sum(parameter.numel() for parameter in module.parameters())
+
+
 class UNetBlock(nn.ModuleList):
     """Layers applied in order; each gets what it needs (ADM's `TimestepEmbedSequential`).
 

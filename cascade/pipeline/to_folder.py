@@ -14,8 +14,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ..files.hashing import file_sha256
 from ..files.sample_folder import (
-    file_sha256,
     intermediate_dir,
     is_done,
     rank_and_world_size,

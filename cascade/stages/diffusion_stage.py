@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities.parsing import collect_init_args
+from tqdm.auto import tqdm
 
 from ..diffusion import (
     TARGETS,
     WEIGHTINGS,
+    Denoiser,
+    Generators,
     NoiseSchedule,
     cfg_combine,
     diffusion_loss,
@@ -34,7 +37,6 @@ from ..diffusion import (
     sample,
     static_threshold,
 )
-from ..diffusion.samplers import Generators
 from ..nn import UNet, UNetConfig, compile_static
 
 from .conditioning import CONDITIONINGS, Condition, FrozenTextEncoder, TextEncoderConfig, cfg_dropout_mask
@@ -50,7 +52,6 @@ from .optim import OptimizerConfig, build_adamw, build_lr_scheduler, check_optim
 
 NOISE_CONDS = ("t1000", "log_snr")
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def collect_stage_init_args(frame) -> dict[str, Any]:
@@ -453,7 +454,8 @@ class DiffusionStage(pl.LightningModule):
         base). `settings` (None: the stage's own `sampling`) are used as given: a None
         dynamic_threshold means static clipping. `generator` (on this stage's device; or a list
         of one generator per row, so each image depends only on its own seed) seeds the starting
-        noise, any sampler noise and the SR augmentation noise.
+        noise, any sampler noise and the SR augmentation noise. `progress` shows a progress bar
+        of the sampler's steps (tqdm, cleared when done).
         """
         condition = condition if condition is not None else Condition()
         settings = self.sampling if settings is None else settings
@@ -471,17 +473,19 @@ class DiffusionStage(pl.LightningModule):
         was_training = self.training
         self.eval()
         try:
-            images = sample(
-                denoise,
-                self.schedule,
-                self.output_shape(batch_size, lowres),
-                sampler=settings.sampler,
-                steps=settings.steps,
-                generator=generator,
-                x_T=x_T,
-                progress=progress,
-                device=self.device,
-            )
+            with tqdm(total=settings.steps, desc=f"sampling ({settings.sampler})", leave=False,
+                      disable=not progress) as bar:
+                images = sample(
+                    denoise,
+                    self.schedule,
+                    self.output_shape(batch_size, lowres),
+                    sampler=settings.sampler,
+                    steps=settings.steps,
+                    generator=generator,
+                    x_T=x_T,
+                    callback=lambda done, total: bar.update(1),
+                    device=self.device,
+                )
         finally:
             self.train(was_training)
         return images.clamp(-1.0, 1.0)

@@ -46,6 +46,34 @@ def build_stage(stage_config: dict[str, Any]) -> DiffusionStage:
     return cls(**stage_config["init_args"])
 
 
+def stage_config_of(config: Any) -> dict[str, Any]:
+    """{"class_path", "init_args"} of the `model:` section of a parsed stage YAML, in LightningCLI's
+    layout (`model.class_path` + `model.init_args`) or with the init args directly under `model:`;
+    class_path is None when the section names no class. ValueError without a `model:` mapping."""
+    model = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(model, dict):
+        raise ValueError("no `model:` section")
+    if "init_args" in model:
+        init_args = model["init_args"] or {}
+    else:
+        init_args = {key: value for key, value in model.items() if key != "class_path"}
+    if not isinstance(init_args, dict):
+        raise ValueError("`model.init_args` is not a mapping")
+    return {"class_path": model.get("class_path"), "init_args": dict(init_args)}
+
+
+def read_stage_config(path: str | Path) -> dict[str, Any]:
+    """{"class_path", "init_args"} of a stage YAML file (`stage_config_of`), ready for
+    `build_stage`; ValueError naming the file when it has no `model:` section or no class_path."""
+    try:
+        stage_config = stage_config_of(yaml.safe_load(Path(path).read_text()))
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    if stage_config["class_path"] is None:
+        raise ValueError(f"{path}: the `model:` section has no class_path")
+    return stage_config
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A Lightning checkpoint written by a cascade stage, loaded with weights_only=True."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)

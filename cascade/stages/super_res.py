@@ -23,8 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..diffusion import alpha_from_log_snr, sigma_from_log_snr
-from ..diffusion.samplers import Generators, randn
+from ..diffusion import Generators, q_sample
+from ..diffusion.samplers import randn
 from ..nn import UNetConfig
 
 from .config import SamplingSettings, StageConfigError, as_dataclass
@@ -107,13 +107,11 @@ class SuperResStage(DiffusionStage):
     def augment_lowres(
         self, upsampled: torch.Tensor, level: torch.Tensor, generator: Generators
     ) -> dict[str, torch.Tensor]:
-        """Noise-conditioning augmentation: x_s = alpha_s lowres + sigma_s eps at levels s (B,),
-        eps drawn from `generator` (one for the batch, one per row, or None)."""
+        """Noise-conditioning augmentation: the forward process of the stage's own schedule applied
+        to the upsampled low-res image, x_s = alpha_s lowres + sigma_s eps at levels s (B,)
+        (`q_sample`), eps drawn from `generator` (one for the batch, one per row, or None)."""
         noise = randn(tuple(upsampled.shape), generator, device=upsampled.device, dtype=upsampled.dtype)
-        log_snr = self.schedule.log_snr_unchecked(level)
-        alpha = alpha_from_log_snr(log_snr)[:, None, None, None]
-        sigma = sigma_from_log_snr(log_snr)[:, None, None, None]
-        return {"lowres": alpha * upsampled + sigma * noise, "aug_cond": self.noise_cond_input(level)}
+        return {"lowres": q_sample(upsampled, level, self.schedule, noise), "aug_cond": self.noise_cond_input(level)}
 
     def image_inputs(self, batch: dict, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         image, lowres = batch["image"], batch["lowres"]

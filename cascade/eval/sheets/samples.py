@@ -12,9 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...files.sample_folder import METADATA_FILE
 from .errors import SheetError
-
-METADATA_FILE = "metadata.jsonl"
 
 
 def prompt_key(prompt: str) -> str:
