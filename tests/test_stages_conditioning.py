@@ -127,8 +127,9 @@ def test_dynamic_threshold_option_and_generate_shapes():
 def test_generate_with_progress_shows_the_sampler_steps_and_gives_the_same_images(capsys):
     stage = class_stage().eval()
     condition = stage.make_condition(class_labels=[0, 1])
-    quiet = stage.generate(condition, sampler="ddim", steps=3, generator=torch.Generator().manual_seed(1))
-    shown = stage.generate(condition, sampler="ddim", steps=3, generator=torch.Generator().manual_seed(1), progress=True)
+    settings = stage.sampling.updated(sampler="ddim", steps=3)
+    quiet = stage.generate(condition, settings=settings, generator=torch.Generator().manual_seed(1))
+    shown = stage.generate(condition, settings=settings, generator=torch.Generator().manual_seed(1), progress=True)
     assert torch.equal(quiet, shown)
     shown_bar = capsys.readouterr().err
     assert "sampling (ddim)" in shown_bar and "/3" in shown_bar
