@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from ..cli.stage import stage_init_args
 from ..nn import compile_static
 from ..stages.conditioning import Condition
 from ..stages.diffusion_stage import DiffusionStage
@@ -74,12 +75,13 @@ class SpeedSettings:
 
 
 def read_stage_config(path: str | Path) -> dict:
-    """{"class_path", "init_args"} of the `model:` section of a stage YAML (LightningCLI layout)."""
+    """{"class_path", "init_args"} of the `model:` section of a stage YAML (LightningCLI layout),
+    the UNet's image_size linked to the stage's as `cascade fit` links it."""
     config = yaml.safe_load(Path(path).read_text())
     model = config.get("model") if isinstance(config, dict) else None
     if not isinstance(model, dict) or "class_path" not in model:
         raise ValueError(f"{path}: no `model:` section with a class_path")
-    return {"class_path": model["class_path"], "init_args": dict(model.get("init_args") or {})}
+    return {"class_path": model["class_path"], "init_args": stage_init_args(model)}
 
 
 def load_stage(path: str | Path, device: torch.device, seed: int = 0) -> DiffusionStage:

@@ -1,6 +1,7 @@
 """`cascade model-info CONFIG.yaml [...]`: parameter counts of the UNets in stage configs.
 
-Reads `model.init_args.unet` (LightningCLI layout) or `model.unet` from each YAML file, builds
+Reads `model.init_args.unet` (LightningCLI layout) or `model.unet` from each YAML file, with
+its image_size the stage's (`model.init_args.image_size`, as `cascade fit` links them), builds
 the UNet on the meta device (no memory, no time; `--device cpu` builds it for real) and prints
 one table row per config.
 """
@@ -18,6 +19,7 @@ from rich.table import Table
 
 from ..nn.config import UNetConfig
 from ..nn.unet import UNet
+from .stage import stage_init_args
 
 
 def unet_section(config: dict) -> tuple[str, dict]:
@@ -25,8 +27,7 @@ def unet_section(config: dict) -> tuple[str, dict]:
     model = config.get("model") if isinstance(config, dict) else None
     if not isinstance(model, dict):
         raise ValueError("no `model:` section")
-    init_args = model.get("init_args", model)
-    unet = init_args.get("unet") if isinstance(init_args, dict) else None
+    unet = stage_init_args(model).get("unet")
     if not isinstance(unet, dict):
         raise ValueError("no `model.init_args.unet` (or `model.unet`) section")
     stage = str(model.get("class_path", "?")).rsplit(".", 1)[-1]
