@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from cascade.nn import UNet, UNetConfig, compile_static
-from cascade.cli.model_info import model_info
+from cascade.cli.model_info import model_info, unet_section
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_CONFIGS = sorted((REPO / "configs").glob("*.yaml")) + sorted((REPO / "configs" / "demo").glob("*.yaml"))
@@ -364,13 +364,14 @@ def test_config_accepts_lists_from_yaml():
 
 @pytest.mark.parametrize("path", REFERENCE_CONFIGS, ids=lambda path: path.relative_to(REPO / "configs").as_posix())
 def test_reference_config_builds_through_jsonargparse(path):
-    """The `unet:` section parses into UNetConfig the way LightningCLI parses it, and builds."""
+    """The `unet:` section (image_size linked from the stage's) parses into UNetConfig the way
+    LightningCLI parses it, and builds."""
     from jsonargparse import ArgumentParser
 
-    unet_section = yaml.safe_load(path.read_text())["model"]["init_args"]["unet"]
+    _, section = unet_section(yaml.safe_load(path.read_text()))
     parser = ArgumentParser()
     parser.add_argument("--unet", type=UNetConfig)
-    config = parser.instantiate(parser.parse_object({"unet": unet_section})).unet
+    config = parser.instantiate(parser.parse_object({"unet": section})).unet
     assert isinstance(config, UNetConfig)
     with torch.device("meta"):
         parameters = sum(p.numel() for p in UNet(config).parameters())
@@ -381,8 +382,9 @@ def test_reference_config_builds_through_jsonargparse(path):
 
 
 def test_sr1024_config_has_no_self_attention_and_cross_attention_only_at_lowest_resolution():
-    section = yaml.safe_load((REPO / "configs" / "sr1024.yaml").read_text())["model"]["init_args"]["unet"]
+    _, section = unet_section(yaml.safe_load((REPO / "configs" / "sr1024.yaml").read_text()))
     config = UNetConfig(**section)
+    assert config.image_size == 1024
     assert config.attention_resolutions == ()
     assert config.cross_attention_resolutions == (config.level_resolutions[-1],)
 

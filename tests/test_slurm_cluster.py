@@ -142,18 +142,17 @@ def demo_config(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo")
     config = yaml.safe_load(DEMO_BASE.read_text())
     data = config["data"]["init_args"]
+    resolution = config["model"]["init_args"]["image_size"]  # the data's resolution too
     for split, source_split, count in (("train", "train", 64), ("val", "heldout", 16)):
         subprocess.run(
             [sys.executable, "-m", "cascade", "data", "write-shards", "--source", "synthetic",
-             "--split", source_split, "--count", str(count), "--resolution", str(data["resolution"]),
+             "--split", source_split, "--count", str(count), "--resolution", str(resolution),
              "--out", str(root / split), "--no-progress"],
             check=True, capture_output=True, timeout=300,
         )
         data[f"{split}_shards"] = str(root / split)
     data.update(batch_size=8, val_batch_size=8, shuffle_buffer=32)
-    for callback in config["trainer"]["callbacks"]:
-        if callback["class_path"].endswith("SampleGrid"):
-            callback["init_args"].update(num_samples=2, steps=2)
+    config["sample_grid"].update(num_samples=2, steps=2)
     path = root / "base.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

@@ -7,16 +7,30 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cascade.cli import main as cascade_main
 from cascade.cli.slurm import TEMPLATE_DIR, fill
+from cascade.resources import shipped
 
 TEMPLATES = sorted(TEMPLATE_DIR.glob("*.sbatch"))
+STAGE_CONFIGS = sorted([*shipped("configs").glob("*.yaml"), *shipped("configs").glob("demo/*.yaml")])
+
+
+def train_template_fit_args(values: dict[str, str]) -> list[str]:
+    """The arguments train.sbatch gives `cascade fit` (before the user's), its variables set to `values`."""
+    script = (TEMPLATE_DIR / "train.sbatch").read_text()
+    command = re.search(r"^srun .*?cascade fit (.*?)\"\$@\"", script, re.DOTALL | re.MULTILINE).group(1)
+    command = command.replace("\\\n", " ")
+    for name, value in values.items():
+        command = command.replace(f'"${name}"', shlex.quote(value))
+    return shlex.split(command)
 
 
 def test_the_three_templates_are_there_and_valid_bash():
@@ -127,3 +141,23 @@ def test_the_environment_hook_runs_before_cascade_is_looked_up(tmp_path):
     hooked = _run_job(template, tmp_path, CASCADE_ENV_SETUP=f'export PATH="{Path(sys.executable).parent}:$PATH"')
     assert hooked.returncode == 0, hooked.stderr
     assert f"runs {Path(sys.executable).parent / 'cascade'}" in hooked.stdout
+@pytest.mark.parametrize("config", STAGE_CONFIGS, ids=lambda path: path.relative_to(shipped("configs")).as_posix())
+def test_train_template_fit_arguments_parse_with_every_shipped_config(config, tmp_path, capsys):
+    values = {"CONFIG": str(config), "RUN_DIR": str(tmp_path), "SLURM_JOB_NUM_NODES": "2",
+              "SLURM_NTASKS_PER_NODE": "4", "ACCELERATOR": "cpu"}  # fmt: skip
+    assert cascade_main(["fit", *train_template_fit_args(values), "--print_config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["run_dir"] == str(tmp_path)
+    trainer = printed["trainer"]
+    assert (trainer["num_nodes"], str(trainer["devices"]), trainer["accelerator"]) == (2, "4", "cpu")  # devices: int | str
+    callbacks = [callback["class_path"] for callback in printed["trainer"]["callbacks"]]
+    assert callbacks == ["cascade.slurm.callback.SlurmJob", "cascade.stages.ProgressLines"]
+
+
+@pytest.mark.parametrize("name", ["base64_text", "base64_imagenet", "sr256", "sr1024"])
+def test_dry_run_takes_nodes_and_gpus_from_each_gpu_config(name, tmp_path, capsys):
+    config = shipped("configs", f"{name}.yaml")
+    assert cascade_main(["slurm", "submit", "train", "-c", str(config), "--run-dir", str(tmp_path), "--dry-run"]) == 0
+    assert {"#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8"} <= set(
+        capsys.readouterr().out.splitlines()
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import yaml
 from safetensors.torch import load_file
 
 from cascade.cli import main as cascade_main
+from cascade.cli.stage import CALLBACK_SECTIONS, CascadeCLI
 from cascade.stages import (
     BaseStage,
     SampleGrid,
@@ -35,10 +37,14 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
         ("sr", "--model.init_args.lowres_size=6", "lowres_size"),
         ("base", "--trainer.max_stepz=3", "--trainer.max_stepz"),
         ("sr", "--data.init_args.resolution=32", "data.init_args.resolution"),
+        ("base", "--model.init_args.unet.image_size=32", "model.init_args.unet.image_size"),
+        ("base", "--trainer.default_root_dir=/elsewhere", "trainer.default_root_dir"),
+        ("base", "--trainer.callbacks+=cascade.stages.EMA", "trainer.callbacks"),
         ("base", "--model.init_args.sampling.steps=0", "model.init_args.sampling.steps"),
     ],
     ids=["unknown-key", "wrong-type", "bad-value", "missing-data", "lowres-not-dividing", "unknown-trainer-key",
-         "data-size-differs", "bad-sampling-value"],  # fmt: skip
+         "data-size-stated", "unet-size-stated", "run-dir-path-stated", "callback-outside-its-section",
+         "bad-sampling-value"],  # fmt: skip
 )
 def test_bad_configs_fail_before_training_naming_the_key(write_stage_config, capsys, stage, override, named_key):
     config, run_dir = write_stage_config(stage=stage)
@@ -96,18 +102,77 @@ def test_configs_give_the_guidance_scale_under_todays_key_or_the_older_one(write
 
 
 STAGE_CONFIGS = sorted([*CONFIGS.glob("*.yaml"), *CONFIGS.glob("demo/*.yaml")])  # full run configs
+SHIPPED_CONFIGS = sorted(CONFIGS.rglob("*.yaml"))
+
+
+class ParsedConfig(Exception):
+    """Carries the config `ParseOnly` parsed out of the CLI, before anything is built."""
+
+    def __init__(self, config):
+        self.config = config
+
+
+class ParseOnly(CascadeCLI):
+    """`cascade fit`'s parsing (shared defaults, callback sections, links, checks) and no more."""
+
+    def instantiate_classes(self) -> None:
+        raise ParsedConfig(self.config[self.subcommand])
+
+
+def parse_fit(argv: list[str]):
+    """The config `cascade fit ARGV` would build its model, data and trainer from."""
+    with pytest.raises(ParsedConfig) as parsed, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # as `cascade fit` does
+        ParseOnly(["fit", *argv])
+    return parsed.value.config
 
 
 @pytest.mark.parametrize("path", STAGE_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
-def test_shipped_configs_parse_and_build(path, capsys):
-    assert cascade_main(["fit", "-c", str(path), "--print_config"]) == 0
-    printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["run_dir"] and printed["trainer"]["logger"] and printed["data"]["class_path"]
-    model = printed["model"]
+def test_every_shipped_config_builds_its_stage(path, tmp_path):
+    config = parse_fit(["-c", str(path), "--run_dir", str(tmp_path)])
+    model, data = config.model.init_args, config.data.init_args
     with torch.device("meta"):  # the real-scale UNets are built without allocating memory
-        stage = resolve_stage_class(model["class_path"])(**model["init_args"])
+        stage = resolve_stage_class(config.model.class_path)(**model.as_dict())
     assert isinstance(stage, (BaseStage, SuperResStage))
+    # Each size is stated once and reaches the UNet and the data.
+    assert stage.unet.config.image_size == stage.image_size == data.resolution
     if isinstance(stage, SuperResStage):
-        assert stage.image_size % stage.lowres_size == 0
-    callbacks = {c["class_path"].rsplit(".", 1)[-1] for c in printed["trainer"]["callbacks"]}
-    assert {"ModelCheckpoint", "LearningRateMonitor", "EMA", "SampleGrid"} <= callbacks
+        assert data.lowres_resolution == stage.lowres_size and stage.image_size % stage.lowres_size == 0
+    # The shared settings are there, and run_dir decides where everything is written.
+    assert config.trainer.default_root_dir == str(tmp_path)
+    assert [logger.init_args.save_dir for logger in config.trainer.logger] == [str(tmp_path)] * 2
+    assert config.checkpoint.init_args.dirpath == str(tmp_path / "checkpoints")
+    assert config.checkpoint.init_args.monitor == "val/loss" and config.checkpoint.init_args.save_last
+    sections = [config[key].class_path.rsplit(".", 1)[-1] for key in CALLBACK_SECTIONS]
+    assert sections == ["ModelCheckpoint", "LearningRateMonitor", "EMA", "TrainingSpeed", "SampleGrid"]
+    assert config.trainer.callbacks is None  # left to the user: --trainer.callbacks+=module.Class
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_shipped_configs_state_only_what_is_particular_to_the_stage(path):
+    config = yaml.safe_load(path.read_text())
+    assert not {"logger", "callbacks", "default_root_dir"} & set(config.get("trainer", {}))
+    assert "image_size" not in config["model"]["init_args"]["unet"]
+    assert not {"resolution", "lowres_resolution"} & set(config.get("data", {}).get("init_args", {}))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "source"),
+    [
+        ("data.init_args.resolution", 128, "model.init_args.image_size"),
+        ("data.init_args.lowres_resolution", 16, "model.init_args.lowres_size"),
+        ("model.init_args.unet.image_size", 128, "model.init_args.image_size"),
+    ],
+)
+def test_a_size_stated_twice_is_one_config_error(key, value, source, tmp_path, capsys):
+    argv = ["fit", "-c", str(CONFIGS / "demo" / "sr1.yaml"), "--run_dir", str(tmp_path), f"--{key}={value}"]
+    assert cascade_main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.splitlines() == [f"cascade fit: config error: {key}: follows {source}; state the size only there"]
+    assert not any(tmp_path.iterdir())
+
+
+def test_sample_grid_and_ema_are_switched_off_by_null(tmp_path):
+    config = parse_fit(["-c", str(CONFIGS / "demo" / "base.yaml"), "--run_dir", str(tmp_path),
+                        "--sample_grid", "null", "--ema", "null"])  # fmt: skip
+    assert config.sample_grid is None and config.ema is None

@@ -104,11 +104,9 @@ def test_lowres_size_must_divide_image_size():
 def test_trains_on_crops_and_samples_at_full_size(write_stage_config, tmp_path):
     # 32x32 images with 16x16 low-res inputs, trained on 16x16 crops (8x8 low-res crops).
     config, run_dir = write_stage_config(
-        stage="sr", max_steps=3, val_every=3, image_size=32, lowres_size=16,
-        unet={"image_size": 32}, blur={"probability": 0.5},
+        stage="sr", max_steps=3, val_every=3, image_size=32, lowres_size=16, blur={"probability": 0.5},
     )  # fmt: skip
-    crops = ["--data.init_args.resolution=32", "--data.init_args.lowres_resolution=16",
-             "--data.init_args.crop_size=16", "--data.init_args.random_crop=true"]  # fmt: skip
+    crops = ["--data.init_args.crop_size=16", "--data.init_args.random_crop=true"]  # the sizes follow the stage
     assert fit_main(["-c", str(config), *crops]) == 0
 
     stage = load_stage(run_dir / "checkpoints" / "last.ckpt")

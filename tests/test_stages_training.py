@@ -34,8 +34,8 @@ def load(path: Path) -> dict:
 
 def test_fit_writes_checkpoints_logs_and_sample_grid(write_stage_config, tmp_path):
     config, run_dir = write_stage_config(max_steps=4, val_every=2)
-    grid = ["--trainer.callbacks+=cascade.stages.SampleGrid", "--trainer.callbacks.every_n_steps=2",
-            "--trainer.callbacks.class_labels=[0, 4]", "--trainer.callbacks.steps=2"]
+    grid = ["--sample_grid=cascade.stages.SampleGrid", "--sample_grid.every_n_steps=2",
+            "--sample_grid.class_labels=[0, 4]", "--sample_grid.steps=2"]
     assert fit_main(["-c", str(config), *grid]) == 0
 
     checkpoint = load(run_dir / "checkpoints" / "last.ckpt")  # weights_only: no pickled objects inside
@@ -198,12 +198,10 @@ def test_compiled_unet_trains_and_checkpoints_like_eager(write_stage_config):
 
 
 def diffusion_stage_keys(config: Path) -> list[str]:
-    import yaml
-
+    from cascade.bench.stage_inputs import read_stage_config
     from cascade.stages.export import build_stage
 
-    model = yaml.safe_load(config.read_text())["model"]
-    return list(build_stage(model).state_dict())
+    return list(build_stage(read_stage_config(config)).state_dict())
 
 
 def test_compile_unet_setting_is_checked(write_stage_config, capsys):

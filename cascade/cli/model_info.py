@@ -1,6 +1,7 @@
 """`cascade model-info CONFIG.yaml [...]`: parameter counts of the UNets in stage configs.
 
-Reads `model.init_args.unet` (LightningCLI layout) or `model.unet` from each YAML file, builds
+Reads `model.init_args.unet` (LightningCLI layout) or `model.unet` from each YAML file, with
+its image_size the stage's (`model.init_args.image_size`, as `cascade fit` links them), builds
 the UNet on the meta device (no memory, no time; `--device cpu` builds it for real) and prints
 one table row per config.
 """

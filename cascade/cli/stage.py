@@ -5,9 +5,23 @@
     cascade fit -c configs/demo/base.yaml --ckpt_path last        # resume the run exactly
     cascade validate -c configs/demo/base.yaml --ckpt_path runs/x/checkpoints/last.ckpt
 
-`--run_dir` (also a YAML key) is the one place a run writes to: it sets the trainer's
-default_root_dir, every logger's save_dir and every ModelCheckpoint's dirpath (run_dir/checkpoints),
-so `--ckpt_path last` finds the run's last.ckpt and a resubmitted job resumes where it stopped.
+A stage config states only what is particular to its stage; `CascadeCLI` holds the rest:
+
+- `SHARED_DEFAULTS`: seed 0, gradient clipping at 1, no sanity validation, validation every
+  `trainer.val_check_interval` steps, TensorBoard and CSV loggers.
+- One section per callback every stage has (`CALLBACK_SECTIONS`): `checkpoint` (ModelCheckpoint:
+  best-{step} by val/loss, and last.ckpt), `lr_monitor` (LearningRateMonitor), `ema`
+  (cascade.stages.EMA), `training_speed` (cascade.stages.TrainingSpeed) and `sample_grid`
+  (cascade.stages.SampleGrid). A config sets only the arguments it changes, e.g.
+  `sample_grid: {prompts: [...]}`; null leaves the callback out (`sample_grid: null`).
+  `trainer.callbacks` holds any others (`--trainer.callbacks+=module.Class`).
+- `run_dir` (required; YAML key or flag) is the one place a run writes to (`RUN_DIR_LINKS`): the
+  trainer's default_root_dir, every logger's save_dir and every ModelCheckpoint's dirpath
+  (run_dir/checkpoints), so `--ckpt_path last` finds the run's last.ckpt and a resubmitted job
+  resumes where it stopped.
+- Every size is stated once (`SIZE_LINKS`): `model.init_args.image_size` is also the UNet's
+  image_size and the data's resolution, an SR stage's `lowres_size` the data's
+  lowres_resolution. Stating one of the linked keys as well is a config error.
 
 Configuration mistakes (unknown key, wrong type, invalid value, missing data) are reported as
 one line per problem naming the key, before anything is trained, with exit status 2.
@@ -20,14 +34,73 @@ import re
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
-from jsonargparse import ArgumentError, Namespace
-from lightning.pytorch import LightningDataModule
-from lightning.pytorch.cli import LightningCLI
+from jsonargparse import ArgumentError
+from lightning.pytorch import Callback, LightningDataModule, Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from ..data.shards import resolve_shards
-from ..stages import DiffusionStage, NonFiniteLossError, StageConfigError, SuperResStage
+from ..stages import (
+    EMA,
+    DiffusionStage,
+    NonFiniteLossError,
+    SampleGrid,
+    StageConfigError,
+    TrainingSpeed,
+)
 from ..stages.export import CONFIG_FILE, WEIGHTS_FILE, export_stage
+
+SHARED_DEFAULTS: dict[str, Any] = {
+    "trainer.check_val_every_n_epoch": None,  # validate every val_check_interval optimiser steps
+    "trainer.num_sanity_val_steps": 0,
+    "trainer.gradient_clip_val": 1.0,
+    "trainer.logger": [
+        {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"name": "tensorboard"}},
+        {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"name": "csv"}},
+    ],
+    "checkpoint": {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"filename": "best-{step}", "monitor": "val/loss", "save_last": True,
+                      "auto_insert_metric_name": False},
+    },
+    "lr_monitor": {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
+                   "init_args": {"logging_interval": "step"}},
+    "ema": {"class_path": "cascade.stages.EMA"},
+    "training_speed": {"class_path": "cascade.stages.TrainingSpeed"},
+    "sample_grid": {"class_path": "cascade.stages.SampleGrid"},
+}
+
+# Config section -> callback class; null leaves the callback out. The trainer gets them in this
+# order, then `trainer.callbacks`: the EMA is updated before a sample grid or another callback reads it.
+CALLBACK_SECTIONS: dict[str, type[Callback]] = {
+    "checkpoint": ModelCheckpoint,
+    "lr_monitor": LearningRateMonitor,
+    "ema": EMA,
+    "training_speed": TrainingSpeed,
+    "sample_grid": SampleGrid,
+}
+
+
+def checkpoint_dir(run_dir: str | None) -> str | None:
+    """Where a run's checkpoints go: run_dir/checkpoints (None without a run_dir, which the
+    parser then reports as missing)."""
+    return None if run_dir is None else str(Path(run_dir) / "checkpoints")
+
+
+# (source, target, function of the source or None): the target key is derived, never stated.
+RUN_DIR_LINKS: tuple[tuple[str, str, Any], ...] = (
+    ("run_dir", "trainer.default_root_dir", None),
+    ("run_dir", "trainer.logger.init_args.save_dir", None),
+    ("run_dir", "checkpoint.init_args.dirpath", checkpoint_dir),
+    ("run_dir", "trainer.callbacks.init_args.dirpath", checkpoint_dir),  # more ModelCheckpoints
+)
+SIZE_LINKS: tuple[tuple[str, str], ...] = (
+    ("model.init_args.image_size", "model.init_args.unet.image_size"),
+    ("model.init_args.image_size", "data.init_args.resolution"),
+    ("model.init_args.lowres_size", "data.init_args.lowres_resolution"),
+)
 
 
 class ConfigError(Exception):
@@ -40,7 +113,8 @@ class ConfigError(Exception):
 
 class CascadeCLI(LightningCLI):
     """LightningCLI for cascade stages: `model` is any `DiffusionStage` subclass, `data` any
-    LightningDataModule, both chosen by class_path in the YAML."""
+    LightningDataModule, both chosen by class_path in the YAML; shared settings, callback
+    sections and linked keys as the module docstring says."""
 
     def __init__(self, args: list[str]):
         super().__init__(
@@ -48,24 +122,39 @@ class CascadeCLI(LightningCLI):
             subclass_mode_model=True,
             datamodule_class=LightningDataModule,
             subclass_mode_data=True,
+            seed_everything_default=0,
             auto_configure_optimizers=False,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"exit_on_error": False},
             args=args,
         )
 
-    def add_arguments_to_parser(self, parser) -> None:
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
             "--run_dir",
-            type=str | None,
-            default=None,
+            type=str,
+            required=True,
             help="where the run writes checkpoints (run_dir/checkpoints), logs and sample grids",
         )
+        for key, callback_class in CALLBACK_SECTIONS.items():
+            parser.add_subclass_arguments(callback_class, key, fail_untyped=False)
+        for source, target, compute in RUN_DIR_LINKS:
+            parser.link_arguments(source, target, compute)
+        for source, target in SIZE_LINKS:
+            parser.link_arguments(source, target)
+        parser.set_defaults(SHARED_DEFAULTS)
 
-    def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand]
-        if config.get("run_dir"):
-            apply_run_dir(config, config.run_dir)
+    def parse_arguments(self, parser: LightningArgumentParser, args: list[str]) -> None:
+        super().parse_arguments(parser, args)
+        # Links overwrite a stated target silently; a parse without defaults shows what was stated.
+        stated = parser.parse_args(args, defaults=False)[self.config.subcommand]
+        problems = [
+            (target, f"follows {source}; state the size only there")
+            for source, target in SIZE_LINKS
+            if target in stated
+        ]
+        if problems:
+            raise ConfigError(problems)
 
     def instantiate_classes(self) -> None:
         try:
@@ -76,18 +165,23 @@ class CascadeCLI(LightningCLI):
         check_data_paths(self.datamodule, shard_settings)
         check_data_matches_model(self.datamodule, self.model)
 
-
-def apply_run_dir(config: Namespace, run_dir: str) -> None:
-    """Point the trainer, the loggers and the checkpoints of `config` at `run_dir`."""
-    trainer = config.trainer
-    trainer.default_root_dir = run_dir
-    loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
-    for logger in loggers:
-        if isinstance(logger, Namespace) and "save_dir" in logger.get("init_args", Namespace()):
-            logger.init_args.save_dir = run_dir
-    for callback in trainer.callbacks or []:
-        if isinstance(callback, Namespace) and callback.class_path.endswith("ModelCheckpoint"):
-            callback.init_args.dirpath = str(Path(run_dir) / "checkpoints")
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer with the callback sections that are not null, then `trainer.callbacks`; a
+        callback there that duplicates a section's (same state key: a second EMA or sample grid,
+        a ModelCheckpoint with the same monitor and schedule) is a config error."""
+        config = self.config_init[self.subcommand]
+        sections = {key: config[key] for key in CALLBACK_SECTIONS if config[key] is not None}
+        extra = config.trainer.callbacks or []
+        extra = extra if isinstance(extra, list) else [extra]
+        problems = [
+            ("trainer.callbacks", f"{type(callback).__name__} duplicates the `{key}` section: configure it there")
+            for callback in extra
+            for key, section in sections.items()
+            if callback.state_key == section.state_key
+        ]
+        if problems:
+            raise ConfigError(problems)
+        return super().instantiate_trainer(callbacks=[*sections.values(), *extra], **kwargs)
 
 
 def check_data_paths(datamodule: LightningDataModule | None, names: list[str]) -> None:
@@ -106,17 +200,10 @@ def check_data_paths(datamodule: LightningDataModule | None, names: list[str]) -
 
 
 def check_data_matches_model(datamodule: LightningDataModule | None, model: DiffusionStage) -> None:
-    """Fail now when the DataModule's sizes or fields do not fit the stage (shard DataModules)."""
+    """Fail now when a shard DataModule leaves out what the stage's conditioning needs (the sizes
+    cannot differ: they are linked, see `SIZE_LINKS`)."""
     settings = dict(getattr(datamodule, "hparams", {}) or {})
     problems = []
-    pairs = [("resolution", "image_size")]
-    if isinstance(model, SuperResStage):
-        pairs.append(("lowres_resolution", "lowres_size"))
-    for data_key, model_key in pairs:
-        data_value, model_value = settings.get(data_key), getattr(model, model_key)
-        if data_key in settings and data_value != model_value:
-            message = f"{data_value} differs from model.init_args.{model_key} = {model_value}"
-            problems.append((f"data.init_args.{data_key}", message))
     if model.conditioning == "class" and settings.get("with_class_label") is False:
         problems.append(("data.init_args.with_class_label", "must be true for a class-conditional stage"))
     if model.conditioning == "text" and settings.get("with_caption") is False and not settings.get("text_encoder"):
@@ -158,12 +245,17 @@ _UNION_NOISE = (
 
 def config_problems(key: str, message: str) -> list[tuple[str, str]]:
     """(key, message) pairs from a jsonargparse error, dropping its Union bookkeeping and turning
-    its nested 'Parser key "x":' / "Problem with given class_path" lines into a dotted key."""
+    its nested 'Parser key "x":' / "Problem with given class_path" lines into a dotted key; a
+    value given for a linked key ("argument SOURCE --> TARGET: ...") names TARGET."""
     keys = [key] if key else []
     problems = []
     for raw in message.splitlines():
         line = raw.strip().removeprefix("- ").strip()
         if not line or line.startswith(_UNION_NOISE):
+            continue
+        linked = re.match(r"argument (\S+) --> (\S+):", line)
+        if linked:
+            problems.append((linked.group(2), f"follows {linked.group(1)}; set that instead"))
             continue
         nested_key = re.match(r'Parser key "([^"]+)":\s*(.*)$', line)
         if nested_key:

@@ -15,6 +15,7 @@ stage loads it from its own location on first use (`TextEncoderConfig`).
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,8 @@ def build_stage(stage_config: dict[str, Any]) -> DiffusionStage:
 def stage_config_of(config: Any) -> dict[str, Any]:
     """{"class_path", "init_args"} of the `model:` section of a parsed stage YAML, in LightningCLI's
     layout (`model.class_path` + `model.init_args`) or with the init args directly under `model:`;
-    class_path is None when the section names no class. ValueError without a `model:` mapping."""
+    class_path is None when the section names no class. The UNet's image_size, when the file does
+    not state it, is the stage's, as `cascade fit` links it. ValueError without a `model:` mapping."""
     model = config.get("model") if isinstance(config, dict) else None
     if not isinstance(model, dict):
         raise ValueError("no `model:` section")
@@ -59,7 +61,17 @@ def stage_config_of(config: Any) -> dict[str, Any]:
         init_args = {key: value for key, value in model.items() if key != "class_path"}
     if not isinstance(init_args, dict):
         raise ValueError("`model.init_args` is not a mapping")
-    return {"class_path": model.get("class_path"), "init_args": dict(init_args)}
+    init_args = dict(init_args)
+    unet = init_args.get("unet")
+    if isinstance(unet, dict) and "image_size" not in unet:
+        # `cascade fit` links the UNet's image_size to the stage's (stated, or the class default).
+        if "image_size" in init_args:
+            unet = {**unet, "image_size": init_args["image_size"]}
+        elif model.get("class_path"):
+            default = inspect.signature(resolve_stage_class(model["class_path"])).parameters["image_size"].default
+            unet = {**unet, "image_size": default}
+        init_args["unet"] = unet
+    return {"class_path": model.get("class_path"), "init_args": init_args}
 
 
 def read_stage_config(path: str | Path) -> dict[str, Any]:
