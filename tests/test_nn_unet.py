@@ -10,7 +10,8 @@ import torch
 import yaml
 
 from cascade.nn import UNet, UNetConfig, compile_static
-from cascade.cli.model_info import model_info, unet_section
+from cascade.cli.model_info import model_info
+from cascade.stages.export import stage_config_of
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_CONFIGS = sorted((REPO / "configs").glob("*.yaml")) + sorted((REPO / "configs" / "demo").glob("*.yaml"))
@@ -368,7 +369,7 @@ def test_reference_config_builds_through_jsonargparse(path):
     LightningCLI parses it, and builds."""
     from jsonargparse import ArgumentParser
 
-    _, section = unet_section(yaml.safe_load(path.read_text()))
+    section = stage_config_of(yaml.safe_load(path.read_text()))["init_args"]["unet"]
     parser = ArgumentParser()
     parser.add_argument("--unet", type=UNetConfig)
     config = parser.instantiate(parser.parse_object({"unet": section})).unet
@@ -382,7 +383,7 @@ def test_reference_config_builds_through_jsonargparse(path):
 
 
 def test_sr1024_config_has_no_self_attention_and_cross_attention_only_at_lowest_resolution():
-    _, section = unet_section(yaml.safe_load((REPO / "configs" / "sr1024.yaml").read_text()))
+    section = stage_config_of(yaml.safe_load((REPO / "configs" / "sr1024.yaml").read_text()))["init_args"]["unet"]
     config = UNetConfig(**section)
     assert config.image_size == 1024
     assert config.attention_resolutions == ()
