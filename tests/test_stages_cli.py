@@ -129,7 +129,7 @@ def parse_fit(argv: list[str]):
 
 @pytest.mark.parametrize("path", STAGE_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_shipped_config_builds_its_stage(path, tmp_path):
-    config = parse_fit(["-c", str(path), "--run_dir", str(tmp_path)])
+    config = parse_fit(["-c", str(path), "--run-dir", str(tmp_path)])
     model, data = config.model.init_args, config.data.init_args
     with torch.device("meta"):  # the real-scale UNets are built without allocating memory
         stage = resolve_stage_class(config.model.class_path)(**model.as_dict())

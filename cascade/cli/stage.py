@@ -1,7 +1,7 @@
 """`cascade fit`, `cascade validate` (LightningCLI over the stages, every setting in YAML) and
 `cascade export`.
 
-    cascade fit -c configs/demo/base.yaml [--trainer.max_steps 500] [--run_dir runs/x]
+    cascade fit -c configs/demo/base.yaml [--trainer.max_steps 500] [--run-dir runs/x]
     cascade fit -c configs/demo/base.yaml --ckpt_path last        # resume the run exactly
     cascade validate -c configs/demo/base.yaml --ckpt_path runs/x/checkpoints/last.ckpt
 
@@ -131,7 +131,9 @@ class CascadeCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
+            "--run-dir",
             "--run_dir",
+            dest="run_dir",
             type=str,
             required=True,
             help="where the run writes checkpoints (run_dir/checkpoints), logs and sample grids",

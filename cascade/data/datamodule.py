@@ -7,12 +7,13 @@ Example (LightningCLI YAML, the 64 -> 256 stage)::
       init_args:
         train_shards: /data/shards/train/shard-{000000..000999}.tar
         val_shards: /data/shards/val
-        resolution: 256
-        lowres_resolution: 64
         blur_sigma: [0.4, 0.6]
         batch_size: 32
         num_workers: 8
         samples_per_epoch: 1000000
+
+Under `cascade fit`, ``resolution`` and ``lowres_resolution`` come from the stage
+(``model.init_args.image_size`` / ``lowres_size``) and are not written in the config.
 
 Batches follow docs/architecture.md: ``image`` (B,3,H,W) in [-1, 1], ``lowres`` (SR stages),
 ``class_label`` (``with_class_label``), ``caption`` (``with_caption``), ``text_tokens`` /

@@ -55,7 +55,7 @@ class StageRun:
         return json.loads(self.done_marker.read_text()).get("steps") == self.steps
 
     def command(self) -> list[str]:
-        argv = [sys.executable, "-m", "cascade", "fit", "-c", str(self.config), "--run_dir", str(self.run_dir),
+        argv = [sys.executable, "-m", "cascade", "fit", "-c", str(self.config), "--run-dir", str(self.run_dir),
                 "--trainer.max_steps", str(self.steps), "--trainer.enable_progress_bar", "false",
                 "--trainer.callbacks+=cascade.stages.ProgressLines", *self.overrides]
         if self.last_checkpoint.exists():  # an interrupted demo resumes where the stage stopped
