@@ -93,7 +93,7 @@ COMMANDS = Group(
         ),
         "fit": Command("cascade.cli.stage:fit", "train a stage: LightningCLI, e.g. cascade fit -c configs/demo/base.yaml"),
         "init": Command("cascade.cli.init:init", "copy the shipped configs and sbatch templates into a folder to edit"),
-        "model-info": Command("cascade.cli.model_info:model_info", "parameter counts and FLOPs of the UNets in stage configs"),
+        "model-info": Command("cascade.cli.model_info:model_info", "parameter counts of the UNets in stage configs"),
         "sample": Command(
             "cascade.cli.sample:sample",
             "generate images for prompts or classes through the cascade (resumable, rank-sharded)",
