@@ -134,6 +134,19 @@ def test_truncated_shard_is_counted_and_the_next_shard_is_read(tmp_path):
     assert batches[-1]["skipped"][0] >= 1
 
 
+def test_images_over_max_pixels_are_skipped_by_the_loader_with_key_and_size(tmp_path, caplog):
+    shard = _write(tmp_path / "s.tar", [_sample("big", width=40, height=32), _sample("small", width=30, height=30)])
+    data = ShardDataModule(shard, shard, resolution=16, batch_size=2, num_workers=0, max_pixels=1000)
+    data.setup("validate")
+    with caplog.at_level(logging.WARNING, logger="cascade.data.stream"):
+        batches = list(data.val_dataloader())
+    assert _captions(batches) == ["small"] and batches[-1]["skipped"].tolist() == [1]
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "key big" in message and "40x32" in message and "s.tar" in message
+    with pytest.raises(ValueError, match="max_pixels"):
+        ShardDataModule(shard, resolution=64, max_pixels=4000)
+
+
 def test_missing_or_empty_shard_lists_fail_at_setup(tmp_path):
     cases = [
         ({"train_shards": str(tmp_path / "missing.tar")}, FileNotFoundError, "train_shards.*missing.tar"),
