@@ -17,7 +17,8 @@ Under `cascade fit`, ``resolution`` and ``lowres_resolution`` come from the stag
 
 Batches follow docs/architecture.md: ``image`` (B,3,H,W) in [-1, 1], ``lowres`` (SR stages),
 ``class_label`` (``with_class_label``), ``caption`` (``with_caption``), ``text_tokens`` /
-``text_mask`` (``text_encoder`` set: precomputed embeddings read from the shards), ``skipped``.
+``text_mask`` (``text_encoder`` set: precomputed embeddings read from the shards), ``skipped`` and
+``shard_errors`` (the rank's cumulative bad-sample and shard-read-error counts).
 Training streams are resampled and endless per rank; see `cascade.data.stream` for the epoch semantics
 and how ranks and workers split the data.
 """
