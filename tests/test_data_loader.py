@@ -3,6 +3,7 @@
 import io
 import logging
 import random
+import tarfile
 
 import lightning.pytorch as pl
 import numpy as np
@@ -72,12 +73,13 @@ def test_batches_follow_the_contract(synthetic_shards):
     batches = list(loader)
     assert len(loader) == len(batches) == 2
     batch = batches[0]
-    assert set(batch) == {"image", "class_label", "caption", "skipped"}
+    assert set(batch) == {"image", "class_label", "caption", "skipped", "shard_errors"}
     assert batch["image"].shape == (4, 3, 32, 32) and batch["image"].dtype == torch.float32
     assert -1.0 <= batch["image"].min() and batch["image"].max() <= 1.0
     assert batch["class_label"].dtype == torch.long and batch["class_label"].shape == (4,)
     assert len(batch["caption"]) == 4 and all(isinstance(c, str) for c in batch["caption"])
     assert batch["skipped"].dtype == torch.long and batch["skipped"].tolist() == [0, 0, 0, 0]
+    assert batch["shard_errors"].dtype == torch.long and batch["shard_errors"].tolist() == [0, 0, 0, 0]
     assert sum(len(b["image"]) for b in data.val_dataloader()) == 24
 
     sr = ShardDataModule(synthetic_shards, resolution=64, lowres_resolution=16, batch_size=2, num_workers=0)
@@ -120,18 +122,64 @@ def test_bad_samples_are_skipped_counted_and_reported(tmp_path, caplog):
     assert any("bad samples skipped so far" in r.getMessage() for r in caplog.records)
 
 
-def test_truncated_shard_is_counted_and_the_next_shard_is_read(tmp_path):
-    whole = _write(tmp_path / "a.tar", [_sample(f"a{i}", seed=i) for i in range(6)])
-    data = open(whole, "rb").read()
-    with open(whole, "wb") as handle:
-        handle.write(data[: len(data) // 2])
+def _truncate_inside(path, member):
+    """Cut the shard at `path` in the middle of `member`'s data, as an interrupted copy would."""
+    with tarfile.open(path) as tar:
+        info = tar.getmember(member)
+    with open(path, "r+b") as handle:
+        handle.truncate(info.offset_data + info.size // 2)
+    return path
+
+
+def test_a_truncated_shard_is_one_shard_error_and_the_next_shard_is_read(tmp_path, caplog):
+    truncated = _truncate_inside(_write(tmp_path / "a.tar", [_sample(f"a{i}", seed=i) for i in range(6)]), "a3.png")
     second = _write(tmp_path / "b.tar", [_sample(f"b{i}", seed=i) for i in range(3)])
-    module = ShardDataModule([whole, second], [whole, second], resolution=16, batch_size=2, num_workers=0)
+    module = ShardDataModule([truncated, second], [truncated, second], resolution=16, batch_size=2, num_workers=0)
     module.setup("validate")
-    batches = list(module.val_dataloader())
-    captions = [c for b in batches for c in b["caption"]]
-    assert {"b0", "b1", "b2"} <= set(captions) and 0 < len([c for c in captions if c.startswith("a")]) < 6
-    assert batches[-1]["skipped"][0] >= 1
+    with caplog.at_level(logging.WARNING, logger="cascade.data.stream"):
+        batches = list(module.val_dataloader())
+    assert _captions(batches) == ["a0", "a1", "a2", "b0", "b1", "b2"]
+    assert batches[-1]["shard_errors"].tolist() == [1, 1] and batches[-1]["skipped"].tolist() == [0, 0]
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "shard read error" in message and "a.tar" in message
+
+
+def test_a_broken_shard_read_by_every_rank_is_counted_once(tmp_path):
+    """With fewer validation shards than consumers every rank reads every shard; the sum over
+    ranks still counts the truncated shard once, and none of its samples as bad."""
+    truncated = _truncate_inside(_write(tmp_path / "a.tar", [_sample(f"a{i}", seed=i) for i in range(6)]), "a3.png")
+    data = ShardDataModule(truncated, truncated, resolution=16, batch_size=2, num_workers=0)
+    streams = [data.build_stream(train=False, rank=rank, world_size=4) for rank in range(4)]
+    assert sorted(caption for stream in streams for caption in _captions(stream)) == ["a0", "a1", "a2"]
+    assert sum(stream.shard_errors for stream in streams) == 1
+    assert sum(stream.skipped for stream in streams) == 0
+
+
+def test_the_counts_are_the_rank_total_over_its_workers(tmp_path):
+    shards = []
+    for n in range(2):  # two shards, one per worker, with 2 bad samples each
+        bad = [{**_sample(f"{n}-bad{i}"), "png": b"not a png"} for i in range(2)]
+        shards.append(_write(tmp_path / f"{n}.tar", [_sample(f"{n}-{i}", seed=i) for i in range(3)] + bad))
+    shards.append(_truncate_inside(_write(tmp_path / "cut.tar", [_sample(f"c{i}") for i in range(3)]), "c1.png"))
+    data = ShardDataModule(shards, shards, resolution=16, batch_size=2, num_workers=2)
+    data.setup("validate")
+    batches = list(data.val_dataloader())
+    assert len(_captions(batches)) == 7
+    assert data.val_stream.skipped == 4 and data.val_stream.shard_errors == 1, "read back from both workers"
+    assert max(b["skipped"][0].item() for b in batches) <= 4 and max(b["shard_errors"][0].item() for b in batches) <= 1
+
+
+def test_images_over_max_pixels_are_skipped_by_the_loader_with_key_and_size(tmp_path, caplog):
+    shard = _write(tmp_path / "s.tar", [_sample("big", width=40, height=32), _sample("small", width=30, height=30)])
+    data = ShardDataModule(shard, shard, resolution=16, batch_size=2, num_workers=0, max_pixels=1000)
+    data.setup("validate")
+    with caplog.at_level(logging.WARNING, logger="cascade.data.stream"):
+        batches = list(data.val_dataloader())
+    assert _captions(batches) == ["small"] and batches[-1]["skipped"].tolist() == [1]
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "key big" in message and "40x32" in message and "s.tar" in message
+    with pytest.raises(ValueError, match="max_pixels"):
+        ShardDataModule(shard, resolution=64, max_pixels=4000)
 
 
 def test_missing_or_empty_shard_lists_fail_at_setup(tmp_path):

@@ -15,7 +15,7 @@ from cascade.eval.extractors import DinoV2Extractor, RandomInceptionExtractor, b
 from cascade.eval.features import extract_features
 from cascade.files.images import to_uint8
 from cascade.eval.inception import FIDInceptionV3
-from cascade.eval.sources import ImageFolder, open_image_source
+from cascade.eval.sources import ImageFolder, ShardImages, open_image_source
 from cascade.eval.weights import state_dict_sha256
 
 
@@ -91,6 +91,18 @@ def _tar(path, members, mode="w"):
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
+
+
+def test_reference_images_over_max_pixels_are_refused_with_their_name_and_size(tmp_path):
+    big = np.zeros((30, 40, 3), dtype=np.uint8)  # 1200 pixels
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "big.png").write_bytes(_png(big))
+    with pytest.raises(ValueError, match=r"big.png.*40x30"):
+        ImageFolder(tmp_path / "folder", max_pixels=1000)[0]
+    assert ImageFolder(tmp_path / "folder", max_pixels=1200)[0].shape == (3, 30, 40)
+    shard = str(_tar(tmp_path / "refs.tar", [("k.png", _png(big))]))
+    with pytest.raises(ValueError, match=r"'k.png' in shard .*refs.tar.*40x30"):
+        list(ShardImages([shard], max_pixels=1000))
 
 
 def test_shard_images_are_the_first_image_member_of_each_key(tmp_path):

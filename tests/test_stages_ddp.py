@@ -5,6 +5,9 @@
   the run only completes if every parameter gets a gradient on every rank.
 - At one step rank 1 alone gets a NaN pixel, hence a NaN loss: both ranks must skip that step
   (or their weights would differ afterwards) and count it.
+- Each rank reports its own data skip counts; the logged ones are their sum over ranks.
+
+One run serves every test here (`ddp_run`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+import yaml
+from conftest import micro_stage_config
 from lightning.pytorch import Callback
 
 
@@ -42,19 +48,37 @@ class RankOneNullAndNaN(Callback):
         torch.save(weights, Path(trainer.default_root_dir) / f"rank{trainer.global_rank}.pt")
 
 
+class RankSkipCounts(Callback):
+    """Rank r's batches report 10 * (r + 1) skipped samples and r + 1 shard errors (as a rank's
+    loader does, cumulatively): the logged counts must be their sums, 30 and 3."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        batch["skipped"].fill_(10 * (trainer.global_rank + 1))
+        batch["shard_errors"].fill_(trainer.global_rank + 1)
+
+
 DDP_AS_IN_THE_REAL_CONFIGS = (
     '{"class_path": "lightning.pytorch.strategies.DDPStrategy",'
     ' "init_args": {"find_unused_parameters": false, "gradient_as_bucket_view": true}}'
 )
 
 
-def test_ddp_two_processes_train_identical_weights(write_stage_config):
-    steps = 12
-    config, run_dir = write_stage_config(max_steps=steps, val_every=steps // 3)
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def ddp_run(synthetic_shards, tmp_path_factory) -> Path:
+    """The run folder of one `cascade fit` of a micro stage on 2 gloo processes, with the callbacks above."""
+    root = tmp_path_factory.mktemp("ddp")
+    run_dir = root / "run"
+    config = root / "config.yaml"
+    stage_config = micro_stage_config(synthetic_shards, run_dir, max_steps=STEPS, val_every=STEPS // 3)
+    config.write_text(yaml.safe_dump(stage_config, sort_keys=False))
     command = [
         sys.executable, "-m", "cascade", "fit", "-c", str(config),
         "--trainer.devices=2", f"--trainer.strategy={DDP_AS_IN_THE_REAL_CONFIGS}",
         f"--trainer.callbacks+={Path(__file__).stem}.RankOneNullAndNaN",
+        f"--trainer.callbacks+={Path(__file__).stem}.RankSkipCounts",
     ]  # fmt: skip
     tests_dir = str(Path(__file__).parent)
     python_path = os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")])
@@ -62,16 +86,29 @@ def test_ddp_two_processes_train_identical_weights(write_stage_config):
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "Starting with 2 processes" in result.stderr + result.stdout
+    return run_dir
 
-    rank0, rank1 = (torch.load(run_dir / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+
+def _metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "csv" / "version_0" / "metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_ddp_two_processes_train_identical_weights(ddp_run):
+    rank0, rank1 = (torch.load(ddp_run / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert int(rank0["nonfinite_steps"]) == int(rank1["nonfinite_steps"]) == 1
     assert rank0.keys() == rank1.keys()
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), f"{name} differs between ranks"
 
     # The loss falls: the validation loss (fixed seeds, averaged over both ranks) at every check.
-    with open(run_dir / "csv" / "version_0" / "metrics.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    assert len([row for row in rows if row.get("train/loss")]) == steps
+    rows = _metrics(ddp_run)
+    assert len([row for row in rows if row.get("train/loss")]) == STEPS
     val = [float(row["val/loss"]) for row in rows if row.get("val/loss")]
     assert len(val) == 3 and val[0] > val[1] > val[2], val
+
+
+def test_data_skip_counts_are_summed_over_ranks(ddp_run):
+    logged = [(row["data/skipped"], row["data/shard_errors"]) for row in _metrics(ddp_run) if row.get("data/skipped")]
+    assert len(logged) == STEPS  # log_every_n_steps: 1
+    assert set(logged) == {("30.0", "3.0")}

@@ -56,6 +56,10 @@ def write_shards(argv: list[str]) -> int:
     )
     parser.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
     parser.add_argument("--resize", type=int, help="downsize images whose short side is larger to this short side")
+    parser.add_argument(
+        "--max-pixels", type=int,
+        help="skip (and count) images whose header declares more pixels, without decoding them (default 64000000)",
+    )
     parser.add_argument("--shuffle-seed", type=int, default=0, help="seed of the sample order shuffle for file sources")
     parser.add_argument("--no-shuffle", action="store_true", help="keep the file order of file sources")
     parser.add_argument("--count", type=int, default=10_000, help="synthetic: number of samples")
@@ -67,17 +71,19 @@ def write_shards(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     def write() -> None:
-        from ..data.image_io import ImageEncoding
+        from ..data.image_io import DEFAULT_MAX_PIXELS, ImageEncoding
         from ..data.sources import CaptionListSource, FolderSource, SyntheticSource
         from ..data.writer import write_shards as write_all
 
         kind, _, location = args.source.partition(":")
         shuffle_seed = None if args.no_shuffle else args.shuffle_seed
+        max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
+        settings = {"quality": args.quality, "resize": args.resize, "max_pixels": max_pixels}
         if kind == "synthetic":
-            encoding = ImageEncoding(format=args.format or "png", quality=args.quality, resize=args.resize)
+            encoding = ImageEncoding(format=args.format or "png", **settings)
             source = SyntheticSource(args.count, args.resolution, seed=args.seed, split=args.split, encoding=encoding)
         elif kind in ("folder", "list") and location:
-            encoding = ImageEncoding(format=args.format or "keep", quality=args.quality, resize=args.resize)
+            encoding = ImageEncoding(format=args.format or "keep", **settings)
             source_class = FolderSource if kind == "folder" else CaptionListSource
             source = source_class(location, encoding=encoding, shuffle_seed=shuffle_seed)
         else:

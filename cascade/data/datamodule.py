@@ -17,7 +17,8 @@ Under `cascade fit`, ``resolution`` and ``lowres_resolution`` come from the stag
 
 Batches follow docs/architecture.md: ``image`` (B,3,H,W) in [-1, 1], ``lowres`` (SR stages),
 ``class_label`` (``with_class_label``), ``caption`` (``with_caption``), ``text_tokens`` /
-``text_mask`` (``text_encoder`` set: precomputed embeddings read from the shards), ``skipped``.
+``text_mask`` (``text_encoder`` set: precomputed embeddings read from the shards), ``skipped`` and
+``shard_errors`` (the rank's cumulative bad-sample and shard-read-error counts).
 Training streams are resampled and endless per rank; see `cascade.data.stream` for the epoch semantics
 and how ranks and workers split the data.
 """
@@ -32,6 +33,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from .degrade import Degradation
+from .image_io import DEFAULT_MAX_PIXELS
 from .shards import resolve_shards
 from .stream import ShardStream
 from .transforms import SampleTransform
@@ -66,6 +68,8 @@ class ShardDataModule(LightningDataModule):
         samples_per_epoch: samples per training epoch over all ranks; None for an endless
             epoch (bound it with the Trainer's ``limit_train_batches``).
         seed: seeds shard resampling, shuffling and augmentations (with rank, worker, epoch).
+        max_pixels: images whose header declares more pixels (width x height) are skipped as bad
+            samples without being decoded; bounds the memory one sample takes in a worker.
     """
 
     def __init__(
@@ -88,6 +92,7 @@ class ShardDataModule(LightningDataModule):
         shuffle_buffer: int = 1000,
         samples_per_epoch: int | None = 100_000,
         seed: int = 0,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         super().__init__()
         # Hand Lightning this frame (never stored in a local): left to itself, save_hyperparameters
@@ -102,6 +107,8 @@ class ShardDataModule(LightningDataModule):
             raise ValueError(f"num_workers and shuffle_buffer must be >= 0, got {num_workers}, {shuffle_buffer}")
         if samples_per_epoch is not None and samples_per_epoch < 1:
             raise ValueError(f"samples_per_epoch must be >= 1 or None, got {samples_per_epoch}")
+        if max_pixels < resolution * resolution:
+            raise ValueError(f"max_pixels ({max_pixels}) must be at least resolution^2 ({resolution * resolution})")
         self.train_shards, self.val_shards = train_shards, val_shards
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
@@ -121,6 +128,7 @@ class ShardDataModule(LightningDataModule):
             with_class_label=with_class_label,
             with_caption=with_caption,
             text_encoder=text_encoder,
+            max_pixels=max_pixels,
         )
         self.train_transform = SampleTransform(train=True, random_crop=random_crop, random_flip=random_flip, **shared)
         self.val_transform = SampleTransform(train=False, **shared)

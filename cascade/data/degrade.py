@@ -53,6 +53,6 @@ class Degradation:
         if self.jpeg_quality is not None:
             buffer = io.BytesIO()
             image.save(buffer, format="JPEG", quality=rng.randint(*self.jpeg_quality))
-            image = Image.open(buffer)
+            image = Image.open(buffer)  # the JPEG just encoded from `image`: its size is known, no limit to check
             image.load()
         return image

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +13,43 @@ from PIL import Image, ImageOps
 # PIL format name -> shard field for the formats a shard may store as they are.
 _FIELD_OF_FORMAT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 _PIL_FORMAT_OF_FIELD = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+
+# 8000 x 8000: every stage's images fit (the 1024 stage needs a short side of 1024), and decoding
+# one costs at most ~0.7 GB (RGBA, plus its RGB conversion) per loader worker or writer process.
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+class ImageTooLarge(ValueError):
+    """An image whose header declares more pixels than the limit; refused before it is decoded."""
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.1f} Mpx"
+
+
+def open_image(source: bytes | str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open an image file or its bytes and check its size before anything decodes it.
+
+    PIL's ``Image.open`` reads only the header; when it declares more than `max_pixels` pixels
+    (width x height) the image is closed and `ImageTooLarge` names its size. Every decode of an
+    image that comes from outside (writer, loader, reference images) opens it here, so a small
+    file that decodes to gigabytes never gets that far. Pillow's own decompression-bomb refusal
+    (over 2 x ``Image.MAX_IMAGE_PIXELS``, checked inside ``Image.open``) is an `ImageTooLarge`
+    too; its warning below that is silenced, since `max_pixels` decides.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+    except Image.DecompressionBombError as error:
+        raise ImageTooLarge(f"header declares a decompression bomb: {error}") from error
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise ImageTooLarge(
+            f"{width}x{height} image ({_megapixels(width * height)}) is over max_pixels ({_megapixels(max_pixels)})"
+        )
+    return image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -25,14 +64,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_image(data: bytes, min_short_side: int | None = None) -> Image.Image:
+def decode_image(data: bytes, min_short_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode image bytes to a fully loaded RGB PIL image (EXIF orientation applied).
 
-    With `min_short_side`, JPEGs are decoded at a reduced DCT scale (``Image.draft``) that
-    still keeps the short side >= `min_short_side`: much faster for large photos that are
-    downsampled afterwards anyway.
+    Images over `max_pixels` raise `ImageTooLarge` before decoding (`open_image`). With
+    `min_short_side`, JPEGs are decoded at a reduced DCT scale (``Image.draft``) that still
+    keeps the short side >= `min_short_side`: much faster, and much less memory, for large
+    photos that are downsampled afterwards anyway.
     """
-    image = Image.open(io.BytesIO(data))
+    image = open_image(data, max_pixels)
     if min_short_side is not None and image.format == "JPEG":
         width, height = image.size
         scale = min_short_side / min(width, height)
@@ -78,28 +118,35 @@ class ImageEncoding:
     quality: JPEG / WebP quality.
     resize: if set, images whose short side is larger are downsized to this short side
         (never upscaled).
+    max_pixels: source images whose header declares more pixels are refused (`ImageTooLarge`)
+        without being decoded.
     """
 
     format: str = "keep"
     quality: int = 95
     resize: int | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
         if self.format != "keep" and self.format not in _PIL_FORMAT_OF_FIELD:
             raise ValueError(f"format must be keep, jpg, png or webp, got {self.format!r}")
         if self.resize is not None and self.resize < 1:
             raise ValueError(f"resize must be a positive short side, got {self.resize}")
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels}")
 
     def encode_file(self, data: bytes) -> tuple[str, bytes, tuple[int, int]]:
         """(field, bytes, stored (width, height)) for the bytes of an image file."""
-        with Image.open(io.BytesIO(data)) as probe:
+        with open_image(data, self.max_pixels) as probe:
             source_field = _FIELD_OF_FORMAT.get(probe.format)
             size = probe.size
         needs_resize = self.resize is not None and min(size) > self.resize
         if self.format == "keep" and source_field is not None and not needs_resize:
-            decode_image(data)  # reject truncated / corrupt files here, not in training
+            # reject truncated / corrupt files here, not in training; a JPEG is checked at the smallest
+            # DCT scale (its whole stream is still read, in a fraction of the memory)
+            decode_image(data, min_short_side=1, max_pixels=self.max_pixels)
             return source_field, data, size
-        image = decode_image(data, min_short_side=self.resize if needs_resize else None)
+        image = decode_image(data, min_short_side=self.resize if needs_resize else None, max_pixels=self.max_pixels)
         if needs_resize:
             image = resize_short_side(image, self.resize)
         field = (source_field or "jpg") if self.format == "keep" else self.format

@@ -25,10 +25,12 @@ from __future__ import annotations
 import glob
 import io
 import json
+import lzma
 import os
 import tarfile
-from collections.abc import Iterable, Mapping
-from typing import Any
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, BinaryIO
 
 import braceexpand
 import numpy as np
@@ -40,6 +42,8 @@ SHARD_PATTERN = "shard-{index:06d}.tar"
 EMBEDDING_FIELD = "emb.npy"
 TAR_BLOCK = 512
 TAR_END_BYTES = 10_240  # end-of-archive blocks, padded to tarfile's record size
+# What reading a damaged shard raises: a truncated or corrupt tar (or its gzip/xz/bz2 stream), an I/O error.
+SHARD_READ_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, tarfile.TarError, zlib.error, lzma.LZMAError)
 
 
 def shard_name(index: int) -> str:
@@ -103,11 +107,15 @@ def member_key_and_field(name: str) -> tuple[str, str]:
     return folder + slash + stem, field
 
 
-def read_samples(path: str) -> Iterable[dict[str, bytes]]:
-    """Raw samples of one local shard (plain or compressed tar, read as a stream), in order:
-    {"__key__": key, field: bytes, ...}; consecutive members with the same key form a sample."""
+def read_samples(shard: str | BinaryIO) -> Iterator[dict[str, bytes]]:
+    """Raw samples of one shard, a local path or an open binary stream (plain or compressed tar,
+    read as a stream), in order: {"__key__": key, field: bytes, ...}; consecutive members with the
+    same key form a sample. A sample is yielded once the next key (or the end) shows it is
+    complete, so a shard that breaks off with an error (`SHARD_READ_ERRORS`) does not yield the
+    sample it broke off in."""
     current: dict[str, bytes] | None = None
-    with tarfile.open(path, mode="r|*") as tar:
+    source = {"name": shard} if isinstance(shard, str) else {"fileobj": shard}
+    with tarfile.open(mode="r|*", **source) as tar:
         for info in tar:
             if not info.isreg():
                 continue
@@ -117,6 +125,7 @@ def read_samples(path: str) -> Iterable[dict[str, bytes]]:
                     yield current
                 current = {"__key__": key}
             current[field] = tar.extractfile(info).read()
+            tar.members = []  # a stream has no use for the headers read so far: keep memory flat
     if current is not None:
         yield current
 

@@ -1,10 +1,11 @@
 """Where the shard writer's samples come from: an image folder, a caption list, or the synthetic set.
 
 A source is an indexable, picklable object (so a process pool can encode samples): ``len``,
-``sample(i)`` -> a shard sample dict (``__key__`` plus fields, see `cascade.data.shards`) or ``None``
-when input ``i`` is unreadable, ``input_name(i)`` (for messages), ``describe()`` -> a json-ready dict of everything that
-determines the output (used to refuse resuming with different settings), and ``classes``
-(list of class names, or None).
+``sample(i)`` -> a shard sample dict (``__key__`` plus fields, see `cascade.data.shards`) or an
+`Unreadable` saying why input ``i`` cannot be read or decoded (a corrupt file, an image over the
+encoding's ``max_pixels``), ``input_name(i)`` (for messages), ``describe()`` -> a json-ready dict of
+everything that determines the output (used to refuse resuming with different settings), and
+``classes`` (list of class names, or None).
 
 The order of samples is fixed by the source (plus a seeded shuffle for file sources), and the
 key of sample i is ``f"{i:09d}"``, so a resumed write knows exactly where to continue.
@@ -35,12 +36,21 @@ def _read(path: str) -> bytes:
         return handle.read()
 
 
-def _encode_file_sample(index: int, path: str, encoding: ImageEncoding, extra: dict[str, Any]) -> dict[str, Any] | None:
-    """A sample for the image file at `path`, or None if it cannot be read or decoded."""
+@dataclass(frozen=True)
+class Unreadable:
+    """What ``sample(i)`` gives for an input the writer skips (and counts): why, for its warning."""
+
+    reason: str
+
+
+def _encode_file_sample(
+    index: int, path: str, encoding: ImageEncoding, extra: dict[str, Any]
+) -> dict[str, Any] | Unreadable:
+    """A sample for the image file at `path`, or why it cannot be read or decoded."""
     try:
         field_name, data, (width, height) = encoding.encode_file(_read(path))
-    except (OSError, ValueError, SyntaxError):
-        return None
+    except (OSError, ValueError, SyntaxError) as error:  # ImageTooLarge is a ValueError
+        return Unreadable(str(error) or type(error).__name__)
     metadata = {"source": path, "width": width, "height": height}
     sample: dict[str, Any] = {"__key__": sample_key(index), field_name: data}
     if "cls" in extra:
@@ -85,7 +95,7 @@ class FolderSource:
     def __len__(self) -> int:
         return len(self.items)
 
-    def sample(self, index: int) -> dict[str, Any] | None:
+    def sample(self, index: int) -> dict[str, Any] | Unreadable:
         path, label = self.items[index]
         extra = {"cls": label, "class_name": self.classes[label]}
         return _encode_file_sample(index, path, self.encoding, extra)
@@ -141,7 +151,7 @@ class CaptionListSource:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def sample(self, index: int) -> dict[str, Any] | None:
+    def sample(self, index: int) -> dict[str, Any] | Unreadable:
         row = self.rows[index]
         extra: dict[str, Any] = {"txt": str(row["caption"])}
         if row.get("class") not in (None, ""):

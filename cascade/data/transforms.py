@@ -1,10 +1,10 @@
 """Turn one raw shard sample into the tensors of one training example (or reject it).
 
-`SampleTransform` does, per sample: find and decode the image, refuse images whose short side
-is below the stage resolution (a training target is never upscaled), resize the short side to
-``resolution`` (anti-aliased bicubic), crop a ``resolution`` square (centre, or random for
-training with ``random_crop``), flip horizontally (training with ``random_flip``), derive the
-low-res input for SR stages (`cascade.data.degrade`), take a ``crop_size`` crop of the target and the
+`SampleTransform` does, per sample: find and decode the image (one over ``max_pixels`` is refused
+from its header, before decoding), refuse images whose short side is below the stage resolution
+(a training target is never upscaled), resize the short side to ``resolution`` (anti-aliased
+bicubic), crop a ``resolution`` square (centre, or random for training with ``random_crop``), flip
+horizontally (training with ``random_flip``), derive the low-res input for SR stages (`cascade.data.degrade`), take a ``crop_size`` crop of the target and the
 matching low-res crop (offsets are multiples of the scale factor, so the pair stays aligned;
 only a window around the crop is downsampled, see `SampleTransform._crop_pair`),
 and read the class, caption and precomputed text embeddings.
@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from .degrade import Degradation, downsample
-from .image_io import decode_image, resize_short_side
+from .image_io import DEFAULT_MAX_PIXELS, ImageTooLarge, decode_image, resize_short_side
 from .shards import EMBEDDING_FIELD, IMAGE_FIELDS, decode_caption
 
 
@@ -54,6 +54,7 @@ class SampleTransform:
         crop is ``crop_size * lowres_resolution / resolution``.
     train: random crop / flip / degradations on; False gives the deterministic val view
         (centre crops, no flip; degradations drawn from an RNG seeded by the sample key).
+    max_pixels: images whose header declares more pixels are bad samples, never decoded.
     """
 
     resolution: int
@@ -66,6 +67,7 @@ class SampleTransform:
     with_class_label: bool = False
     with_caption: bool = True
     text_encoder: str | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     @property
     def scale(self) -> int:
@@ -96,8 +98,10 @@ class SampleTransform:
         if image_field is None:
             raise BadSample(f"no image field (one of {', '.join(IMAGE_FIELDS)})")
         try:
-            image = decode_image(raw[image_field], min_short_side=self.resolution)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+            image = decode_image(raw[image_field], min_short_side=self.resolution, max_pixels=self.max_pixels)
+        except ImageTooLarge as error:
+            raise BadSample(f"{image_field} image too large: {error}") from error
+        except (OSError, ValueError, SyntaxError) as error:
             raise BadSample(f"corrupt {image_field} image: {error}") from error
         if min(image.size) < self.resolution:
             raise BadSample(f"image {image.size[0]}x{image.size[1]} is smaller than the resolution {self.resolution}")

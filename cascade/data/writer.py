@@ -29,6 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..files.atomic import remove_stale_temporaries, write_text
 from .shards import AtomicShard, encode_sample, member_bytes, shard_keys, shard_name
+from .sources import Unreadable
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,9 @@ def write_shards(
     current: AtomicShard | None = None
     try:
         for index, sample in _samples(source, start, workers, progress):
-            if sample is None:
+            if isinstance(sample, Unreadable):
                 unreadable += 1
-                _report_unreadable(source, index, unreadable)
+                _report_unreadable(source, index, unreadable, sample.reason)
                 continue
             members = encode_sample(sample)
             size = member_bytes(members)
@@ -114,11 +115,17 @@ def _check_settings(out_dir: str, settings: dict[str, Any]) -> None:
     if os.path.exists(path):
         with open(path, encoding="utf-8") as handle:
             previous = json.load(handle)
+        recorded, requested = previous.get("source", {}).get("encoding", {}), settings["source"].get("encoding", {})
+        upgraded = "max_pixels" in requested and "max_pixels" not in recorded
+        if upgraded:  # written before max_pixels existed: resume under this run's limit, and record it
+            recorded["max_pixels"] = requested["max_pixels"]
         if previous != json.loads(json.dumps(settings)):
             raise ValueError(
                 f"{out_dir} holds shards written with other settings ({path}); "
                 "write to an empty folder or repeat the original command to resume"
             )
+        if upgraded:
+            _write_json(path, settings)
         return
     _write_json(path, settings)
 
@@ -136,8 +143,10 @@ def _complete_shards(out_dir: str) -> tuple[list[dict[str, Any]], str | None]:
     return shards, last_key
 
 
-def _samples(source, start: int, workers: int, progress: bool) -> Iterator[tuple[int, dict[str, Any] | None]]:
-    """(index, encoded sample or None) from `start` to the end, in order, with a progress bar."""
+def _samples(
+    source, start: int, workers: int, progress: bool
+) -> Iterator[tuple[int, dict[str, Any] | Unreadable]]:
+    """(index, encoded sample or why it is unreadable) from `start` to the end, in order, with a progress bar."""
     indices = range(start, len(source))
     pool = multiprocessing.Pool(workers) if workers > 0 else None
     columns = (
@@ -160,9 +169,9 @@ def _samples(source, start: int, workers: int, progress: bool) -> Iterator[tuple
             pool.join()
 
 
-def _report_unreadable(source, index: int, count: int) -> None:
+def _report_unreadable(source, index: int, count: int, reason: str) -> None:
     if count <= _REPORTED_UNREADABLE:
-        log.warning("skipping unreadable input %d: %s", index, source.input_name(index))
+        log.warning("skipping unreadable input %d: %s: %s", index, source.input_name(index), reason)
     if count == _REPORTED_UNREADABLE:
         log.warning("further unreadable inputs are counted in manifest.json without a warning each")
 

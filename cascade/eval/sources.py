@@ -9,11 +9,14 @@ matters for IS splits). Shards are webdataset tar files (the project's format,
 `cascade.data.shards`, which reads them and resolves shard specifications): members
 ``<key>.<field>``; the first member of each key with an image extension (`IMAGE_EXTENSIONS`)
 is the image, other members (``txt``, ``cls``, ``json``) are ignored.
+
+Every image is opened by `cascade.data.image_io.open_image`, which refuses one whose header
+declares more than ``max_pixels`` before it is decoded; a reference set must not silently lose
+images, so such an image (like an undecodable one) is an error naming it.
 """
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -22,6 +25,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from ..data.image_io import DEFAULT_MAX_PIXELS, open_image
 from ..data.shards import read_samples, resolve_shards
 from .images import center_crop_resize, pil_to_uint8_tensor
 
@@ -45,13 +49,15 @@ def list_image_files(root: str | os.PathLike[str], recursive: bool = True) -> li
 class ImageFolder(Dataset):
     """Images in a folder (recursively), optionally center-cropped and resized to `resolution`.
 
-    `files` restricts it to an explicit list of paths (in that order).
+    `files` restricts it to an explicit list of paths (in that order); an image over
+    `max_pixels` (from its header) raises a ValueError naming it, without being decoded.
     """
 
     def __init__(self, root: str | os.PathLike[str], resolution: int | None = None, recursive: bool = True,
-                 files: list[Path] | None = None):
+                 files: list[Path] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.root = Path(root)
         self.resolution = resolution
+        self.max_pixels = max_pixels
         self.files = list(files) if files is not None else list_image_files(self.root, recursive)
         if not self.files:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {self.root}")
@@ -60,8 +66,13 @@ class ImageFolder(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        with Image.open(self.files[index]) as image:
-            return _load(image, self.resolution)
+        try:
+            with open_image(self.files[index], self.max_pixels) as image:
+                return _load(image, self.resolution)
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError) as error:  # undecodable, or over max_pixels (ImageTooLarge)
+            raise ValueError(f"cannot decode image {str(self.files[index])!r}: {error}") from error
 
 
 class ShardImages(IterableDataset):
@@ -69,11 +80,13 @@ class ShardImages(IterableDataset):
 
     Shards are read by `cascade.data.shards.read_samples`; a sample's image is its first member
     whose extension is an image extension (`IMAGE_EXTENSIONS`), a key seen again later in the
-    same shard is skipped."""
+    same shard is skipped. An image over `max_pixels` (from its header) raises a ValueError naming
+    it, without being decoded."""
 
-    def __init__(self, shards: list[str], resolution: int | None = None):
+    def __init__(self, shards: list[str], resolution: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.shards = shards
         self.resolution = resolution
+        self.max_pixels = max_pixels
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         worker = get_worker_info()
@@ -90,10 +103,11 @@ class ShardImages(IterableDataset):
                 continue
             seen.add(key)
             try:
-                with Image.open(io.BytesIO(sample[field])) as image:
-                    yield _load(image, self.resolution)
-            except OSError as error:
-                raise ValueError(f"cannot decode image {key + '.' + field!r} in shard {shard}") from error
+                with open_image(sample[field], self.max_pixels) as image:
+                    tensor = _load(image, self.resolution)
+            except (OSError, ValueError) as error:
+                raise ValueError(f"cannot decode image {key + '.' + field!r} in shard {shard}: {error}") from error
+            yield tensor
 
 
 def _is_image_field(field: str) -> bool:

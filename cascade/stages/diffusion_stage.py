@@ -275,8 +275,10 @@ class DiffusionStage(pl.LightningModule):
         noise = torch.randn_like(x0)
         loss = self.per_sample_loss(x0, t, noise, condition, image_inputs).mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        if "skipped" in batch:
-            self.log("data/skipped", batch["skipped"].max().float(), reduce_fx="max", batch_size=batch_size)
+        if "skipped" in batch and (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            # each rank's cumulative counts, summed over ranks; synced only on the steps the loggers record
+            counts = {f"data/{key}": batch[key].max().float() for key in ("skipped", "shard_errors") if key in batch}
+            self.log_dict(counts, reduce_fx="sum", sync_dist=True, batch_size=batch_size)
         return loss
 
     @property
