@@ -1,8 +1,8 @@
 """Sample folders written by ``cascade sample``, with or without ``--sweep``.
 
-A sweep writes one sub-folder per setting, named ``key=value`` (``guidance=3/``), with
-several keys either joined by commas (``guidance=3,aug_level=0.1/``) or nested
-(``guidance=3/aug_level=0.1/``). Each leaf folder holds PNGs and a ``metadata.jsonl`` with
+A sweep writes one sub-folder per setting, named ``key=value`` (``guidance=3/``, or for one
+stage's setting ``base.guidance=3/``), with several keys either joined by commas
+(``base.guidance=3,sr1.aug_level=0.1/``) or nested (``guidance=3/aug_level=0.1/``). Each leaf folder holds PNGs and a ``metadata.jsonl`` with
 one JSON object per image, and with ``--keep-intermediate`` the lower stages' outputs under
 ``intermediate/``: the folder's own images are the final ones, what is scored unless a stage is
 asked for (:func:`sample_images`). The metadata keys this module reads: the image file name
