@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import subprocess
 import sys
 
@@ -32,10 +33,20 @@ def test_demo_fast_trains_samples_evaluates_and_writes_the_report(tmp_path):
     for stage in ("base", "sr1", "sr2"):  # trained in their own processes, two at a time
         assert "training ended at step" in (out / "runs" / stage / "train.log").read_text()
 
+    first_times = _report_times(out)
     rerun = subprocess.run([sys.executable, "-m", "cascade", "demo", "--fast", "--out", str(out)],
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert rerun.stdout.count("already trained") == 3, "a rerun resumes: finished stages are not retrained"
+    rerun_times = _report_times(out)
+    for step in ("data", "train base", "train sr1", "train sr2", "sampling"):  # skipped: the first run's times
+        assert rerun_times[step] == first_times[step] and first_times[step] > 0, step
+
+
+def _report_times(out):
+    """{step: seconds} of the report's wall-clock table (Markdown rows `| train base | 12\\.3 |`)."""
+    rows = re.findall(r"^\| ([a-z0-9 ]+) \| ([0-9\\.]+) \|$", (out / "report.md").read_text(), flags=re.MULTILINE)
+    return {step: float(seconds.replace("\\", "")) for step, seconds in rows}
 
 
 def test_a_failing_stage_is_named_with_its_log(tmp_path):
@@ -74,3 +85,51 @@ def test_training_names_each_log_and_prints_heartbeats_when_not_on_a_terminal(tm
     printed = out.getvalue()
     assert f"training base (3 steps): log in {tmp_path / 'base' / 'train.log'}" in printed
     assert "base: step 3/3" in printed
+
+
+def test_a_rerun_keeps_the_recorded_times_of_the_steps_it_skips(tmp_path, monkeypatch, one_torch_thread):
+    """Each step stands in for the real one: the first run does the work (it takes a while), the
+    rerun finds it done (as `write_shards`, `train_concurrently` and `sample_folder` do) and skips it."""
+    import time
+    from types import SimpleNamespace
+
+    import cascade.demo as demo
+
+    done, reports = [], []
+
+    def work(result_if_done, result):
+        if done:
+            return result_if_done
+        time.sleep(0.05)
+        return result
+
+    def write_datasets(out, plan, console):
+        paths = {"train": out / "train", "val": out / "val", "reference": out / "reference"}
+        return work((paths, False), (paths, True))
+
+    def write_demo_report(out, **sections):
+        reports.append(sections["timings"])
+        return SimpleNamespace(html=out / "report.html", markdown=out / "report.md")
+
+    monkeypatch.setattr(demo, "write_datasets", write_datasets)
+    monkeypatch.setattr(demo, "train_concurrently",
+                        lambda lanes, threads, console: work({}, {"sr1": 50.0, "base": 120.0, "sr2": 60.0}))
+    monkeypatch.setattr(demo.Cascade, "from_paths", classmethod(lambda cls, paths, settings: None))
+    monkeypatch.setattr(demo, "heldout_scenes", lambda plan: [])
+    monkeypatch.setattr(demo, "sample_heldout",
+                        lambda cascade, scenes, out, plan, console: work(({}, 0), ({}, 12)))
+    monkeypatch.setattr(demo, "evaluate_demo", lambda folders, reference, scenes, console: {})
+    monkeypatch.setattr(demo, "write_demo_report", write_demo_report)
+
+    assert demo.run_demo(tmp_path, demo.FAST, threads=1) == 0
+    done.append(True)
+    assert demo.run_demo(tmp_path, demo.FAST, threads=1) == 0
+    first, rerun = reports
+    assert list(first) == ["data", "train base", "train sr1", "train sr2", "sampling", "evaluation", "total"]
+    assert first["data"] >= 0.05 and first["sampling"] >= 0.05
+    for step in ("data", "train base", "train sr1", "train sr2", "sampling"):
+        assert rerun[step] == first[step], step
+    for timings in (first, rerun):  # the training processes run side by side: base | sr1 then sr2
+        assert timings["total"] == pytest.approx(timings["data"] + 120.0 + timings["sampling"] + timings["evaluation"])
+    recorded = json.loads((tmp_path / "timings.json").read_text())
+    assert recorded == {step: seconds for step, seconds in rerun.items() if step != "total"}

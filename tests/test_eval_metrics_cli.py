@@ -63,3 +63,41 @@ def test_missing_weights_is_a_clean_command_error(tmp_path, monkeypatch, capsys)
     code = cascade_main(["eval", "metrics", "--real", str(tmp_path / "real"), "--fake", str(tmp_path / "real")])
     assert code == 1
     assert INCEPTION_WEIGHTS_FILENAMES[0] in capsys.readouterr().err
+
+
+def _metrics_of(tmp_path, fake, *extra):
+    """`cascade eval metrics` of `fake` against the real folder; (exit code, results or None)."""
+    out = tmp_path / "metrics.json"
+    out.unlink(missing_ok=True)
+    code = cascade_main(["eval", "metrics", "--real", str(tmp_path / "real"), "--fake", str(fake), "--out", str(out),
+                         "--extractor", "random-inception", "--random-size", "75", "--device", "cpu",
+                         "--stats-dir", str(tmp_path / "stats"), "--no-progress", "--batch-size", "8", *extra])
+    return code, json.loads(out.read_text())["results"] if code == 0 else None
+
+
+def test_a_sample_folder_is_scored_by_its_final_images_and_a_lower_stage_only_by_name(tmp_path, capsys):
+    _folder(tmp_path / "real", 8, 0)
+    samples = tmp_path / "samples" / "guidance=3"  # what `cascade sample --keep-intermediate` / the demo write
+    _folder(samples, 8, 1, size=24)
+    _folder(samples / "intermediate" / "stage0_12px", 8, 2, size=12)  # one batch of each size (--batch-size 8)
+
+    code, results = _metrics_of(tmp_path, samples)
+    assert code == 0, capsys.readouterr().err
+    assert [r["protocol"]["num_samples"] for r in results] == [8] and results[0]["samples"] == str(samples)
+
+    code, results = _metrics_of(tmp_path, samples, "--stage", "stage0_12px")
+    assert code == 0, capsys.readouterr().err
+    assert results[0]["samples"] == str(samples / "intermediate" / "stage0_12px")
+    assert results[0]["protocol"]["num_samples"] == 8 and results[0]["protocol"]["stage"] == "stage0_12px"
+
+
+def test_images_of_several_sizes_are_an_error_naming_the_folder_and_the_sizes_not_a_resize(tmp_path, capsys):
+    _folder(tmp_path / "real", 8, 0)
+    mixed = tmp_path / "mixed"
+    _folder(mixed / "large", 6, 1, size=24)
+    _folder(mixed / "small", 6, 2, size=12)
+    for extra in ((), ("--resolution", "24")):
+        code, _ = _metrics_of(tmp_path, mixed, *extra)
+        error = capsys.readouterr().err.strip()
+        assert code == 1 and len(error.splitlines()) == 1, error
+        assert str(mixed) in error and "6 at 12x12" in error and "6 at 24x24" in error

@@ -226,3 +226,25 @@ def test_distribution_metrics_on_too_few_images_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert enough.compute()["num_fake"] == 100
+
+
+def test_sr_evaluation_of_a_sample_folder_scores_its_final_images_not_its_kept_lower_stages(tmp_path):
+    highres = _images(12, 4)
+    lowres = F.interpolate(highres, size=(8, 8), mode="area")
+    _save(highres, tmp_path / "real")
+    outputs = (F.interpolate(lowres, scale_factor=2, mode="nearest") + 0.2 * _images(12, 6)).clamp(-1, 1)
+    samples = tmp_path / "samples"  # `cascade sample --keep-intermediate`: the 8px stage under intermediate/
+    _save(outputs, samples)
+    _save(lowres, samples / "intermediate" / "stage0_8px")
+    _save(outputs, tmp_path / "final_only")
+
+    def evaluate(sr_outputs):
+        (result,) = evaluate_super_resolution(sr_outputs, samples / "intermediate" / "stage0_8px", tmp_path / "real",
+                                              TinyExtractor(), ("fid",), stats_dir=tmp_path / "stats", progress=False,
+                                              batch_size=12)  # one batch of each size
+        return result
+
+    kept, final_only = evaluate(samples), evaluate(tmp_path / "final_only")
+    assert kept.protocol["num_samples"] == 12
+    assert kept.metrics["lowres_psnr"] == pytest.approx(final_only.metrics["lowres_psnr"])
+    assert kept.metrics["fid"] == pytest.approx(final_only.metrics["fid"])

@@ -73,6 +73,20 @@ def test_parse_settings_and_discover_sweep_folders(tmp_path):
     assert [s.path for s in discover_sample_sets(tmp_path / "notes")] == [tmp_path / "notes"]
 
 
+def test_a_sweep_of_one_stages_setting_is_discovered_and_plotted_against_its_stage_named_key(tmp_path):
+    assert parse_setting("base.guidance=3.0,sr1.aug_level=0.1") == {"base.guidance": 3.0, "sr1.aug_level": 0.1}
+    results = []
+    for guidance, fid in ((1.0, 30.0), (3.0, 20.0)):
+        _sample_folder(tmp_path / f"base.guidance={guidance}", 2, int(guidance))
+        results.append(EvaluationResult(samples=str(tmp_path / f"base.guidance={guidance}"),
+                                        setting={"base.guidance": guidance}, metrics={"fid": fid},
+                                        protocol={"num_samples": 2}))
+    assert [s.setting for s in discover_sample_sets(tmp_path)] == [r.setting for r in results]
+    files = build_evaluation_report(tmp_path / "report", results)
+    assert "FID vs base.guidance" in files.html.read_text()
+    assert (tmp_path / "report" / "report_assets" / "fid-vs-base.guidance.png").is_file()
+
+
 def test_report_escapes_user_text_and_embeds_everything(tmp_path):
     results = _results(tmp_path / "samples")
     save_results(tmp_path / "metrics.json", results)

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from cascade.cli.sample import sample as sample_main
+from cascade.eval.sweeps import discover_sample_sets
 from cascade.files.sample_folder import png_bytes
 from cascade.pipeline import Cascade
 from cascade.stages import SamplingSettings, StageConfigError
@@ -197,11 +198,59 @@ def test_sweep_writes_one_folder_per_setting(exports, tmp_path):
     (["--steps", "0"], "--steps: stage 0: must be an integer >= 1, got 0"),
     (["--dynamic-threshold", "off,1.5"], "--dynamic-threshold: stage 1: must be a percentile"),
     (["--sweep", "guidance=1,-1"], "--sweep guidance=-1.0: must be a number >= 0"),
+    (["--guidance", "5,1", "--sweep", "guidance=1,3"], "--sweep 'guidance=1,3': --guidance also sets guidance"),
+    (["--aug-level", "0.1", "--sweep", "aug_level=0,0.2"], "--sweep 'aug_level=0,0.2': --aug-level also sets aug_level"),
+    (["--sweep", "sr2.guidance=1,3"], "--sweep 'sr2.guidance=1,3': the cascade has no stage 'sr2' (its 2 stages: base, sr1)"),
+    (["--sweep", "base.aug_level=0,0.1"], "--sweep 'base.aug_level=0,0.1': the base stage has no noise-augmentation level"),
+    (["--sweep", "guidance=1,3", "--sweep", "0.guidance=2"], "--sweep '0.guidance=2': --sweep guidance=... already sweeps"),
 ])
 def test_bad_arguments_name_the_flag(exports, tmp_path, capsys, argv, message):
     code = sample_main(["--stages", *exports, "--classes", "0", "--out", str(tmp_path), "--no-progress", *argv])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_sweep_key_naming_a_stage_changes_that_stage_only_and_the_flags_set_the_others(exports, tmp_path):
+    run_sample(exports, tmp_path, "--guidance", "5,2", "--sweep", "base.guidance=1,3", "--sweep", "1.aug_level=0.2")
+    folders = sorted(p.name for p in tmp_path.iterdir())
+    assert folders == ["base.guidance=1.0,sr1.aug_level=0.2", "base.guidance=3.0,sr1.aug_level=0.2"]
+    for folder, base_guidance in zip(folders, (1.0, 3.0)):
+        base, sr = read_lines(tmp_path / folder)[0]["stages"]
+        assert (base["guidance"], sr["guidance"], sr["aug_level"]) == (base_guidance, 2.0, 0.2)
+    sets = discover_sample_sets(tmp_path)  # the evaluation finds and reads the stage-named settings
+    assert [s.setting for s in sets] == [{"base.guidance": 1.0, "sr1.aug_level": 0.2},
+                                         {"base.guidance": 3.0, "sr1.aug_level": 0.2}]
+
+
+def _fail_if_loaded(path, device="cpu"):
+    pytest.fail(f"a checkpoint was loaded ({path}) before the command line was checked")
+
+
+def test_settings_and_the_stage_order_are_checked_before_any_checkpoint_is_loaded(exports, tmp_path, capsys,
+                                                                                   monkeypatch):
+    import cascade.pipeline
+
+    base, sr = exports
+    sr_checkpoint = tmp_path / "sr.ckpt"
+    sr_stage = tiny_stages()[1]
+    torch.save({"cascade_stage": sr_stage.stage_config(), "state_dict": sr_stage.state_dict()}, sr_checkpoint)
+    not_a_stage = tmp_path / "notes.txt"
+    not_a_stage.write_text("not a checkpoint\n")
+    monkeypatch.setattr(cascade.pipeline, "load_stage", _fail_if_loaded)
+    for stages, extra, message in [
+        ([str(sr_checkpoint), base], [], f"--stages: the first stage must be a base stage, but stage 0 ({sr_checkpoint}) "
+                                         "is a super-resolution stage"),
+        ([base, base], [], f"--stages: stage 1 ({base}) is a base stage; every stage after the first must be a "
+                           "super-resolution stage"),
+        ([base, sr, sr], [], f"--stages: stage 2 ({sr}) takes 16x16 inputs but stage 1 ({sr}) makes 32x32 images"),
+        ([base, str(not_a_stage)], [], f"--stages: {not_a_stage}: cannot be read as a cascade stage"),
+        ([base, sr], ["--sampler", "ddim,euler"], "--sampler: stage 1: must be one of"),
+        ([base, sr], ["--sweep", "sampler=ddim,euler"], "--sweep sampler=euler: must be one of"),
+    ]:
+        code = sample_main(["--stages", *stages, "--classes", "0", "--out", str(tmp_path / "out"), "--no-progress",
+                            *extra])
+        error = capsys.readouterr().err.strip()
+        assert code == 2 and message in error and len(error.splitlines()) == 1, error
 
 
 def sample_command(exports, out, extra_env=None):

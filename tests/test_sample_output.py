@@ -13,6 +13,7 @@ from cascade.files.sample_folder import (
     read_metadata,
     remove_stale_writes,
     shard_for_rank,
+    stage_folder,
     work_items,
     write_image,
 )
@@ -93,3 +94,15 @@ def test_resume_removes_its_own_items_temporaries_from_a_killed_run(tmp_path):
     names = sorted(p.name for p in tmp_path.iterdir())
     # another item's temporary may belong to another rank still writing it: left alone
     assert names == [".00001_000.png.k3.tmp", "00000_000.json", "00000_000.png"]
+
+
+def test_a_stage_of_a_sample_folder_is_found_by_its_folder_name_or_index(tmp_path):
+    for index, size in ((0, 16), (1, 32)):
+        (tmp_path / "intermediate" / f"stage{index}_{size}px").mkdir(parents=True)
+    assert stage_folder(tmp_path, "stage1_32px") == tmp_path / "intermediate" / "stage1_32px"
+    assert stage_folder(tmp_path, 0) == stage_folder(tmp_path, "0") == tmp_path / "intermediate" / "stage0_16px"
+    assert stage_folder(tmp_path, "2") == tmp_path, "the final stage's index: the folder's own images"
+    with pytest.raises(ValueError, match=r"no stage 'stage2_64px'; its stages: stage0_16px \(0\), stage1_32px \(1\)"):
+        stage_folder(tmp_path, "stage2_64px")
+    with pytest.raises(ValueError, match="keeps no intermediate stages"):
+        stage_folder(tmp_path / "intermediate", 0)

@@ -7,8 +7,10 @@ feature-extraction speed and reports from the command line.
     cascade eval stats   --real DIR|SHARDS [--resolution N] [--out FILE.npz]
 
 `--fake` / `--sr` may be a sweep folder from ``cascade sample --sweep`` (sub-folders such
-as ``guidance=3/``): every setting is evaluated. Results print as a table and are written
-as JSON (read by ``cascade eval report``).
+as ``guidance=3/``): every setting is evaluated. A sample folder's final images are scored;
+the lower stages `--keep-intermediate` keeps under ``intermediate/`` only when one is asked for
+with `--stage` (``stage0_32px`` or its index, 0). Images of several sizes in one set are an
+error. Results print as a table and are written as JSON (read by ``cascade eval report``).
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ def _add_loading_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _add_stage_option(parser: argparse.ArgumentParser, flag: str) -> None:
+    parser.add_argument("--stage", help=f"score this lower stage of each sample folder in {flag} instead of its final "
+                                        "images: the name of its intermediate/ folder (stage0_32px) or its index (0)")
+
+
 def _add_metric_options(parser: argparse.ArgumentParser, default: str) -> None:
     group = parser.add_argument_group("metrics")
     group.add_argument("--metrics", default=default, help=f"comma-separated subset of fid,is,pr,kid (default {default})")
@@ -106,11 +113,12 @@ def _run(command: str, argv: list[str], parser: argparse.ArgumentParser) -> int:
                       batch_size=args.batch_size, num_workers=args.num_workers, progress=not args.no_progress)
         if command == "metrics":
             results = evaluate_sweep(args.real, args.fake, extractor, args.metrics, dataset=args.dataset,
-                                     clip_model=args.clip_model, max_images=args.max_fake, **common, **options)
+                                     clip_model=args.clip_model, max_images=args.max_fake, stage=args.stage,
+                                     **common, **options)
             out = args.out or Path(args.fake) / f"metrics-{extractor.name}.json"
         else:
             results = evaluate_super_resolution(args.sr, args.lowres, args.real, extractor, args.metrics,
-                                                dataset=args.dataset, **common, **options)
+                                                dataset=args.dataset, stage=args.stage, **common, **options)
             out = args.out or Path(args.sr) / f"sr-metrics-{extractor.name}.json"
     except (InceptionWeightsNotFound, FileNotFoundError, ValueError) as error:
         print(f"cascade eval {command}: {error}", file=sys.stderr)
@@ -131,6 +139,7 @@ def metrics(argv: list[str]) -> int:
     parser.add_argument("--clip-model", type=Path, help="local CLIP folder: adds the CLIP score from metadata.jsonl prompts")
     parser.add_argument("--max-fake", type=int, help="use only the first N generated images of each set")
     parser.add_argument("--out", type=Path, help="JSON results (default: <fake>/metrics-<extractor>.json)")
+    _add_stage_option(parser, "--fake")
     _add_extractor_options(parser)
     _add_loading_options(parser)
     _add_metric_options(parser, "fid,pr")
@@ -144,9 +153,12 @@ def super_resolution(argv: list[str]) -> int:
         description="Per-stage super-resolution evaluation: FID of the SR outputs against the real high-res set, "
                     "and low-res consistency (PSNR of the downsampled output against its low-res input).")
     parser.add_argument("--sr", required=True, type=Path, help="SR outputs: a folder or a sweep folder (aug_level=0.1/)")
-    parser.add_argument("--lowres", required=True, type=Path, help="the low-res inputs, same file names as the outputs")
+    parser.add_argument("--lowres", required=True, type=Path,
+                        help="the low-res inputs, same file names as the outputs (of a sample folder: its final "
+                             "images; a kept stage's are in its intermediate/stage{i}_{size}px folder)")
     parser.add_argument("--real", required=True, help="real high-res images (folder, shards or statistics .npz)")
     parser.add_argument("--out", type=Path, help="JSON results (default: <sr>/sr-metrics-<extractor>.json)")
+    _add_stage_option(parser, "--sr")
     _add_extractor_options(parser)
     _add_loading_options(parser)
     _add_metric_options(parser, "fid")

@@ -1,13 +1,16 @@
 """`cascade sample`: images for a prompt set or a class list, through the whole cascade, to disk.
 
     cascade sample --stages base.ckpt sr1/ sr2/ --prompts drawbench --n-per-condition 4 \\
-        --out samples/ --guidance 5,3,1 --aug-level 0.1 --sweep guidance=1,3,5
+        --out samples/ --guidance 5,1,1 --aug-level 0.1 --sweep base.guidance=1,3,5
 
 Per-stage settings (`SamplingSettings`) take one value for every stage or a comma list with one
 per stage; a setting not given keeps each stage's own (its `sampling:` section). Each
-`--sweep key=v1,v2` multiplies the settings; every combination goes to its own sub-folder
-(`guidance=3,aug_level=0.1/`). Rerunning the same command resumes: finished images are skipped.
-Under torchrun or srun the work is split by rank with no overlap and no gaps.
+`--sweep [STAGE.]KEY=v1,v2` multiplies the settings; every combination goes to its own
+sub-folder (`base.guidance=3.0,sr1.aug_level=0.1/`). STAGE is `base` (stage 0), `sr1`, `sr2`, ...
+(or the index); a plain KEY sweeps every stage and cannot be combined with that setting's flag.
+Settings and the order of the stages are checked before any checkpoint is loaded. Rerunning the
+same command resumes: finished images are skipped. Under torchrun or srun the work is split by
+rank with no overlap and no gaps.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import itertools
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,9 +27,9 @@ from rich.console import Console
 
 from ..data.prompt_sets import read_prompt_set
 from ..files.sample_folder import merge_metadata, rank_and_world_size
-from ..pipeline import Cascade
+from ..pipeline import Cascade, StageShape, check_stage_order
 from ..pipeline.to_folder import FolderJob, barrier_if_distributed, sample_folder
-from ..stages.config import StageConfigError
+from ..stages.config import SamplingSettings, StageConfigError
 
 # The `SamplingSettings` fields a flag or a sweep sets, and how each is read from text.
 SETTING_TYPES = {
@@ -37,35 +41,101 @@ SETTING_TYPES = {
 }
 
 
+def stage_names(num_stages: int) -> list[str]:
+    """How a sweep key names a stage: `base` for stage 0, then `sr1`, `sr2`, ..."""
+    return ["base"] + [f"sr{index}" for index in range(1, num_stages)]
+
+
+def flag_name(key: str) -> str:
+    """The command-line flag of a setting: aug_level -> --aug-level."""
+    return f"--{key.replace('_', '-')}"
+
+
+def checked_value(key: str, value: object, source: str) -> object:
+    """`value` when `SamplingSettings` accepts it as `key` (a known sampler, steps >= 1, ...), so bad
+    settings fail before any checkpoint is loaded; else ValueError naming `source`."""
+    try:
+        SamplingSettings().updated(**{key: value})
+    except StageConfigError as error:
+        raise ValueError(f"{source}: {'; '.join(message for _, message in error.problems)}") from None
+    return value
+
+
 def parse_per_stage(flag: str, text: str | None, num_stages: int) -> list | None:
-    """'3' -> [3, 3, 3]; '5,3,1' -> [5, 3, 1]; None -> None (each stage keeps its own)."""
+    """'3' -> [3, 3, 3]; '5,3,1' -> [5, 3, 1]; None -> None (each stage keeps its own). Each value
+    is checked (`checked_value`)."""
     if text is None:
         return None
     parse = SETTING_TYPES[flag]
     try:
         values = [parse(part.strip()) for part in text.split(",")]
     except ValueError as error:
-        raise ValueError(f"--{flag.replace('_', '-')}: cannot read {text!r}: {error}") from None
+        raise ValueError(f"{flag_name(flag)}: cannot read {text!r}: {error}") from None
     if len(values) == 1:
-        return values * num_stages
+        values = values * num_stages
     if len(values) != num_stages:
-        raise ValueError(f"--{flag.replace('_', '-')}: give one value or {num_stages} (one per stage), got {text!r}")
-    return values
+        raise ValueError(f"{flag_name(flag)}: give one value or {num_stages} (one per stage), got {text!r}")
+    return [checked_value(flag, value, f"{flag_name(flag)}: stage {index}") for index, value in enumerate(values)]
 
 
-def parse_sweeps(sweeps: list[str]) -> list[tuple[str, list]]:
-    """['guidance=1,3', 'aug_level=0,0.1'] -> [('guidance', [1.0, 3.0]), ('aug_level', [0.0, 0.1])]."""
-    parsed = []
+@dataclass(frozen=True)
+class Sweep:
+    """One `--sweep`: a setting, the stage it changes (None: every stage), and its values.
+    `name` is its key as written in the sub-folder names: `guidance` or `base.guidance`."""
+
+    key: str
+    stage: int | None
+    values: list
+    name: str
+
+
+def parse_sweeps(sweeps: list[str], num_stages: int, flags: dict[str, list] | None = None) -> list[Sweep]:
+    """['base.guidance=1,3', 'aug_level=0,0.1'] -> a `Sweep` each, its values checked.
+
+    A key names a stage (`base.guidance`, `sr1.aug_level`, or by index `0.guidance`) or, plain,
+    every stage. A plain key for a setting a flag also gives (`--guidance 5,1,1`) would drop the
+    flag's values, a key naming a stage the cascade does not have or a base augmentation level
+    would change nothing, and two sweeps of one stage's setting would overlap: each is an error
+    naming the flag."""
+    names = stage_names(num_stages)
+    parsed: list[Sweep] = []
     for sweep in sweeps:
         key, separator, values = sweep.partition("=")
-        key = key.strip().replace("-", "_")
-        if not separator or key not in SETTING_TYPES or not values:
-            raise ValueError(f"--sweep {sweep!r}: expected KEY=V1,V2,... with KEY one of {sorted(SETTING_TYPES)}")
+        stage_text, dot, key = key.strip().replace("-", "_").rpartition(".")
+        if not separator or key not in SETTING_TYPES or not values or (dot and not stage_text):
+            raise ValueError(f"--sweep {sweep!r}: expected [STAGE.]KEY=V1,V2,... with KEY one of {sorted(SETTING_TYPES)} "
+                             f"and STAGE one of {', '.join(names)} (or its index); no STAGE: every stage")
+        stage = _sweep_stage(sweep, stage_text, key, names) if dot else None
+        name = key if stage is None else f"{names[stage]}.{key}"
+        for other in parsed:
+            if other.key == key and (other.stage is None or stage is None or other.stage == stage):
+                raise ValueError(f"--sweep {sweep!r}: --sweep {other.name}=... already sweeps {key} of "
+                                 f"{'every stage' if None in (stage, other.stage) else names[stage]}; "
+                                 "give one sweep per setting and stage")
+        if stage is None and key in (flags or {}):
+            example = f"{'sr1' if key == 'aug_level' else 'base'}.{key}"
+            raise ValueError(f"--sweep {sweep!r}: {flag_name(key)} also sets {key}, and a plain sweep key sets every "
+                             f"stage's; sweep one stage's (--sweep {example}=...) or drop {flag_name(key)}")
         try:
-            parsed.append((key, [SETTING_TYPES[key](value.strip()) for value in values.split(",")]))
+            parsed_values = [SETTING_TYPES[key](value.strip()) for value in values.split(",")]
         except ValueError as error:
             raise ValueError(f"--sweep {sweep!r}: {error}") from None
+        checked = [checked_value(key, value, f"--sweep {name}={value}") for value in parsed_values]
+        parsed.append(Sweep(key, stage, checked, name))
     return parsed
+
+
+def _sweep_stage(sweep: str, stage_text: str, key: str, names: list[str]) -> int:
+    """The index of the stage a sweep key names (`sr1` or `1`); ValueError naming the sweep for a
+    stage the cascade does not have, or for the base stage's augmentation level (it has none)."""
+    stage = int(stage_text) if stage_text.isdigit() else names.index(stage_text) if stage_text in names else -1
+    if not 0 <= stage < len(names):
+        raise ValueError(f"--sweep {sweep!r}: the cascade has no stage {stage_text!r} "
+                         f"(its {len(names)} stages: {', '.join(names)})")
+    if stage == 0 and key == "aug_level":
+        raise ValueError(f"--sweep {sweep!r}: the base stage has no noise-augmentation level; sweep an SR stage's "
+                         "(sr1.aug_level=...) or every SR stage's (aug_level=...)")
+    return stage
 
 
 def per_stage_flags(args: argparse.Namespace, num_stages: int) -> dict[str, list]:
@@ -74,28 +144,19 @@ def per_stage_flags(args: argparse.Namespace, num_stages: int) -> dict[str, list
     return {key: values for key, values in flags.items() if values is not None}
 
 
-def apply_setting(cascade: Cascade, stage_index: int | None, key: str, value: object, source: str) -> Cascade:
-    """`cascade.updated(...)`; a value the settings reject fails with one line naming `source`
-    (the flag or sweep that gave it)."""
-    try:
-        return cascade.updated(stage_index, **{key: value})
-    except StageConfigError as error:
-        where = "" if stage_index is None else f"stage {stage_index}: "
-        raise ValueError(f"{source}: {where}{'; '.join(message for _, message in error.problems)}") from None
-
-
-def sweep_variants(cascade: Cascade, flags: dict[str, list], sweeps: list[tuple[str, list]],
-                   out: Path) -> list[tuple[Path, Cascade]]:
-    """(folder, cascade) for every combination of the sweeps, the flags applied to each."""
+def sweep_variants(cascade: Cascade, flags: dict[str, list], sweeps: list[Sweep], out: Path) -> list[tuple[Path, Cascade]]:
+    """(folder, cascade) for every combination of the sweeps, the flags applied to each first
+    (a stage's sweep then replaces that stage's flag value). A combination's folder is named by
+    its sweeps, `base.guidance=3.0,sr1.aug_level=0.1/`; `out` itself without sweeps."""
     for key, values in flags.items():
         for index, value in enumerate(values):
-            cascade = apply_setting(cascade, index, key, value, f"--{key.replace('_', '-')}")
+            cascade = cascade.updated(index, **{key: value})
     variants = []
-    for combination in itertools.product(*[[(key, value) for value in values] for key, values in sweeps]):
+    for combination in itertools.product(*[[(sweep, value) for value in sweep.values] for sweep in sweeps]):
         variant = cascade
-        for key, value in combination:
-            variant = apply_setting(variant, None, key, value, f"--sweep {key}={value}")
-        folder = out / ",".join(f"{key}={value}" for key, value in combination) if combination else out
+        for sweep, value in combination:
+            variant = variant.updated(sweep.stage, **{sweep.key: value})
+        folder = out / ",".join(f"{sweep.name}={value}" for sweep, value in combination) if combination else out
         variants.append((folder, variant))
     return variants
 
@@ -136,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         parser.add_argument(f"--{flag}", default=None,
                             help=f"{help_}: one value, or one per stage (comma list); default: each stage's own")
-    parser.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2", help="one sub-folder per value (repeatable: cross product)")
+    parser.add_argument("--sweep", action="append", default=[], metavar="[STAGE.]KEY=V1,V2",
+                        help="one sub-folder per value (repeatable: cross product); STAGE: base, sr1, sr2, ... "
+                             "(default: every stage)")
     parser.add_argument("--keep-intermediate", action="store_true", help="also save every stage's lower-resolution output")
     parser.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK (or SLURM_LOCALID) when CUDA is available, else cpu")
     parser.add_argument("--no-progress", action="store_true")
@@ -155,10 +218,14 @@ def sample(argv: list[str]) -> int:
         rank, world_size = rank_and_world_size()
         conditions = read_conditions(args)
         flags = per_stage_flags(args, len(args.stages))
-        sweeps = parse_sweeps(args.sweep)
+        sweeps = parse_sweeps(args.sweep, len(args.stages), flags)
         for path in args.stages:
             if not Path(path).exists():
                 raise FileNotFoundError(f"--stages: {path} does not exist")
+        try:  # the order and sizes of the stages, from their configs, before any weights are loaded
+            check_stage_order([StageShape.read(path) for path in args.stages])
+        except ValueError as error:
+            raise ValueError(f"--stages: {error}") from None
         variants = sweep_variants(Cascade.from_paths(args.stages, device=device), flags, sweeps, args.out)
     except (ValueError, FileNotFoundError) as error:
         console.print(f"[red]cascade sample: {error}[/red]")

@@ -11,7 +11,8 @@
    and FID / precision / recall in an offline feature space;
 5. writes an HTML and Markdown report (`report.html`) with grids, tables, curves and configs.
 
-Every step resumes: rerunning the command skips finished shards, trained stages and samples.
+Every step resumes: rerunning the command skips finished shards, trained stages and samples,
+and the report keeps the times of the run that did them (`cascade.demo.timings`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..resources import shipped
 from ..stages.config import SamplingSettings
 from .evaluation import evaluate_demo
 from .report import write_demo_report
+from .timings import StepTimes
 from .training import StageRun, StageTrainingError, train_concurrently
 
 CONFIG_DIR = shipped("configs", "demo")
@@ -69,8 +71,9 @@ FAST = DemoPlan(
 )
 
 
-def write_datasets(out: Path, plan: DemoPlan, console: Console) -> dict[str, Path]:
-    """Train / val shards at SHARD_RESOLUTION (each stage resizes) and held-out reference renders."""
+def write_datasets(out: Path, plan: DemoPlan, console: Console) -> tuple[dict[str, Path], bool]:
+    """Train / val shards at SHARD_RESOLUTION (each stage resizes) and held-out reference renders:
+    their paths, and whether anything was written (False when an earlier run wrote them all)."""
     from PIL import Image
 
     from ..data import synthetic
@@ -78,11 +81,13 @@ def write_datasets(out: Path, plan: DemoPlan, console: Console) -> dict[str, Pat
     from ..data.writer import write_shards
 
     paths = {"train": out / "shards" / "train", "val": out / "shards" / "val", "reference": out / "reference"}
+    wrote = False
     for split_name, count, seed in (("train", plan.train_images, 0), ("val", plan.val_images, 1)):
         summary = write_shards(
             SyntheticSource(count=count, resolution=SHARD_RESOLUTION, seed=seed, split="train"),
             str(paths[split_name]), max_samples=1000, progress=True,
         )
+        wrote = wrote or summary.resumed_shards < len(summary.shards)
         console.print(f"shards/{split_name}: {summary.samples} samples in {len(summary.shards)} shards")
     paths["reference"].mkdir(parents=True, exist_ok=True)
     scenes = heldout_scenes(plan)
@@ -91,8 +96,9 @@ def write_datasets(out: Path, plan: DemoPlan, console: Console) -> dict[str, Pat
         if not target.exists():
             pixels, _ = synthetic.render_sample(scene["index"], SHARD_RESOLUTION, seed=scene["seed"], split="heldout")
             Image.fromarray(pixels).save(target)
+            wrote = True
     (paths["reference"] / "scenes.json").write_text(json.dumps(scenes, indent=1))
-    return paths
+    return paths, wrote
 
 
 def heldout_scenes(plan: DemoPlan) -> list[dict]:
@@ -114,17 +120,19 @@ def stage_runs(out: Path, data: dict[str, Path], plan: DemoPlan) -> list[StageRu
     ]
 
 
-def sample_heldout(cascade: Cascade, scenes: list[dict], out: Path, plan: DemoPlan, console: Console) -> dict[float, Path]:
-    """Held-out captions through the cascade with the base stage's guidance at 1 (off) and plan.guidance."""
+def sample_heldout(cascade: Cascade, scenes: list[dict], out: Path, plan: DemoPlan,
+                   console: Console) -> tuple[dict[float, Path], int]:
+    """Held-out captions through the cascade with the base stage's guidance at 1 (off) and plan.guidance:
+    the folder of each guidance scale, and how many images this call wrote (0: all were there)."""
     conditions = [(scene["caption"], None) for scene in scenes]
     job = FolderJob(n_per_condition=plan.samples_per_caption, batch_size=plan.batch_size, keep_intermediate=True)
-    folders = {}
+    folders, written = {}, 0
     for guidance in (1.0, plan.guidance):
         folder = out / "samples" / f"guidance={guidance:g}"
-        sample_folder(cascade.updated(0, guidance=guidance), conditions, job, folder, console=console)
+        written += sample_folder(cascade.updated(0, guidance=guidance), conditions, job, folder, console=console)
         merge_metadata(folder)
         folders[guidance] = folder
-    return folders
+    return folders, written
 
 
 def run_demo(out: Path, plan: DemoPlan, threads: int, fast: bool = False) -> int:
@@ -133,24 +141,31 @@ def run_demo(out: Path, plan: DemoPlan, threads: int, fast: bool = False) -> int
     console = Console()
     torch.manual_seed(0)
     started = time.perf_counter()
-    timings = {}
 
     def step(title: str) -> None:
         console.rule(f"[bold]{title}[/bold]  ({time.perf_counter() - started:.0f} s so far)")
 
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        times = StepTimes(out)
+    except ValueError as error:
+        console.print(f"cascade demo: {error}", style="red", markup=False)
+        return 1
     step("1/5 writing the synthetic captioned dataset")
-    data = write_datasets(out, plan, console)
-    timings["data"] = time.perf_counter() - started
+    data, wrote = write_datasets(out, plan, console)
+    if wrote:
+        times.record("data", time.perf_counter() - started)
     step("2/5 training: base | sr1 then sr2, in two processes")
     base, sr1, sr2 = stage_runs(out, data, plan)
+    lanes = [[base], [sr1, sr2]]
     try:
-        trained = train_concurrently([[base], [sr1, sr2]], max(1, threads // 2), console)
+        trained = train_concurrently(lanes, max(1, threads // 2), console)
     except StageTrainingError as error:
         console.print(f"[red]cascade demo: {error}[/red]")
         return 1
-    for name, seconds in trained.items():
-        timings[f"train {name}"] = seconds
+    for name in STAGES:
+        if name in trained:
+            times.record(f"train {name}", trained[name])
     checkpoints = [run.last_checkpoint for run in (base, sr1, sr2)]
     step("3/5 sampling held-out captions through the cascade")
     begun = time.perf_counter()
@@ -161,14 +176,19 @@ def run_demo(out: Path, plan: DemoPlan, threads: int, fast: bool = False) -> int
     ]
     cascade = Cascade.from_paths(checkpoints, settings)
     scenes = heldout_scenes(plan)
-    folders = sample_heldout(cascade, scenes, out, plan, console)
-    timings["sampling"] = time.perf_counter() - begun
+    folders, written = sample_heldout(cascade, scenes, out, plan, console)
+    if written:
+        times.record("sampling", time.perf_counter() - begun)
     step("4/5 evaluating alignment and FID / precision / recall")
     begun = time.perf_counter()
     evaluation = evaluate_demo(folders, data["reference"], scenes, console)
-    timings["evaluation"] = time.perf_counter() - begun
+    times.record("evaluation", time.perf_counter() - begun)
     step("5/5 writing the report")
-    timings["total"] = time.perf_counter() - started
+    steps = ["data", *(f"train {name}" for name in STAGES), "sampling", "evaluation"]
+    timings = {name: times.seconds[name] for name in steps if name in times.seconds}
+    total = times.total(["data", "sampling", "evaluation"], [[f"train {run.name}" for run in lane] for lane in lanes])
+    if total is not None:
+        timings["total"] = total
     files = write_demo_report(out, plan=asdict(plan), settings=[s.to_dict() for s in settings],
                               folders=folders, evaluation=evaluation, timings=timings, fast=fast)
     console.print(f"[green]report: {files.html}[/green] (and {files.markdown})")

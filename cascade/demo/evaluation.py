@@ -50,9 +50,9 @@ def evaluate_demo(folders: dict[float, Path], reference_dir: Path, scenes: list[
     extractor = build_extractor("random-inception", random_input_size=FEATURE_INPUT_SIZE, device="cpu")
     reference, _ = reference_statistics(str(reference_dir), extractor, cache_dir=reference_dir.parent / "stats",
                                         progress=False)
-    metrics = [
+    metrics = [  # each sample folder's final images (the stages it keeps are not scored)
         evaluate_samples(folder, reference, extractor, metrics=("fid", "pr"), setting={"guidance": guidance},
-                         recursive=False, progress=False)
+                         progress=False)
         for guidance, folder in folders.items()
     ]
     table = Table(title="Caption alignment on held-out captions (detector accuracy)")

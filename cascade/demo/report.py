@@ -70,7 +70,8 @@ def write_demo_report(out: Path, *, plan: dict, settings: list[dict], folders: d
     if fast:
         report.note("This is a --fast smoke run: a few training steps per stage, so the images are not meaningful.")
     report.table(["step", "seconds"], [(name, f"{seconds:.1f}") for name, seconds in timings.items()],
-                 caption="Wall-clock time")
+                 caption="Wall-clock time (a step a rerun skipped keeps the time of the run that did it; the total "
+                         "counts the two training processes as running side by side)")
 
     report.heading("Caption alignment")
     report.text(

@@ -70,7 +70,8 @@ class StageTrainingError(RuntimeError):
 def train_concurrently(lanes: list[list[StageRun]], threads_per_process: int, console: Console,
                        heartbeat_seconds: float = HEARTBEAT_SECONDS) -> dict[str, float]:
     """Run each lane's stages one after the other, the lanes at the same time; returns the
-    seconds each stage took (0 for one trained before). Raises StageTrainingError naming the
+    seconds each stage trained in this call took (a stage trained before is skipped and left
+    out). Raises StageTrainingError naming the
     first stage that failed and its log, after the other lanes have finished their stage.
 
     Each stage's log file is named when it starts; on a console that is not a terminal a plain
@@ -89,7 +90,6 @@ def train_concurrently(lanes: list[list[StageRun]], threads_per_process: int, co
                 if run.finished():
                     progress.console.print(f"{run.name}: already trained for {run.steps} steps, skipping")
                     progress.update(tasks[run.name], completed=run.steps)
-                    seconds[run.name] = 0.0
                     continue
                 began = time.perf_counter()
                 progress.console.print(f"training {run.name} ({run.steps} steps): log in {run.run_dir / 'train.log'}",

@@ -24,7 +24,7 @@ from .progress import track_images
 from .results import EvaluationResult
 from .sources import ImageFolder, image_batches, source_length
 from .super_resolution import LowResConsistencyPSNR
-from .sweeps import SampleSet, condition_text, discover_sample_sets, metadata_by_file
+from .sweeps import SampleSet, condition_text, discover_sample_sets, metadata_by_file, sample_images
 
 
 def _scores(metric: GenerativeMetrics, reference: ReferenceStatistics,
@@ -66,6 +66,7 @@ def evaluate_samples(
     reference_file: Path | None = None,
     setting: dict[str, object] | None = None,
     resolution: int | None = None,
+    stage: str | int | None = None,
     recursive: bool = True,
     clip_model: str | os.PathLike[str] | None = None,
     batch_size: int = 32,
@@ -76,21 +77,29 @@ def evaluate_samples(
 ) -> EvaluationResult:
     """Score generated images (a folder, or an iterable of NCHW batches) against `reference`.
 
+    A folder gives its final images, or with `stage` those of one lower stage it keeps
+    (:func:`cascade.eval.sweeps.sample_images`); images of several sizes are an error.
     `metric_options` go to :class:`cascade.eval.metrics.GenerativeMetrics` (pr_k, kid_subsets, ...).
     With `clip_model` (a local CLIP folder) and a folder whose ``metadata.jsonl`` has prompts,
     the CLIP score is added.
     """
     metric = GenerativeMetrics(extractor, metrics, reference=reference, **metric_options).to(extractor.device)
     is_folder = isinstance(samples, (str, os.PathLike))
-    source = ImageFolder(samples, resolution, recursive=recursive) if is_folder else samples
-    name = str(samples) if is_folder else "live samples"
+    if is_folder:
+        folder, files = sample_images(samples, stage, recursive)
+        source = ImageFolder(folder, resolution, files=files)
+        name = str(folder)
+    else:
+        source, name = samples, "live samples"
     total = source_length(source, max_images)
     for batch in track_images(image_batches(source, batch_size, num_workers, max_images), f"samples {Path(name).name}",
                               total, progress):
         metric.update(batch)
     values, protocol = _scores(metric, reference, reference_file)
+    if stage is not None:
+        protocol["stage"] = str(stage)
     if clip_model is not None and is_folder:
-        score = clip_score_of_folder(source, clip_model, batch_size, max_images)
+        score = clip_score_of_folder(source, clip_model, batch_size, max_images, metadata_folder=Path(samples))
         if score is not None:
             values["clip_score"] = score
             protocol["clip_model"] = str(clip_model)
@@ -98,9 +107,10 @@ def evaluate_samples(
 
 
 def clip_score_of_folder(folder: ImageFolder, clip_model: str | os.PathLike[str], batch_size: int = 32,
-                         max_images: int | None = None) -> float | None:
-    """Mean CLIP score of a sample folder's images with their ``metadata.jsonl`` prompts (None if no prompts)."""
-    metadata = metadata_by_file(folder.root)
+                         max_images: int | None = None, metadata_folder: Path | None = None) -> float | None:
+    """Mean CLIP score of a sample folder's images with their ``metadata.jsonl`` prompts (None if no prompts);
+    `metadata_folder` is the sample folder when the images are one of its intermediate stages (same names)."""
+    metadata = metadata_by_file(metadata_folder or folder.root)
     pairs = [(index, condition_text(metadata.get(path.name, {}))) for index, path in enumerate(folder.files)]
     pairs = [(index, prompt) for index, prompt in pairs if prompt and not prompt.startswith("class ")][:max_images]
     if not pairs:
@@ -126,10 +136,12 @@ def evaluate_sweep(
     batch_size: int = 32,
     num_workers: int = 0,
     progress: bool = True,
+    stage: str | int | None = None,
     **sample_options: object,
 ) -> list[EvaluationResult]:
     """Reference statistics of `real` (cached), then :func:`evaluate_samples` for every sweep setting
-    found under `samples_root` (or `samples_root` itself without a sweep)."""
+    found under `samples_root` (or `samples_root` itself without a sweep): its final images, or
+    those of `stage`."""
     names = parse_metric_names(metrics)
     reference, reference_file = reference_statistics(
         real, extractor, resolution=resolution, dataset=dataset, cache_dir=stats_dir,
@@ -139,7 +151,7 @@ def evaluate_sweep(
     for sample_set in discover_sample_sets(samples_root):
         results.append(evaluate_samples(
             sample_set.path, reference, extractor, names, reference_file=reference_file,
-            setting=sample_set.setting, resolution=resolution, recursive=not sample_set.setting,
+            setting=sample_set.setting, resolution=resolution, stage=stage, recursive=not sample_set.setting,
             batch_size=batch_size, num_workers=num_workers, progress=progress, **sample_options))
     return results
 
@@ -149,7 +161,7 @@ class _SuperResolutionPairs(torch.utils.data.Dataset):
 
     def __init__(self, sr_folder: ImageFolder, lowres_root: Path):
         self.sr_folder = sr_folder
-        lowres_by_name = {path.name: path for path in ImageFolder(lowres_root).files}
+        lowres_by_name = {path.name: path for path in sample_images(lowres_root)[1]}
         missing = [path.name for path in sr_folder.files if path.name not in lowres_by_name]
         if missing:
             raise FileNotFoundError(f"{len(missing)} SR outputs have no low-res input of the same name in "
@@ -177,11 +189,14 @@ def evaluate_super_resolution(
     batch_size: int = 32,
     num_workers: int = 0,
     progress: bool = True,
+    stage: str | int | None = None,
     **metric_options: object,
 ) -> list[EvaluationResult]:
     """Per-stage SR evaluation for every sweep setting under `sr_outputs` (e.g. ``aug_level=0.1/``).
 
-    Each SR output is matched to the low-res input of the same file name in `lowres_inputs`.
+    The SR outputs of a sample folder are its final images, or those of `stage`; the low-res inputs
+    of one are its final images (name a kept stage's folder, ``intermediate/stage1_64px``, for
+    those). Each SR output is matched to the low-res input of the same file name in `lowres_inputs`.
     Metrics: those requested against `real_highres` plus ``lowres_psnr`` (dB).
     """
     names = parse_metric_names(metrics)
@@ -191,15 +206,17 @@ def evaluate_super_resolution(
         batch_size=batch_size, num_workers=num_workers, progress=progress)
     results = []
     for sample_set in discover_sample_sets(sr_outputs):
-        results.append(_evaluate_sr_set(sample_set, Path(lowres_inputs), reference, reference_file, extractor, names,
-                                        batch_size, num_workers, progress, metric_options))
+        results.append(_evaluate_sr_set(sample_set, stage, Path(lowres_inputs), reference, reference_file, extractor,
+                                        names, batch_size, num_workers, progress, metric_options))
     return results
 
 
-def _evaluate_sr_set(sample_set: SampleSet, lowres_root: Path, reference: ReferenceStatistics,
-                     reference_file: Path, extractor: FeatureExtractor, names: tuple[str, ...], batch_size: int,
-                     num_workers: int, progress: bool, metric_options: dict[str, object]) -> EvaluationResult:
-    pairs = _SuperResolutionPairs(ImageFolder(sample_set.path, recursive=not sample_set.setting), lowres_root)
+def _evaluate_sr_set(sample_set: SampleSet, stage: str | int | None, lowres_root: Path,
+                     reference: ReferenceStatistics, reference_file: Path, extractor: FeatureExtractor,
+                     names: tuple[str, ...], batch_size: int, num_workers: int, progress: bool,
+                     metric_options: dict[str, object]) -> EvaluationResult:
+    folder, files = sample_images(sample_set.path, stage, recursive=not sample_set.setting)
+    pairs = _SuperResolutionPairs(ImageFolder(folder, files=files), lowres_root)
     metric = GenerativeMetrics(extractor, names, reference=reference, **metric_options).to(extractor.device)
     consistency = LowResConsistencyPSNR().to(extractor.device)
     batches = DataLoader(pairs, batch_size=batch_size, num_workers=num_workers)
@@ -210,4 +227,6 @@ def _evaluate_sr_set(sample_set: SampleSet, lowres_root: Path, reference: Refere
     values["lowres_psnr"] = float(consistency.compute())
     protocol["lowres_inputs"] = str(lowres_root)
     protocol["lowres_consistency"] = "SR output -> antialiased bicubic downsample to input size, PSNR in dB on [0, 1]"
-    return EvaluationResult(samples=str(sample_set.path), metrics=values, protocol=protocol, setting=sample_set.setting)
+    if stage is not None:
+        protocol["stage"] = str(stage)
+    return EvaluationResult(samples=str(folder), metrics=values, protocol=protocol, setting=sample_set.setting)

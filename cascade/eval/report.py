@@ -39,7 +39,7 @@ from .sweeps import condition_text, metadata_by_file
 PROTOCOL_FIELDS = (
     ("extractor", "feature extractor"), ("weights_hash", "extractor weights (sha256 prefix)"),
     ("preprocessing", "resize / preprocessing"), ("feature_dim", "feature size"),
-    ("reference", "reference set"), ("num_reference", "reference images"),
+    ("stage", "stage scored"), ("reference", "reference set"), ("num_reference", "reference images"),
     ("reference_resolution", "reference resolution"), ("reference_statistics", "reference statistics file"),
     ("pr_k", "precision/recall k"), ("is_splits", "IS splits"), ("kid_subsets", "KID subsets"),
     ("kid_subset_size", "KID subset size"), ("clip_model", "CLIP model"), ("lowres_inputs", "low-res inputs"),

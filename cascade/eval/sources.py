@@ -18,6 +18,7 @@ images, so such an image (like an undecodable one) is an error naming it.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -123,6 +124,19 @@ def open_image_source(spec: str | os.PathLike[str], resolution: int | None = Non
     if path.is_dir() and not is_shard_folder:
         return ImageFolder(path, resolution)
     return ShardImages(resolve_shards(str(spec), "image source"), resolution)
+
+
+def require_one_size(files: list[Path], folder: str | os.PathLike[str]) -> None:
+    """ValueError naming `folder` and the sizes found unless every image in `files` has one size:
+    generated images of several resolutions (a cascade's stages) are never scored as one set."""
+    sizes: Counter[tuple[int, int]] = Counter()
+    for path in files:
+        with Image.open(path) as image:
+            sizes[image.size] += 1
+    if len(sizes) > 1:
+        found = ", ".join(f"{count} at {width}x{height}" for (width, height), count in sorted(sizes.items()))
+        raise ValueError(f"{folder}: images of several sizes ({found}); score one resolution at a time "
+                         "(a sample folder's lower stages: --stage)")
 
 
 def _stack_same_size(images: list[torch.Tensor]) -> torch.Tensor:

@@ -1,9 +1,11 @@
 """Sample folders written by ``cascade sample``, with or without ``--sweep``.
 
-A sweep writes one sub-folder per setting, named ``key=value`` (``guidance=3/``), with
-several keys either joined by commas (``guidance=3,aug_level=0.1/``) or nested
-(``guidance=3/aug_level=0.1/``). Each leaf folder holds PNGs and a ``metadata.jsonl`` with
-one JSON object per image. The metadata keys this module reads: the image file name
+A sweep writes one sub-folder per setting, named ``key=value`` (``guidance=3/``, or for one
+stage's setting ``base.guidance=3/``), with several keys either joined by commas
+(``base.guidance=3,sr1.aug_level=0.1/``) or nested (``guidance=3/aug_level=0.1/``). Each leaf folder holds PNGs and a ``metadata.jsonl`` with
+one JSON object per image, and with ``--keep-intermediate`` the lower stages' outputs under
+``intermediate/``: the folder's own images are the final ones, what is scored unless a stage is
+asked for (:func:`sample_images`). The metadata keys this module reads: the image file name
 (``file``, ``image``, ``filename`` or ``path``) and the condition (``prompt``, ``caption`` or
 ``class_label``); any others are kept as they are.
 """
@@ -14,8 +16,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..files.sample_folder import METADATA_FILE, read_metadata
-from .sources import list_image_files
+from ..files.sample_folder import METADATA_FILE, is_intermediate_image, read_metadata, stage_folder
+from .sources import IMAGE_EXTENSIONS, list_image_files, require_one_size
 
 FILE_KEYS = ("file", "image", "filename", "path")
 CONDITION_KEYS = ("prompt", "caption", "class_label")
@@ -69,6 +71,26 @@ def discover_sample_sets(root: str | os.PathLike[str]) -> list[SampleSet]:
         return [SampleSet(root)]
     return sorted(sets, key=lambda s: [(k, (0, v, "") if isinstance(v, float) else (1, 0, str(v)))
                                        for k, v in s.setting.items()])
+
+
+def sample_images(folder: str | os.PathLike[str], stage: str | int | None = None,
+                  recursive: bool = True) -> tuple[Path, list[Path]]:
+    """(the folder read, its image files) of one set of generated images, all of one size.
+
+    Without `stage`: the images under `folder` (in its sub-folders too when `recursive`), leaving
+    out the lower stages a sample folder keeps in ``intermediate/``, so a sample folder gives its
+    final images. With `stage`: that stage's images (``cascade.files.sample_folder.stage_folder``:
+    ``stage0_32px`` or an index). FileNotFoundError without images; ValueError naming the folder
+    and the sizes when they are not all one size.
+    """
+    folder = Path(folder)
+    if stage is not None:
+        folder, recursive = stage_folder(folder, stage), False
+    files = [path for path in list_image_files(folder, recursive) if not is_intermediate_image(path.relative_to(folder))]
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {folder}")
+    require_one_size(files, folder)
+    return folder, files
 
 
 def metadata_by_file(folder: str | os.PathLike[str]) -> dict[str, dict[str, object]]:

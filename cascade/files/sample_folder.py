@@ -5,6 +5,10 @@ metadata), both written atomically (temporary file + rename), the sidecar last: 
 counts as done when its sidecar exists. `metadata.jsonl` gathers the sidecars once every
 rank has finished. Work is split by rank as items[rank::world_size], so ranks never overlap
 and together leave no gaps.
+
+With `--keep-intermediate` the outputs of the lower stages go to `intermediate/stage{i}_{size}px/`
+under the same names. The folder's own images are its final ones: what an evaluation scores
+unless it is asked for one stage by name or index (`stage_folder`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from .atomic import remove_stale_temporaries, write_bytes
 from .images import png_bytes
 
 METADATA_FILE = "metadata.jsonl"
+INTERMEDIATE_DIR = "intermediate"
+STAGE_DIR_NAME = re.compile(r"stage(\d+)_(\d+)px")  # intermediate/stage{index}_{size}px
 
 
 @dataclass(frozen=True)
@@ -74,17 +80,46 @@ def shard_for_rank(items: list[WorkItem], rank: int, world_size: int) -> list[Wo
 
 def intermediate_dir(folder: Path, stage_index: int, image_size: int) -> Path:
     """Where `--keep-intermediate` puts the outputs of stage `stage_index` (not the last one)."""
-    return folder / "intermediate" / f"stage{stage_index}_{image_size}px"
+    return folder / INTERMEDIATE_DIR / f"stage{stage_index}_{image_size}px"
 
 
 def intermediate_dirs(folder: Path) -> list[tuple[int, Path]]:
     """(image size, folder) of each kept intermediate stage of a sample folder, in cascade order."""
     found = []
-    for path in (folder / "intermediate").glob("stage*_*px"):
-        match = re.fullmatch(r"stage(\d+)_(\d+)px", path.name)
+    for path in (folder / INTERMEDIATE_DIR).glob("stage*_*px"):
+        match = STAGE_DIR_NAME.fullmatch(path.name)
         if match:
             found.append((int(match.group(1)), int(match.group(2)), path))
     return [(size, path) for _, size, path in sorted(found)]
+
+
+def is_intermediate_image(path: Path) -> bool:
+    """True for a file inside a sample folder's `intermediate/stage{i}_{size}px/`: a lower stage's
+    output, never one of the folder's final images."""
+    parts = path.parts
+    return len(parts) >= 3 and parts[-3] == INTERMEDIATE_DIR and STAGE_DIR_NAME.fullmatch(parts[-2]) is not None
+
+
+def stage_folder(folder: Path, stage: str | int) -> Path:
+    """The folder holding one stage's images of a sample folder: a kept intermediate stage named
+    as its folder (`stage0_32px`) or by its index (0), or `folder` itself for the index of the
+    final stage (one past the last kept one). ValueError naming the folder and its stages otherwise."""
+    text = str(stage).strip()
+    kept = [path for _, path in intermediate_dirs(folder)]
+    for path in kept:
+        if text == path.name or (text.isdigit() and int(text) == _stage_index(path)):
+            return path
+    if kept and text.isdigit() and int(text) == _stage_index(kept[-1]) + 1:
+        return folder
+    if not kept:
+        raise ValueError(f"{folder}: no stage {text!r}: it keeps no intermediate stages "
+                         f"(no {INTERMEDIATE_DIR}/stage{{i}}_{{size}}px folders; `cascade sample --keep-intermediate` writes them)")
+    names = ", ".join(f"{path.name} ({_stage_index(path)})" for path in kept)
+    raise ValueError(f"{folder}: no stage {text!r}; its stages: {names}, and the final images ({_stage_index(kept[-1]) + 1})")
+
+
+def _stage_index(path: Path) -> int:
+    return int(STAGE_DIR_NAME.fullmatch(path.name).group(1))
 
 
 def is_done(folder: Path, item: WorkItem) -> bool:

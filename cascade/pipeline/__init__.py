@@ -10,20 +10,89 @@ from generators seeded by it, so an image does not depend on the batch it was ge
 
 from __future__ import annotations
 
+import inspect
+import pickle
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from ..diffusion.samplers import randn
 from ..stages.conditioning import Condition
 from ..stages.config import SamplingSettings
 from ..stages.diffusion_stage import DiffusionStage
-from ..stages.export import load_stage
+from ..stages.export import CONFIG_FILE, load_stage, resolve_stage_class
 from ..stages.super_res import SuperResStage
 
 StageEnd = Callable[[int, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class StageShape:
+    """What the order of a cascade's stages depends on: whether a stage is a super-resolution
+    stage, the size it makes and (SR stages) the size it takes; `source` (its file) names it."""
+
+    source: str
+    super_res: bool
+    image_size: int
+    lowres_size: int | None = None
+
+    @classmethod
+    def of(cls, stage: DiffusionStage, source: str = "") -> StageShape:
+        super_res = isinstance(stage, SuperResStage)
+        return cls(source, super_res, stage.image_size, stage.lowres_size if super_res else None)
+
+    @classmethod
+    def read(cls, path: str | Path) -> StageShape:
+        """The shape of the stage in an export directory (its config.yaml) or a `.ckpt` (its
+        `cascade_stage` entry, memory-mapped): no weights are read and no network is built, so a
+        wrong order is found before anything is loaded. ValueError naming the file when it holds
+        no cascade stage."""
+        path = Path(path)
+        try:
+            if path.is_dir():
+                config = yaml.safe_load((path / CONFIG_FILE).read_text())
+            else:
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                config = checkpoint.get("cascade_stage") if isinstance(checkpoint, dict) else None
+        except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, yaml.YAMLError) as error:
+            raise ValueError(f"{path}: cannot be read as a cascade stage ({type(error).__name__}: {error})") from None
+        if not (isinstance(config, dict) and isinstance(config.get("class_path"), str)
+                and isinstance(config.get("init_args"), dict)):
+            raise ValueError(f"{path}: holds no cascade stage (no class_path and init_args)")
+        try:
+            stage_class, init_args = resolve_stage_class(config["class_path"]), config["init_args"]
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
+        defaults = inspect.signature(stage_class).parameters
+
+        def init_arg(name: str) -> int:
+            return int(init_args.get(name, defaults[name].default))
+
+        super_res = issubclass(stage_class, SuperResStage)
+        return cls(str(path), super_res, init_arg("image_size"), init_arg("lowres_size") if super_res else None)
+
+    def name(self, index: int) -> str:
+        return f"stage {index} ({self.source})" if self.source else f"stage {index}"
+
+
+def check_stage_order(shapes: list[StageShape]) -> None:
+    """ValueError naming the offending stages unless the first is a base stage and every later one
+    a super-resolution stage taking the size the one before it makes."""
+    if not shapes:
+        raise ValueError("a cascade needs at least one stage")
+    if shapes[0].super_res:
+        raise ValueError(f"the first stage must be a base stage, but {shapes[0].name(0)} is a super-resolution stage")
+    for index, (previous, shape) in enumerate(zip(shapes, shapes[1:]), start=1):
+        if not shape.super_res:
+            raise ValueError(f"{shape.name(index)} is a base stage; every stage after the first must be a "
+                             "super-resolution stage")
+        if shape.lowres_size != previous.image_size:
+            raise ValueError(f"{shape.name(index)} takes {shape.lowres_size}x{shape.lowres_size} inputs but "
+                             f"{previous.name(index - 1)} makes {previous.image_size}x{previous.image_size} images")
 
 
 class Cascade:
@@ -36,19 +105,7 @@ class Cascade:
         settings: list[SamplingSettings] | None = None,
         sources: list[str] | None = None,
     ):
-        if not stages:
-            raise ValueError("a cascade needs at least one stage")
-        if isinstance(stages[0], SuperResStage):
-            raise ValueError("the first stage of a cascade must be a base stage, got a SuperResStage")
-        for index, stage in enumerate(stages[1:], start=1):
-            if not isinstance(stage, SuperResStage):
-                raise ValueError(f"stage {index} must be a SuperResStage, got {type(stage).__name__}")
-            previous_size = stages[index - 1].image_size
-            if stage.lowres_size != previous_size:
-                raise ValueError(
-                    f"stage {index} takes {stage.lowres_size}x{stage.lowres_size} inputs but stage {index - 1} "
-                    f"makes {previous_size}x{previous_size} images"
-                )
+        check_stage_order([StageShape.of(stage, source) for stage, source in zip(stages, sources or [""] * len(stages))])
         settings = [stage.sampling for stage in stages] if settings is None else list(settings)
         if len(settings) != len(stages):
             raise ValueError(f"got {len(settings)} stage settings for {len(stages)} stages")
