@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from cascade.stages import (
     load_checkpoint,
     load_exported,
 )
-from cascade.stages.export import resolve_stage_class
+from cascade.stages.export import CONFIG_FILE, WEIGHTS_FILE, resolve_stage_class, write_export
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -86,6 +88,18 @@ def test_export_validate_and_load_without_pickle(write_stage_config, tmp_path, c
 
     with pytest.raises(ValueError, match="only cascade"):
         resolve_stage_class("os.system")
+
+
+def test_exported_files_are_readable_like_every_other_output(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        out = write_export({"weight": torch.zeros(2)}, {"class_path": "cascade.stages.BaseStage", "init_args": {}},
+                           tmp_path / "export")
+    finally:
+        os.umask(previous)
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
+    assert sorted(p.name for p in out.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]  # no temporaries left
 
 
 @pytest.mark.parametrize("key", ["guidance", "guidance_scale"], ids=["today", "older"])
