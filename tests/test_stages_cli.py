@@ -37,7 +37,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
         ("base", "--model.init_args.optimizer.schedule=linear", "optimizer.schedule"),
         ("base", "--data.init_args.train_shards=/no/such/shards", "data.init_args.train_shards"),
         ("sr", "--model.init_args.lowres_size=6", "lowres_size"),
-        ("base", "--trainer.max_stepz=3", "--trainer.max_stepz"),
+        ("base", "--trainer.max_stepz=3", "trainer.max_stepz"),
         ("sr", "--data.init_args.resolution=32", "data.init_args.resolution"),
         ("base", "--model.init_args.unet.image_size=32", "model.init_args.unet.image_size"),
         ("base", "--trainer.default_root_dir=/elsewhere", "trainer.default_root_dir"),
@@ -56,6 +56,24 @@ def test_bad_configs_fail_before_training_naming_the_key(write_stage_config, cap
     assert lines and any(named_key in line for line in lines), error
     assert "Traceback" not in error and len(error.splitlines()) <= 5
     assert not (run_dir / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "stated", "line"),
+    [
+        ("--trainer.max_stepz=3", {}, "trainer.max_stepz: unknown key; did you mean trainer.max_steps?"),
+        (None, {"p_uncnd": 0.2}, "model.init_args.p_uncnd: unknown key; did you mean model.init_args.p_uncond?"),
+        ("--model.init_args.unet.base_chanels=8", {},
+         "model.init_args.unet.base_chanels: unknown key; did you mean model.init_args.unet.base_channels?"),
+        ("--trainr.max_steps=3", {}, "trainr.max_steps: unknown key; did you mean trainer.max_steps?"),
+        ("--model.init_args.zzzz=1", {}, "model.init_args.zzzz: unknown key"),
+    ],
+    ids=["flag", "yaml", "nested-dataclass", "misspelt-section", "nothing-close"],
+)
+def test_an_unknown_key_is_named_in_full_with_the_closest_valid_one(write_stage_config, capsys, override, stated, line):
+    config, _ = write_stage_config(**stated)
+    assert cascade_main(["fit", "-c", str(config), *([override] if override else [])]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"cascade fit: config error: {line}"]
 
 
 def test_export_validate_and_load_without_pickle(write_stage_config, tmp_path, capsys):

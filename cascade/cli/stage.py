@@ -24,19 +24,24 @@ A stage config states only what is particular to its stage; `CascadeCLI` holds t
   lowres_resolution. Stating one of the linked keys as well is a config error.
 
 Configuration mistakes (unknown key, wrong type, invalid value, missing data) are reported as
-one line per problem naming the key, before anything is trained, with exit status 2.
+one line per problem naming the key, before anything is trained, with exit status 2; an unknown
+key comes with the closest valid one (`trainer.max_stepz: unknown key; did you mean
+trainer.max_steps?`).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import importlib
 import re
 import sys
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import ArgumentError
+from jsonargparse import ArgumentError, ArgumentParser
 from lightning.pytorch import Callback, LightningDataModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -147,7 +152,12 @@ class CascadeCLI(LightningCLI):
         parser.set_defaults(SHARED_DEFAULTS)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: list[str]) -> None:
-        super().parse_arguments(parser, args)
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as error:
+            subcommand_parser = self._subcommand_parsers.get(args[0]) if args else None
+            known = option_keys(subcommand_parser) if subcommand_parser is not None else []
+            raise ConfigError(config_problems("", str(error), known)) from error
         # Links overwrite a stated target silently; a parse without defaults shows what was stated.
         stated = parser.parse_args(args, defaults=False)[self.config.subcommand]
         problems = [
@@ -245,11 +255,14 @@ _UNION_NOISE = (
 )
 
 
-def config_problems(key: str, message: str) -> list[tuple[str, str]]:
+def config_problems(key: str, message: str, known_keys: Iterable[str] = ()) -> list[tuple[str, str]]:
     """(key, message) pairs from a jsonargparse error, dropping its Union bookkeeping and turning
     its nested 'Parser key "x":' / "Problem with given class_path" lines into a dotted key; a
-    value given for a linked key ("argument SOURCE --> TARGET: ...") names TARGET."""
+    value given for a linked key ("argument SOURCE --> TARGET: ...") names TARGET. An unknown key
+    is named in full with the closest valid one (`closest_key`): among the options of the class
+    it was given to, or among `known_keys` (the subcommand's) outside any class."""
     keys = [key] if key else []
+    class_path = None
     problems = []
     for raw in message.splitlines():
         line = raw.strip().removeprefix("- ").strip()
@@ -260,15 +273,87 @@ def config_problems(key: str, message: str) -> list[tuple[str, str]]:
             problems.append((linked.group(2), f"follows {linked.group(1)}; set that instead"))
             continue
         nested_key = re.match(r'Parser key "([^"]+)":\s*(.*)$', line)
+        given_class = re.match(r"Problem with given class_path '([^']+)':", line)
         if nested_key:
             keys.append(nested_key.group(1))
             line = nested_key.group(2)
-        elif re.match(r"Problem with given class_path '[^']+':", line):
+        elif given_class:
             keys.append("init_args")
+            class_path = given_class.group(1)
             continue
-        if line:
+        unknown = unknown_keys(line)
+        if unknown:
+            known = class_option_keys(class_path) if class_path else list(known_keys)
+            problems += [unknown_key_problem(keys, name, known) for name in unknown]
+        elif line:
             problems.append((".".join(keys) or "config", line))
     return problems or [(key or "config", message)]
+
+
+def unknown_keys(line: str) -> list[str]:
+    """The keys a jsonargparse message says are not accepted (relative to where it was raised);
+    empty for any other message."""
+    patterns = (
+        (r"Option '([^']+)' is not accepted", "{0}"),
+        (r"Group '([^']+)' does not accept option '([^']+)'", "{0}.{1}"),
+        (r"Subcommand '[^']+' does not accept option '([^']+)'", "{0}"),
+    )
+    for pattern, form in patterns:
+        found = re.fullmatch(pattern, line)
+        if found:
+            return [form.format(*found.groups())]
+    unrecognized = re.fullmatch(r"unrecognized arguments: (.*)", line)
+    if unrecognized:
+        return [arg.lstrip("-").split("=", 1)[0] for arg in unrecognized.group(1).split() if arg.startswith("--")]
+    return []
+
+
+def unknown_key_problem(scope: list[str], name: str, known: list[str]) -> tuple[str, str]:
+    """(full key, "unknown key[; did you mean FULL KEY?]") for `name` given under `scope`."""
+    full = ".".join([*scope, name])
+    suggestion = closest_key(name, known)
+    if suggestion is None:
+        return full, "unknown key"
+    return full, f"unknown key; did you mean {'.'.join([*scope, suggestion])}?"
+
+
+def closest_key(unknown: str, known: Iterable[str]) -> str | None:
+    """The valid key nearest a misspelt dotted one, matched one level at a time with difflib
+    (`trainr.max_stepz` -> `trainer.max_steps`); past a key that takes a whole class or mapping
+    (`ema`, whose options are not listed) the rest is kept as written. None when some level has
+    nothing close, or nothing differs."""
+    known = set(known)
+    matched: list[str] = []
+    for part in unknown.split("."):
+        prefix = ".".join([*matched, ""])
+        children = {key[len(prefix) :].split(".")[0] for key in known if key.startswith(prefix)}
+        if not children or part in children:
+            matched.append(part)
+            continue
+        close = difflib.get_close_matches(part, children, n=1)
+        if not close:
+            return None
+        matched.append(close[0])
+    suggestion = ".".join(matched)
+    return None if suggestion == unknown else suggestion
+
+
+def option_keys(parser: ArgumentParser) -> list[str]:
+    """The dotted keys a jsonargparse parser accepts (its options, without help and config ones)."""
+    actions = parser._actions  # argparse keeps them only here
+    return [a.dest for a in actions if a.dest not in ("help", "config", "print_config") and not a.dest.endswith(".help")]
+
+
+def class_option_keys(class_path: str) -> list[str]:
+    """The init_args keys of the class at `class_path` (empty when it cannot be imported)."""
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_class_arguments(cls, fail_untyped=False)
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return []
+    return option_keys(parser)
 
 
 def run(subcommand: str, argv: list[str]) -> int:
