@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
+import tarfile
 import warnings
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from safetensors.torch import load_file
 
 from cascade.cli import main as cascade_main
 from cascade.cli.stage import CALLBACK_SECTIONS, CascadeCLI
+from cascade.data.shards import read_samples, resolve_shards
 from cascade.stages import (
     BaseStage,
     SampleGrid,
@@ -74,6 +77,40 @@ def test_an_unknown_key_is_named_in_full_with_the_closest_valid_one(write_stage_
     config, _ = write_stage_config(**stated)
     assert cascade_main(["fit", "-c", str(config), *([override] if override else [])]) == 2
     assert capsys.readouterr().err.splitlines() == [f"cascade fit: config error: {line}"]
+
+
+def copy_shards_without(field: str, shards: str, out: Path) -> str:
+    """`shards` copied to `out` with every sample's `field` member left out."""
+    out.mkdir()
+    for shard in resolve_shards(shards, "shards"):
+        with tarfile.open(out / Path(shard).name, "w") as tar:
+            for sample in read_samples(shard):
+                for name, data in sample.items():
+                    if name not in ("__key__", field):
+                        info = tarfile.TarInfo(f"{sample['__key__']}.{name}")
+                        info.size = len(data)
+                        tar.addfile(info, io.BytesIO(data))
+    return str(out)
+
+
+@pytest.mark.parametrize(
+    ("conditioning", "field", "setting", "advice"),
+    [
+        ("text", "txt", "data.init_args.with_caption", "model.init_args.conditioning"),
+        ("class", "cls", "data.init_args.with_class_label", "model.init_args.conditioning"),
+    ],
+)
+def test_shards_without_a_field_the_config_needs_fail_before_training_naming_the_setting(
+    write_stage_config, synthetic_shards, tmp_path, capsys, conditioning, field, setting, advice
+):
+    config, run_dir = write_stage_config(conditioning=conditioning)
+    shards = copy_shards_without(field, synthetic_shards["train"], tmp_path / f"no-{field}")
+    assert cascade_main(["fit", "-c", str(config), f"--data.init_args.train_shards={shards}"]) == 2
+    error = capsys.readouterr().err
+    (line,) = error.splitlines()
+    assert line.startswith(f"cascade fit: config error: {setting}: no {field} field in the first 16 samples of ")
+    assert advice in line and "data.init_args.train_shards" in line
+    assert not (run_dir / "checkpoints").exists()
 
 
 def test_export_validate_and_load_without_pickle(write_stage_config, tmp_path, capsys):

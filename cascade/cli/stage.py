@@ -23,10 +23,10 @@ A stage config states only what is particular to its stage; `CascadeCLI` holds t
   image_size and the data's resolution, an SR stage's `lowres_size` the data's
   lowres_resolution. Stating one of the linked keys as well is a config error.
 
-Configuration mistakes (unknown key, wrong type, invalid value, missing data) are reported as
-one line per problem naming the key, before anything is trained, with exit status 2; an unknown
-key comes with the closest valid one (`trainer.max_stepz: unknown key; did you mean
-trainer.max_steps?`).
+Configuration mistakes (unknown key, wrong type, invalid value, missing data, shards without a
+field the data settings need) are reported as one line per problem naming the key, before
+anything is trained, with exit status 2; an unknown key comes with the closest valid one
+(`trainer.max_stepz: unknown key; did you mean trainer.max_steps?`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import difflib
 import importlib
 import re
 import sys
+import tarfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -46,7 +47,7 @@ from lightning.pytorch import Callback, LightningDataModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from ..data.shards import resolve_shards
+from ..data.shards import EMBEDDING_FIELD, read_samples, resolve_shards
 from ..stages import (
     EMA,
     DiffusionStage,
@@ -176,6 +177,7 @@ class CascadeCLI(LightningCLI):
         shard_settings = ["train_shards", "val_shards"] if self.subcommand == "fit" else ["val_shards"]
         check_data_paths(self.datamodule, shard_settings)
         check_data_matches_model(self.datamodule, self.model)
+        check_first_samples(self.datamodule, self.model, shard_settings)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer with the callback sections that are not null, then `trainer.callbacks`; a
@@ -223,6 +225,75 @@ def check_data_matches_model(datamodule: LightningDataModule | None, model: Diff
         problems.append(("data.init_args.with_caption", message))
     if problems:
         raise ConfigError(problems)
+
+
+FIRST_SAMPLES = 16  # how many samples of a shard `check_first_samples` reads
+
+
+def check_first_samples(datamodule: LightningDataModule | None, model: DiffusionStage, names: list[str]) -> None:
+    """Fail now, naming the setting that asks for it, when none of the first samples of the first
+    shard of each shard setting has a field the DataModule's settings need (`txt` for
+    with_caption, `cls` for with_class_label, the embeddings for text_encoder): the data stream
+    would skip sample after sample and stop with an error only after a thousand of them."""
+    settings = dict(getattr(datamodule, "hparams", {}) or {})
+    needed = {
+        "with_caption": ("txt",),
+        "with_class_label": ("cls",),
+        "text_encoder": (EMBEDDING_FIELD, "json"),
+    }
+    needed = {setting: fields for setting, fields in needed.items() if settings.get(setting)}
+    problems: dict[str, str] = {}
+    for name in names:
+        spec = getattr(datamodule, name, None)
+        if spec is None or not needed:
+            continue
+        shard = resolve_shards(spec, f"data.init_args.{name}")[0]
+        samples = first_samples(shard, FIRST_SAMPLES)
+        if not samples:
+            continue
+        for setting, fields in needed.items():
+            missing = [field for field in fields if not any(field in sample for sample in samples)]
+            if missing and f"data.init_args.{setting}" not in problems:
+                where = f"no {' or '.join(missing)} field in the first {len(samples)} samples of {shard}"
+                problems[f"data.init_args.{setting}"] = f"{where}; {missing_field_advice(setting, model, samples)}"
+    if problems:
+        raise ConfigError(list(problems.items()))
+
+
+def first_samples(shard: str, count: int) -> list[dict[str, bytes]]:
+    """Up to `count` raw samples from the start of a local shard; none from a remote or unreadable
+    one (the data stream reports those itself)."""
+    samples: list[dict[str, bytes]] = []
+    if not Path(shard).is_file():
+        return samples
+    try:
+        for sample in read_samples(shard):
+            samples.append(sample)
+            if len(samples) == count:
+                break
+    except (tarfile.TarError, OSError):
+        pass
+    return samples
+
+
+def missing_field_advice(setting: str, model: DiffusionStage, samples: list[dict[str, bytes]]) -> str:
+    """Which settings to change when the shards lack the field `setting` asks for."""
+    conditioning = f"model.init_args.conditioning (now {model.conditioning})"
+    if setting == "with_caption":
+        if model.conditioning != "text":
+            return "this stage does not use captions: set data.init_args.with_caption false"
+        if any(EMBEDDING_FIELD in sample for sample in samples):
+            return ("the shards hold precomputed text embeddings: set data.init_args.text_encoder to their "
+                    "encoder and data.init_args.with_caption false")
+        return (f"train on captioned shards (data.init_args.train_shards), or change {conditioning} "
+                "and set data.init_args.with_caption false")
+    if setting == "with_class_label":
+        if model.conditioning != "class":
+            return "this stage does not use class labels: set data.init_args.with_class_label false"
+        return (f"train on shards with class labels (data.init_args.train_shards), or change {conditioning} "
+                "and set data.init_args.with_class_label false")
+    return ("add them with `cascade data precompute-text --shards SHARDS --encoder KIND --out DIR` and train "
+            "on DIR, or set data.init_args.text_encoder null to encode the captions while training")
 
 
 def instantiation_problems(error: Exception) -> list[tuple[str, str]]:
