@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,57 @@ def test_resume_from_last_continues_exactly(write_stage_config):
     val_straight = series(straight_rows, "val/loss")[2 * steps - 1]
     assert val_resumed < val_first_half
     assert math.isclose(val_resumed, val_straight, rel_tol=0.02)
+
+
+def test_a_rerun_in_the_same_run_dir_resumes_from_its_one_last_checkpoint(write_stage_config, tmp_path, capsys):
+    config, run_dir = write_stage_config(max_steps=2, val_every=2)
+    checkpoints, lines = run_dir / "checkpoints", "--trainer.callbacks+=cascade.stages.ProgressLines"
+    assert fit_main(["-c", str(config), lines]) == 0
+    shutil.copy(checkpoints / "last.ckpt", tmp_path / "step2.ckpt")
+    capsys.readouterr()
+
+    # No --ckpt_path: the run goes on from its last.ckpt, and says so; last.ckpt is overwritten.
+    assert fit_main(["-c", str(config), lines, "--trainer.max_steps", "4"]) == 0
+    out = capsys.readouterr()
+    assert f"cascade fit: resuming from {checkpoints / 'last.ckpt'}" in out.err
+    assert "training from step 2" in out.out
+    assert sorted(p.name for p in checkpoints.glob("last*")) == ["last.ckpt"]
+    assert load(checkpoints / "last.ckpt")["global_step"] == 4
+
+    # --ckpt_path last is the run's last.ckpt, even beside a newer last-v1.ckpt (an older cascade's
+    # restart from step 0 in the same run_dir).
+    shutil.copy(tmp_path / "step2.ckpt", checkpoints / "last-v1.ckpt")
+    assert fit_main(["-c", str(config), lines, "--trainer.max_steps", "6", "--ckpt_path", "last"]) == 0
+    assert "training from step 4" in capsys.readouterr().out
+    assert load(checkpoints / "last.ckpt")["global_step"] == 6
+    (checkpoints / "last-v1.ckpt").unlink()
+
+    # --ckpt_path none starts over, overwriting the run's last.ckpt.
+    assert fit_main(["-c", str(config), lines, "--ckpt_path", "none"]) == 0
+    assert "training from step 0" in capsys.readouterr().out
+    assert sorted(p.name for p in checkpoints.glob("last*")) == ["last.ckpt"]
+    assert load(checkpoints / "last.ckpt")["global_step"] == 2
+
+
+def test_a_save_killed_halfway_leaves_the_previous_last_checkpoint_whole(write_stage_config, monkeypatch):
+    from lightning.fabric.plugins.io import torch_io
+
+    config, run_dir = write_stage_config(max_steps=2, val_every=2)
+    assert fit_main(["-c", str(config)]) == 0
+
+    write = torch_io._atomic_save
+
+    def killed_writing_last(checkpoint: dict, path) -> None:  # (the best-<step> one is written first)
+        if "last.ckpt" not in Path(path).name:
+            return write(checkpoint, path)
+        Path(path).write_bytes(b"the first half of a checkpoint")
+        raise OSError("killed while writing")
+
+    monkeypatch.setattr(torch_io, "_atomic_save", killed_writing_last)
+    with pytest.raises(OSError, match="killed while writing"):
+        fit_main(["-c", str(config), "--trainer.max_steps", "4", "--ckpt_path", "last"])
+    assert load(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 2
+    assert not [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.endswith(".tmp")]
 
 
 def nan_loss_at(steps: set[int] | None):

@@ -3,6 +3,7 @@
 
     cascade fit -c configs/demo/base.yaml [--trainer.max_steps 500] [--run-dir runs/x]
     cascade fit -c configs/demo/base.yaml --ckpt_path last        # resume the run exactly
+    cascade fit -c configs/demo/base.yaml --ckpt_path none        # start over in the same run_dir
     cascade validate -c configs/demo/base.yaml --ckpt_path runs/x/checkpoints/last.ckpt
 
 A stage config states only what is particular to its stage; `CascadeCLI` holds the rest:
@@ -19,6 +20,11 @@ A stage config states only what is particular to its stage; `CascadeCLI` holds t
   trainer's default_root_dir, every logger's save_dir and every ModelCheckpoint's dirpath
   (run_dir/checkpoints), so `--ckpt_path last` finds the run's last.ckpt and a resubmitted job
   resumes where it stopped.
+- A run directory holds one run: `cascade fit` without --ckpt_path in a run_dir that has a
+  last.ckpt resumes from it (and prints a line saying so) rather than starting a second run over
+  the first; `--ckpt_path none` starts over, overwriting its checkpoints. There is only ever one
+  last.ckpt (no `last-v1.ckpt`), and every checkpoint is written atomically
+  (`cascade.stages.AtomicCheckpointIO`): a run killed while saving keeps its previous last.ckpt.
 - Every size is stated once (`SIZE_LINKS`): `model.init_args.image_size` is also the UNet's
   image_size and the data's resolution, an SR stage's `lowres_size` the data's
   lowres_resolution. Stating one of the linked keys as well is a config error.
@@ -46,10 +52,13 @@ from jsonargparse import ArgumentError, ArgumentParser
 from lightning.pytorch import Callback, LightningDataModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 
 from ..data.shards import EMBEDDING_FIELD, read_samples, resolve_shards
 from ..stages import (
     EMA,
+    AtomicCheckpointIO,
     DiffusionStage,
     NonFiniteLossError,
     SampleGrid,
@@ -68,8 +77,9 @@ SHARED_DEFAULTS: dict[str, Any] = {
     ],
     "checkpoint": {
         "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        # No version counter: a rerun overwrites last.ckpt instead of writing a second, last-v1.ckpt.
         "init_args": {"filename": "best-{step}", "monitor": "val/loss", "save_last": True,
-                      "auto_insert_metric_name": False},
+                      "auto_insert_metric_name": False, "enable_version_counter": False},
     },
     "lr_monitor": {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
                    "init_args": {"logging_interval": "step"}},
@@ -161,6 +171,7 @@ class CascadeCLI(LightningCLI):
             raise ConfigError(config_problems("", str(error), known)) from error
         # Links overwrite a stated target silently; a parse without defaults shows what was stated.
         stated = parser.parse_args(args, defaults=False)[self.config.subcommand]
+        self.ckpt_path_stated = "ckpt_path" in stated
         problems = [
             (target, f"follows {source}; state the size only there")
             for source, target in SIZE_LINKS
@@ -195,7 +206,49 @@ class CascadeCLI(LightningCLI):
         ]
         if problems:
             raise ConfigError(problems)
-        return super().instantiate_trainer(callbacks=[*sections.values(), *extra], **kwargs)
+        trainer = super().instantiate_trainer(callbacks=[*sections.values(), *extra], **kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the config chose
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
+    def before_fit(self) -> None:
+        """Start from the checkpoint `resume_path` picks."""
+        config = self.config_init["fit"]
+        config.ckpt_path = resume_path(config.ckpt_path, self.ckpt_path_stated, config.run_dir)
+
+
+def last_checkpoint(run_dir: str) -> Path:
+    """run_dir/checkpoints/last.ckpt: where the `checkpoint` section keeps a run's latest state."""
+    return Path(checkpoint_dir(run_dir)) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+
+
+def resume_path(ckpt_path: str | None, stated: bool, run_dir: str) -> str | None:
+    """The checkpoint `cascade fit` starts from: with no --ckpt_path, the run's last.ckpt when
+    there is one (saying so: a rerun in the same run_dir continues the run rather than starting a
+    second one over it), else none; `--ckpt_path none` (or null) none, a fresh start that
+    overwrites the run's checkpoints; `--ckpt_path last` the run's last.ckpt, or none before the
+    run has one (a requeued job passes it) -- that file alone, never a `last-v1.ckpt` beside it;
+    any other value as given."""
+    last = last_checkpoint(run_dir)
+    if not stated:
+        if not last.is_file():
+            return None
+        note(f"resuming from {last} (a run already there); start over with --ckpt_path none or a fresh --run-dir")
+        return str(last)
+    if ckpt_path is None or ckpt_path.lower() in ("none", "null"):
+        return None
+    if ckpt_path == "last":
+        if not last.is_file():
+            note(f"--ckpt_path last: no {last} yet, starting from scratch")
+            return None
+        return str(last)
+    return ckpt_path
+
+
+@rank_zero_only
+def note(message: str) -> None:
+    """A `cascade fit: ...` line on stderr, from the first process only (every DDP rank runs the CLI)."""
+    print(f"cascade fit: {message}", file=sys.stderr, flush=True)
 
 
 def check_data_paths(datamodule: LightningDataModule | None, names: list[str]) -> None:

@@ -9,6 +9,7 @@ their callbacks (`EMA`, `SampleGrid`, `TrainingSpeed`, `ProgressLines`), and loa
 
 from .base_stage import BaseStage
 from .callbacks import ProgressLines, SampleGrid, TrainingSpeed
+from .checkpointing import AtomicCheckpointIO
 from .conditioning import Condition, TextEncoderConfig
 from .config import SamplingSettings, ScheduleConfig, StageConfigError, ValidationConfig
 from .diffusion_stage import DiffusionStage, NonFiniteLossError
@@ -19,6 +20,7 @@ from .super_res import BlurConfig, SuperResStage
 
 __all__ = [
     "EMA",
+    "AtomicCheckpointIO",
     "BaseStage",
     "BlurConfig",
     "Condition",
