@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import re
+import shlex
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -159,6 +165,61 @@ def test_a_save_killed_halfway_leaves_the_previous_last_checkpoint_whole(write_s
         fit_main(["-c", str(config), "--trainer.max_steps", "4", "--ckpt_path", "last"])
     assert load(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 2
     assert not [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_ctrl_c_saves_the_steps_done_and_prints_the_command_that_resumes_them(write_stage_config, capsys):
+    config, run_dir = write_stage_config(max_steps=1000, val_every=1000)  # no checkpoint before the end
+    lines = "--trainer.callbacks+=cascade.stages.ProgressLines"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SLURM_")}
+    env["OMP_NUM_THREADS"] = "1"
+    process = subprocess.Popen([sys.executable, "-m", "cascade", "fit", "-c", str(config), lines], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = []
+    try:
+        for line in process.stdout:
+            output.append(line)
+            if line.startswith("step 3/"):
+                process.send_signal(signal.SIGINT)
+                break
+        output.append(process.communicate(timeout=120)[0])
+    finally:
+        if process.poll() is None:
+            process.kill()
+    text = "".join(output)
+    assert process.returncode == 128 + signal.SIGINT, text[-3000:]
+
+    saved = re.search(r"^cascade fit: SIGINT: saved (\S+) at step (\d+); resume with: (.+)$", text, re.MULTILINE)
+    assert saved, text[-3000:]
+    path, step, resume = Path(saved[1]), int(saved[2]), shlex.split(saved[3])
+    assert path == run_dir / "checkpoints" / "last.ckpt"
+    assert load(path)["global_step"] == step
+    assert step == max(int(n) for n in re.findall(r"^step (\d+)/", text, re.MULTILINE))  # no step done is lost
+    assert resume == ["cascade", "fit", "-c", str(config), lines, "--run-dir", str(run_dir), "--ckpt_path", "last"]
+
+    capsys.readouterr()
+    assert fit_main([*resume[2:], "--trainer.max_steps", str(step + 2)]) == 0
+    assert f"training from step {step}" in capsys.readouterr().out
+    assert load(path)["global_step"] == step + 2
+
+
+class RecordTrainProgress(Callback):
+    """(completed, total) of the progress bar's training task after every batch (added through the CLI)."""
+
+    shown: list[tuple[float, float | None]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        bar = trainer.progress_bar_callback
+        task = next(task for task in bar.progress.tasks if task.id == bar.train_progress_bar_id)
+        RecordTrainProgress.shown.append((task.completed, task.total))
+
+
+def test_the_progress_bar_of_a_resumed_run_counts_its_steps_against_max_steps(write_stage_config):
+    config, _ = write_stage_config(max_steps=2, val_every=2)
+    assert fit_main(["-c", str(config)]) == 0
+    RecordTrainProgress.shown = []
+    assert fit_main(["-c", str(config), "--ckpt_path", "last", "--trainer.max_steps", "4",
+                     "--trainer.enable_progress_bar", "true", f"--trainer.callbacks+={__name__}.RecordTrainProgress"]) == 0
+    assert RecordTrainProgress.shown == [(3, 4), (4, 4)]
 
 
 def nan_loss_at(steps: set[int] | None):

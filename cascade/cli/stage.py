@@ -25,6 +25,10 @@ A stage config states only what is particular to its stage; `CascadeCLI` holds t
   the first; `--ckpt_path none` starts over, overwriting its checkpoints. There is only ever one
   last.ckpt (no `last-v1.ckpt`), and every checkpoint is written atomically
   (`cascade.stages.AtomicCheckpointIO`): a run killed while saving keeps its previous last.ckpt.
+- Ctrl-C or SIGTERM saves last.ckpt at the end of the step (`cascade.stages.SaveOnInterrupt`,
+  every DDP rank at the same step) and prints the command that resumes; the exit status is
+  128 + the signal number. The progress bar counts steps against trainer.max_steps
+  (`cascade.stages.StepProgressBar`).
 - Every size is stated once (`SIZE_LINKS`): `model.init_args.image_size` is also the UNet's
   image_size and the data's resolution, an SR stage's `lowres_size` the data's
   lowres_resolution. Stating one of the linked keys as well is a config error.
@@ -41,6 +45,7 @@ import argparse
 import difflib
 import importlib
 import re
+import shlex
 import sys
 import tarfile
 import warnings
@@ -50,7 +55,7 @@ from typing import Any
 
 from jsonargparse import ArgumentError, ArgumentParser
 from lightning.pytorch import Callback, LightningDataModule, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
@@ -62,7 +67,10 @@ from ..stages import (
     DiffusionStage,
     NonFiniteLossError,
     SampleGrid,
+    SaveOnInterrupt,
     StageConfigError,
+    StepProgressBar,
+    TrainingInterrupted,
     TrainingSpeed,
 )
 from ..stages.export import CONFIG_FILE, WEIGHTS_FILE, export_stage
@@ -133,6 +141,7 @@ class CascadeCLI(LightningCLI):
     sections and linked keys as the module docstring says."""
 
     def __init__(self, args: list[str]):
+        self.argv = args[1:]  # after the subcommand: what a resume command repeats
         super().__init__(
             model_class=DiffusionStage,
             subclass_mode_model=True,
@@ -191,9 +200,13 @@ class CascadeCLI(LightningCLI):
         check_first_samples(self.datamodule, self.model, shard_settings)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """The trainer with the callback sections that are not null, then `trainer.callbacks`; a
-        callback there that duplicates a section's (same state key: a second EMA or sample grid,
-        a ModelCheckpoint with the same monitor and schedule) is a config error."""
+        """The trainer with the callback sections that are not null, the progress bar
+        (`StepProgressBar`, unless the config turns the bar off or brings its own), then
+        `trainer.callbacks`, and for `fit` last `SaveOnInterrupt` (after every callback that
+        reports a step, so the step it saves is reported); checkpoints are written by
+        `AtomicCheckpointIO`. A callback in `trainer.callbacks` that duplicates a section's (same
+        state key: a second EMA or sample grid, a ModelCheckpoint with the same monitor and
+        schedule) is a config error."""
         config = self.config_init[self.subcommand]
         sections = {key: config[key] for key in CALLBACK_SECTIONS if config[key] is not None}
         extra = config.trainer.callbacks or []
@@ -206,7 +219,15 @@ class CascadeCLI(LightningCLI):
         ]
         if problems:
             raise ConfigError(problems)
-        trainer = super().instantiate_trainer(callbacks=[*sections.values(), *extra], **kwargs)
+        bar = []
+        if config.trainer.enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in extra):
+            bar = [StepProgressBar()]
+        interrupt = []
+        if self.subcommand == "fit":
+            hint = f"resume with: {resume_command(self.argv, config.run_dir)}"
+            interrupt = [SaveOnInterrupt(last_checkpoint(config.run_dir), hint)]
+        callbacks = [*sections.values(), *bar, *extra, *interrupt]
+        trainer = super().instantiate_trainer(callbacks=callbacks, **kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the config chose
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
@@ -243,6 +264,21 @@ def resume_path(ckpt_path: str | None, stated: bool, run_dir: str) -> str | None
             return None
         return str(last)
     return ckpt_path
+
+
+def resume_command(argv: list[str], run_dir: str) -> str:
+    """The `cascade fit` command that continues a run: its arguments, with --run-dir stated and
+    `--ckpt_path last` in place of any other --ckpt_path."""
+    kept: list[str] = []
+    arguments = iter(argv)
+    for argument in arguments:
+        if argument == "--ckpt_path":
+            next(arguments, None)
+        elif not argument.startswith("--ckpt_path="):
+            kept.append(argument)
+    if not any(argument.split("=", 1)[0] in ("--run-dir", "--run_dir") for argument in kept):
+        kept += ["--run-dir", run_dir]
+    return shlex.join(["cascade", "fit", *kept, "--ckpt_path", "last"])
 
 
 @rank_zero_only
@@ -498,6 +534,10 @@ def run(subcommand: str, argv: list[str]) -> int:
     except NonFiniteLossError as error:
         print(f"cascade {subcommand}: {error}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as stop:  # every rank's process ends here; one says how to resume
+        if stop.report:
+            print(f"cascade {subcommand}: {stop}", file=sys.stderr, flush=True)
+        return 128 + stop.signum
     except SystemExit as exit_request:  # --help, --print_config
         return exit_request.code if isinstance(exit_request.code, int) else 0
     return 0
