@@ -141,6 +141,25 @@ def test_the_environment_hook_runs_before_cascade_is_looked_up(tmp_path):
     hooked = _run_job(template, tmp_path, CASCADE_ENV_SETUP=f'export PATH="{Path(sys.executable).parent}:$PATH"')
     assert hooked.returncode == 0, hooked.stderr
     assert f"runs {Path(sys.executable).parent / 'cascade'}" in hooked.stdout
+def test_the_job_resumes_from_the_newest_checkpoint_but_never_a_versioned_last(tmp_path):
+    run_dir = tmp_path / "run"
+    files = {"checkpoints/last.ckpt": 1000, "hpc_ckpt_1.ckpt": 2000, "checkpoints/last-v1.ckpt": 3000}
+    for name, mtime in files.items():
+        (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / name).write_bytes(b"")
+        os.utime(run_dir / name, (mtime, mtime))
+    setup = f'export PATH="{Path(sys.executable).parent}:$PATH"'
+
+    def resumed_from() -> str:
+        job = _run_job(TEMPLATE_DIR / "train.sbatch", tmp_path, CASCADE_ENV_SETUP=setup)
+        assert job.returncode == 0, job.stderr
+        return re.search(r"resume from (\S+)$", job.stdout, re.MULTILINE).group(1)
+
+    assert resumed_from() == str(run_dir / "hpc_ckpt_1.ckpt")  # newer than last.ckpt
+    os.utime(run_dir / "hpc_ckpt_1.ckpt", (500, 500))
+    assert resumed_from() == str(run_dir / "checkpoints" / "last.ckpt")
+
+
 @pytest.mark.parametrize("config", STAGE_CONFIGS, ids=lambda path: path.relative_to(shipped("configs")).as_posix())
 def test_train_template_fit_arguments_parse_with_every_shipped_config(config, tmp_path, capsys):
     values = {"CONFIG": str(config), "RUN_DIR": str(tmp_path), "SLURM_JOB_NUM_NODES": "2",

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import os
+import stat
+import tarfile
 import warnings
 from pathlib import Path
 
@@ -12,6 +16,7 @@ from safetensors.torch import load_file
 
 from cascade.cli import main as cascade_main
 from cascade.cli.stage import CALLBACK_SECTIONS, CascadeCLI
+from cascade.data.shards import read_samples, resolve_shards
 from cascade.stages import (
     BaseStage,
     SampleGrid,
@@ -20,7 +25,7 @@ from cascade.stages import (
     load_checkpoint,
     load_exported,
 )
-from cascade.stages.export import resolve_stage_class
+from cascade.stages.export import CONFIG_FILE, WEIGHTS_FILE, resolve_stage_class, write_export
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -35,7 +40,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
         ("base", "--model.init_args.optimizer.schedule=linear", "optimizer.schedule"),
         ("base", "--data.init_args.train_shards=/no/such/shards", "data.init_args.train_shards"),
         ("sr", "--model.init_args.lowres_size=6", "lowres_size"),
-        ("base", "--trainer.max_stepz=3", "--trainer.max_stepz"),
+        ("base", "--trainer.max_stepz=3", "trainer.max_stepz"),
         ("sr", "--data.init_args.resolution=32", "data.init_args.resolution"),
         ("base", "--model.init_args.unet.image_size=32", "model.init_args.unet.image_size"),
         ("base", "--trainer.default_root_dir=/elsewhere", "trainer.default_root_dir"),
@@ -53,6 +58,58 @@ def test_bad_configs_fail_before_training_naming_the_key(write_stage_config, cap
     lines = [line for line in error.splitlines() if line.startswith("cascade fit: config error:")]
     assert lines and any(named_key in line for line in lines), error
     assert "Traceback" not in error and len(error.splitlines()) <= 5
+    assert not (run_dir / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "stated", "line"),
+    [
+        ("--trainer.max_stepz=3", {}, "trainer.max_stepz: unknown key; did you mean trainer.max_steps?"),
+        (None, {"p_uncnd": 0.2}, "model.init_args.p_uncnd: unknown key; did you mean model.init_args.p_uncond?"),
+        ("--model.init_args.unet.base_chanels=8", {},
+         "model.init_args.unet.base_chanels: unknown key; did you mean model.init_args.unet.base_channels?"),
+        ("--trainr.max_steps=3", {}, "trainr.max_steps: unknown key; did you mean trainer.max_steps?"),
+        ("--model.init_args.zzzz=1", {}, "model.init_args.zzzz: unknown key"),
+    ],
+    ids=["flag", "yaml", "nested-dataclass", "misspelt-section", "nothing-close"],
+)
+def test_an_unknown_key_is_named_in_full_with_the_closest_valid_one(write_stage_config, capsys, override, stated, line):
+    config, _ = write_stage_config(**stated)
+    assert cascade_main(["fit", "-c", str(config), *([override] if override else [])]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"cascade fit: config error: {line}"]
+
+
+def copy_shards_without(field: str, shards: str, out: Path) -> str:
+    """`shards` copied to `out` with every sample's `field` member left out."""
+    out.mkdir()
+    for shard in resolve_shards(shards, "shards"):
+        with tarfile.open(out / Path(shard).name, "w") as tar:
+            for sample in read_samples(shard):
+                for name, data in sample.items():
+                    if name not in ("__key__", field):
+                        info = tarfile.TarInfo(f"{sample['__key__']}.{name}")
+                        info.size = len(data)
+                        tar.addfile(info, io.BytesIO(data))
+    return str(out)
+
+
+@pytest.mark.parametrize(
+    ("conditioning", "field", "setting", "advice"),
+    [
+        ("text", "txt", "data.init_args.with_caption", "model.init_args.conditioning"),
+        ("class", "cls", "data.init_args.with_class_label", "model.init_args.conditioning"),
+    ],
+)
+def test_shards_without_a_field_the_config_needs_fail_before_training_naming_the_setting(
+    write_stage_config, synthetic_shards, tmp_path, capsys, conditioning, field, setting, advice
+):
+    config, run_dir = write_stage_config(conditioning=conditioning)
+    shards = copy_shards_without(field, synthetic_shards["train"], tmp_path / f"no-{field}")
+    assert cascade_main(["fit", "-c", str(config), f"--data.init_args.train_shards={shards}"]) == 2
+    error = capsys.readouterr().err
+    (line,) = error.splitlines()
+    assert line.startswith(f"cascade fit: config error: {setting}: no {field} field in the first 16 samples of ")
+    assert advice in line and "data.init_args.train_shards" in line
     assert not (run_dir / "checkpoints").exists()
 
 
@@ -86,6 +143,18 @@ def test_export_validate_and_load_without_pickle(write_stage_config, tmp_path, c
 
     with pytest.raises(ValueError, match="only cascade"):
         resolve_stage_class("os.system")
+
+
+def test_exported_files_are_readable_like_every_other_output(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        out = write_export({"weight": torch.zeros(2)}, {"class_path": "cascade.stages.BaseStage", "init_args": {}},
+                           tmp_path / "export")
+    finally:
+        os.umask(previous)
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
+    assert sorted(p.name for p in out.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]  # no temporaries left
 
 
 @pytest.mark.parametrize("key", ["guidance", "guidance_scale"], ids=["today", "older"])

@@ -5,15 +5,19 @@
   the run only completes if every parameter gets a gradient on every rank.
 - At one step rank 1 alone gets a NaN pixel, hence a NaN loss: both ranks must skip that step
   (or their weights would differ afterwards) and count it.
+- SIGTERM to rank 1 alone, in the middle of a step: both ranks must save last.ckpt at the same
+  step and stop, without a deadlock (a run of its own).
 - Each rank reports its own data skip counts; the logged ones are their sum over ranks.
 
-One run serves every test here (`ddp_run`).
+One run (`ddp_run`) serves the tests of the first, second and last points.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +116,38 @@ def test_data_skip_counts_are_summed_over_ranks(ddp_run):
     logged = [(row["data/skipped"], row["data/shard_errors"]) for row in _metrics(ddp_run) if row.get("data/skipped")]
     assert len(logged) == STEPS  # log_every_n_steps: 1
     assert set(logged) == {("30.0", "3.0")}
+
+
+SIGTERM_STEP = 3
+
+
+class SigtermRankOne(Callback):
+    """Sends SIGTERM to rank 1's own process before its forward pass at step SIGTERM_STEP."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank == 1 and trainer.global_step == SIGTERM_STEP:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_to_one_rank_saves_last_ckpt_on_all_ranks_at_one_step_and_stops(write_stage_config):
+    steps = 20
+    config, run_dir = write_stage_config(max_steps=steps, val_every=steps)
+    command = [
+        sys.executable, "-m", "cascade", "fit", "-c", str(config), "--trainer.devices=2",
+        "--trainer.callbacks+=cascade.stages.ProgressLines", f"--trainer.callbacks+={Path(__file__).stem}.SigtermRankOne",
+    ]  # fmt: skip
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SLURM_")}
+    env.update(PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 128 + signal.SIGTERM, output[-4000:]
+
+    saved = re.findall(r"^cascade fit: SIGTERM: saved (\S+) at step (\d+); resume with: .*--ckpt_path last$",
+                       output, re.MULTILINE)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    # Rank 0 reports it, once; the ranks agree one batch after the signal (the all-reduce is read a batch late).
+    assert saved == [(str(last), str(SIGTERM_STEP + 2))], output[-4000:]
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == SIGTERM_STEP + 2
+    assert [int(n) for n in re.findall(rf"^step (\d+)/{steps} loss", output, re.MULTILINE)] == list(
+        range(1, SIGTERM_STEP + 3)
+    )

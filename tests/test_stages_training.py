@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,6 +114,112 @@ def test_resume_from_last_continues_exactly(write_stage_config):
     val_straight = series(straight_rows, "val/loss")[2 * steps - 1]
     assert val_resumed < val_first_half
     assert math.isclose(val_resumed, val_straight, rel_tol=0.02)
+
+
+def test_a_rerun_in_the_same_run_dir_resumes_from_its_one_last_checkpoint(write_stage_config, tmp_path, capsys):
+    config, run_dir = write_stage_config(max_steps=2, val_every=2)
+    checkpoints, lines = run_dir / "checkpoints", "--trainer.callbacks+=cascade.stages.ProgressLines"
+    assert fit_main(["-c", str(config), lines]) == 0
+    shutil.copy(checkpoints / "last.ckpt", tmp_path / "step2.ckpt")
+    capsys.readouterr()
+
+    # No --ckpt_path: the run goes on from its last.ckpt, and says so; last.ckpt is overwritten.
+    assert fit_main(["-c", str(config), lines, "--trainer.max_steps", "4"]) == 0
+    out = capsys.readouterr()
+    assert f"cascade fit: resuming from {checkpoints / 'last.ckpt'}" in out.err
+    assert "training from step 2" in out.out
+    assert sorted(p.name for p in checkpoints.glob("last*")) == ["last.ckpt"]
+    assert load(checkpoints / "last.ckpt")["global_step"] == 4
+
+    # --ckpt_path last is the run's last.ckpt, even beside a newer last-v1.ckpt (an older cascade's
+    # restart from step 0 in the same run_dir).
+    shutil.copy(tmp_path / "step2.ckpt", checkpoints / "last-v1.ckpt")
+    assert fit_main(["-c", str(config), lines, "--trainer.max_steps", "6", "--ckpt_path", "last"]) == 0
+    assert "training from step 4" in capsys.readouterr().out
+    assert load(checkpoints / "last.ckpt")["global_step"] == 6
+    (checkpoints / "last-v1.ckpt").unlink()
+
+    # --ckpt_path none starts over, overwriting the run's last.ckpt.
+    assert fit_main(["-c", str(config), lines, "--ckpt_path", "none"]) == 0
+    assert "training from step 0" in capsys.readouterr().out
+    assert sorted(p.name for p in checkpoints.glob("last*")) == ["last.ckpt"]
+    assert load(checkpoints / "last.ckpt")["global_step"] == 2
+
+
+def test_a_save_killed_halfway_leaves_the_previous_last_checkpoint_whole(write_stage_config, monkeypatch):
+    from lightning.fabric.plugins.io import torch_io
+
+    config, run_dir = write_stage_config(max_steps=2, val_every=2)
+    assert fit_main(["-c", str(config)]) == 0
+
+    write = torch_io._atomic_save
+
+    def killed_writing_last(checkpoint: dict, path) -> None:  # (the best-<step> one is written first)
+        if "last.ckpt" not in Path(path).name:
+            return write(checkpoint, path)
+        Path(path).write_bytes(b"the first half of a checkpoint")
+        raise OSError("killed while writing")
+
+    monkeypatch.setattr(torch_io, "_atomic_save", killed_writing_last)
+    with pytest.raises(OSError, match="killed while writing"):
+        fit_main(["-c", str(config), "--trainer.max_steps", "4", "--ckpt_path", "last"])
+    assert load(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 2
+    assert not [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_ctrl_c_saves_the_steps_done_and_prints_the_command_that_resumes_them(write_stage_config, capsys):
+    config, run_dir = write_stage_config(max_steps=1000, val_every=1000)  # no checkpoint before the end
+    lines = "--trainer.callbacks+=cascade.stages.ProgressLines"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SLURM_")}
+    env["OMP_NUM_THREADS"] = "1"
+    process = subprocess.Popen([sys.executable, "-m", "cascade", "fit", "-c", str(config), lines], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = []
+    try:
+        for line in process.stdout:
+            output.append(line)
+            if line.startswith("step 3/"):
+                process.send_signal(signal.SIGINT)
+                break
+        output.append(process.communicate(timeout=120)[0])
+    finally:
+        if process.poll() is None:
+            process.kill()
+    text = "".join(output)
+    assert process.returncode == 128 + signal.SIGINT, text[-3000:]
+
+    saved = re.search(r"^cascade fit: SIGINT: saved (\S+) at step (\d+); resume with: (.+)$", text, re.MULTILINE)
+    assert saved, text[-3000:]
+    path, step, resume = Path(saved[1]), int(saved[2]), shlex.split(saved[3])
+    assert path == run_dir / "checkpoints" / "last.ckpt"
+    assert load(path)["global_step"] == step
+    assert step == max(int(n) for n in re.findall(r"^step (\d+)/", text, re.MULTILINE))  # no step done is lost
+    assert resume == ["cascade", "fit", "-c", str(config), lines, "--run-dir", str(run_dir), "--ckpt_path", "last"]
+
+    capsys.readouterr()
+    assert fit_main([*resume[2:], "--trainer.max_steps", str(step + 2)]) == 0
+    assert f"training from step {step}" in capsys.readouterr().out
+    assert load(path)["global_step"] == step + 2
+
+
+class RecordTrainProgress(Callback):
+    """(completed, total) of the progress bar's training task after every batch (added through the CLI)."""
+
+    shown: list[tuple[float, float | None]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        bar = trainer.progress_bar_callback
+        task = next(task for task in bar.progress.tasks if task.id == bar.train_progress_bar_id)
+        RecordTrainProgress.shown.append((task.completed, task.total))
+
+
+def test_the_progress_bar_of_a_resumed_run_counts_its_steps_against_max_steps(write_stage_config):
+    config, _ = write_stage_config(max_steps=2, val_every=2)
+    assert fit_main(["-c", str(config)]) == 0
+    RecordTrainProgress.shown = []
+    assert fit_main(["-c", str(config), "--ckpt_path", "last", "--trainer.max_steps", "4",
+                     "--trainer.enable_progress_bar", "true", f"--trainer.callbacks+={__name__}.RecordTrainProgress"]) == 0
+    assert RecordTrainProgress.shown == [(3, 4), (4, 4)]
 
 
 def nan_loss_at(steps: set[int] | None):

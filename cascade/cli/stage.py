@@ -3,6 +3,7 @@
 
     cascade fit -c configs/demo/base.yaml [--trainer.max_steps 500] [--run-dir runs/x]
     cascade fit -c configs/demo/base.yaml --ckpt_path last        # resume the run exactly
+    cascade fit -c configs/demo/base.yaml --ckpt_path none        # start over in the same run_dir
     cascade validate -c configs/demo/base.yaml --ckpt_path runs/x/checkpoints/last.ckpt
 
 A stage config states only what is particular to its stage; `CascadeCLI` holds the rest:
@@ -19,35 +20,57 @@ A stage config states only what is particular to its stage; `CascadeCLI` holds t
   trainer's default_root_dir, every logger's save_dir and every ModelCheckpoint's dirpath
   (run_dir/checkpoints), so `--ckpt_path last` finds the run's last.ckpt and a resubmitted job
   resumes where it stopped.
+- A run directory holds one run: `cascade fit` without --ckpt_path in a run_dir that has a
+  last.ckpt resumes from it (and prints a line saying so) rather than starting a second run over
+  the first; `--ckpt_path none` starts over, overwriting its checkpoints. There is only ever one
+  last.ckpt (no `last-v1.ckpt`), and every checkpoint is written atomically
+  (`cascade.stages.AtomicCheckpointIO`): a run killed while saving keeps its previous last.ckpt.
+- Ctrl-C or SIGTERM saves last.ckpt at the end of the step (`cascade.stages.SaveOnInterrupt`,
+  every DDP rank at the same step) and prints the command that resumes; the exit status is
+  128 + the signal number. The progress bar counts steps against trainer.max_steps
+  (`cascade.stages.StepProgressBar`).
 - Every size is stated once (`SIZE_LINKS`): `model.init_args.image_size` is also the UNet's
   image_size and the data's resolution, an SR stage's `lowres_size` the data's
   lowres_resolution. Stating one of the linked keys as well is a config error.
 
-Configuration mistakes (unknown key, wrong type, invalid value, missing data) are reported as
-one line per problem naming the key, before anything is trained, with exit status 2.
+Configuration mistakes (unknown key, wrong type, invalid value, missing data, shards without a
+field the data settings need) are reported as one line per problem naming the key, before
+anything is trained, with exit status 2; an unknown key comes with the closest valid one
+(`trainer.max_stepz: unknown key; did you mean trainer.max_steps?`).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import importlib
 import re
+import shlex
 import sys
+import tarfile
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import ArgumentError
+from jsonargparse import ArgumentError, ArgumentParser
 from lightning.pytorch import Callback, LightningDataModule, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 
-from ..data.shards import resolve_shards
+from ..data.shards import EMBEDDING_FIELD, read_samples, resolve_shards
 from ..stages import (
     EMA,
+    AtomicCheckpointIO,
     DiffusionStage,
     NonFiniteLossError,
     SampleGrid,
+    SaveOnInterrupt,
     StageConfigError,
+    StepProgressBar,
+    TrainingInterrupted,
     TrainingSpeed,
 )
 from ..stages.export import CONFIG_FILE, WEIGHTS_FILE, export_stage
@@ -62,8 +85,9 @@ SHARED_DEFAULTS: dict[str, Any] = {
     ],
     "checkpoint": {
         "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        # No version counter: a rerun overwrites last.ckpt instead of writing a second, last-v1.ckpt.
         "init_args": {"filename": "best-{step}", "monitor": "val/loss", "save_last": True,
-                      "auto_insert_metric_name": False},
+                      "auto_insert_metric_name": False, "enable_version_counter": False},
     },
     "lr_monitor": {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
                    "init_args": {"logging_interval": "step"}},
@@ -117,6 +141,7 @@ class CascadeCLI(LightningCLI):
     sections and linked keys as the module docstring says."""
 
     def __init__(self, args: list[str]):
+        self.argv = args[1:]  # after the subcommand: what a resume command repeats
         super().__init__(
             model_class=DiffusionStage,
             subclass_mode_model=True,
@@ -147,9 +172,15 @@ class CascadeCLI(LightningCLI):
         parser.set_defaults(SHARED_DEFAULTS)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: list[str]) -> None:
-        super().parse_arguments(parser, args)
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as error:
+            subcommand_parser = self._subcommand_parsers.get(args[0]) if args else None
+            known = option_keys(subcommand_parser) if subcommand_parser is not None else []
+            raise ConfigError(config_problems("", str(error), known)) from error
         # Links overwrite a stated target silently; a parse without defaults shows what was stated.
         stated = parser.parse_args(args, defaults=False)[self.config.subcommand]
+        self.ckpt_path_stated = "ckpt_path" in stated
         problems = [
             (target, f"follows {source}; state the size only there")
             for source, target in SIZE_LINKS
@@ -166,11 +197,16 @@ class CascadeCLI(LightningCLI):
         shard_settings = ["train_shards", "val_shards"] if self.subcommand == "fit" else ["val_shards"]
         check_data_paths(self.datamodule, shard_settings)
         check_data_matches_model(self.datamodule, self.model)
+        check_first_samples(self.datamodule, self.model, shard_settings)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """The trainer with the callback sections that are not null, then `trainer.callbacks`; a
-        callback there that duplicates a section's (same state key: a second EMA or sample grid,
-        a ModelCheckpoint with the same monitor and schedule) is a config error."""
+        """The trainer with the callback sections that are not null, the progress bar
+        (`StepProgressBar`, unless the config turns the bar off or brings its own), then
+        `trainer.callbacks`, and for `fit` last `SaveOnInterrupt` (after every callback that
+        reports a step, so the step it saves is reported); checkpoints are written by
+        `AtomicCheckpointIO`. A callback in `trainer.callbacks` that duplicates a section's (same
+        state key: a second EMA or sample grid, a ModelCheckpoint with the same monitor and
+        schedule) is a config error."""
         config = self.config_init[self.subcommand]
         sections = {key: config[key] for key in CALLBACK_SECTIONS if config[key] is not None}
         extra = config.trainer.callbacks or []
@@ -183,7 +219,72 @@ class CascadeCLI(LightningCLI):
         ]
         if problems:
             raise ConfigError(problems)
-        return super().instantiate_trainer(callbacks=[*sections.values(), *extra], **kwargs)
+        bar = []
+        if config.trainer.enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in extra):
+            bar = [StepProgressBar()]
+        interrupt = []
+        if self.subcommand == "fit":
+            hint = f"resume with: {resume_command(self.argv, config.run_dir)}"
+            interrupt = [SaveOnInterrupt(last_checkpoint(config.run_dir), hint)]
+        callbacks = [*sections.values(), *bar, *extra, *interrupt]
+        trainer = super().instantiate_trainer(callbacks=callbacks, **kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the config chose
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
+    def before_fit(self) -> None:
+        """Start from the checkpoint `resume_path` picks."""
+        config = self.config_init["fit"]
+        config.ckpt_path = resume_path(config.ckpt_path, self.ckpt_path_stated, config.run_dir)
+
+
+def last_checkpoint(run_dir: str) -> Path:
+    """run_dir/checkpoints/last.ckpt: where the `checkpoint` section keeps a run's latest state."""
+    return Path(checkpoint_dir(run_dir)) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+
+
+def resume_path(ckpt_path: str | None, stated: bool, run_dir: str) -> str | None:
+    """The checkpoint `cascade fit` starts from: with no --ckpt_path, the run's last.ckpt when
+    there is one (saying so: a rerun in the same run_dir continues the run rather than starting a
+    second one over it), else none; `--ckpt_path none` (or null) none, a fresh start that
+    overwrites the run's checkpoints; `--ckpt_path last` the run's last.ckpt, or none before the
+    run has one (a requeued job passes it) -- that file alone, never a `last-v1.ckpt` beside it;
+    any other value as given."""
+    last = last_checkpoint(run_dir)
+    if not stated:
+        if not last.is_file():
+            return None
+        note(f"resuming from {last} (a run already there); start over with --ckpt_path none or a fresh --run-dir")
+        return str(last)
+    if ckpt_path is None or ckpt_path.lower() in ("none", "null"):
+        return None
+    if ckpt_path == "last":
+        if not last.is_file():
+            note(f"--ckpt_path last: no {last} yet, starting from scratch")
+            return None
+        return str(last)
+    return ckpt_path
+
+
+def resume_command(argv: list[str], run_dir: str) -> str:
+    """The `cascade fit` command that continues a run: its arguments, with --run-dir stated and
+    `--ckpt_path last` in place of any other --ckpt_path."""
+    kept: list[str] = []
+    arguments = iter(argv)
+    for argument in arguments:
+        if argument == "--ckpt_path":
+            next(arguments, None)
+        elif not argument.startswith("--ckpt_path="):
+            kept.append(argument)
+    if not any(argument.split("=", 1)[0] in ("--run-dir", "--run_dir") for argument in kept):
+        kept += ["--run-dir", run_dir]
+    return shlex.join(["cascade", "fit", *kept, "--ckpt_path", "last"])
+
+
+@rank_zero_only
+def note(message: str) -> None:
+    """A `cascade fit: ...` line on stderr, from the first process only (every DDP rank runs the CLI)."""
+    print(f"cascade fit: {message}", file=sys.stderr, flush=True)
 
 
 def check_data_paths(datamodule: LightningDataModule | None, names: list[str]) -> None:
@@ -213,6 +314,75 @@ def check_data_matches_model(datamodule: LightningDataModule | None, model: Diff
         problems.append(("data.init_args.with_caption", message))
     if problems:
         raise ConfigError(problems)
+
+
+FIRST_SAMPLES = 16  # how many samples of a shard `check_first_samples` reads
+
+
+def check_first_samples(datamodule: LightningDataModule | None, model: DiffusionStage, names: list[str]) -> None:
+    """Fail now, naming the setting that asks for it, when none of the first samples of the first
+    shard of each shard setting has a field the DataModule's settings need (`txt` for
+    with_caption, `cls` for with_class_label, the embeddings for text_encoder): the data stream
+    would skip sample after sample and stop with an error only after a thousand of them."""
+    settings = dict(getattr(datamodule, "hparams", {}) or {})
+    needed = {
+        "with_caption": ("txt",),
+        "with_class_label": ("cls",),
+        "text_encoder": (EMBEDDING_FIELD, "json"),
+    }
+    needed = {setting: fields for setting, fields in needed.items() if settings.get(setting)}
+    problems: dict[str, str] = {}
+    for name in names:
+        spec = getattr(datamodule, name, None)
+        if spec is None or not needed:
+            continue
+        shard = resolve_shards(spec, f"data.init_args.{name}")[0]
+        samples = first_samples(shard, FIRST_SAMPLES)
+        if not samples:
+            continue
+        for setting, fields in needed.items():
+            missing = [field for field in fields if not any(field in sample for sample in samples)]
+            if missing and f"data.init_args.{setting}" not in problems:
+                where = f"no {' or '.join(missing)} field in the first {len(samples)} samples of {shard}"
+                problems[f"data.init_args.{setting}"] = f"{where}; {missing_field_advice(setting, model, samples)}"
+    if problems:
+        raise ConfigError(list(problems.items()))
+
+
+def first_samples(shard: str, count: int) -> list[dict[str, bytes]]:
+    """Up to `count` raw samples from the start of a local shard; none from a remote or unreadable
+    one (the data stream reports those itself)."""
+    samples: list[dict[str, bytes]] = []
+    if not Path(shard).is_file():
+        return samples
+    try:
+        for sample in read_samples(shard):
+            samples.append(sample)
+            if len(samples) == count:
+                break
+    except (tarfile.TarError, OSError):
+        pass
+    return samples
+
+
+def missing_field_advice(setting: str, model: DiffusionStage, samples: list[dict[str, bytes]]) -> str:
+    """Which settings to change when the shards lack the field `setting` asks for."""
+    conditioning = f"model.init_args.conditioning (now {model.conditioning})"
+    if setting == "with_caption":
+        if model.conditioning != "text":
+            return "this stage does not use captions: set data.init_args.with_caption false"
+        if any(EMBEDDING_FIELD in sample for sample in samples):
+            return ("the shards hold precomputed text embeddings: set data.init_args.text_encoder to their "
+                    "encoder and data.init_args.with_caption false")
+        return (f"train on captioned shards (data.init_args.train_shards), or change {conditioning} "
+                "and set data.init_args.with_caption false")
+    if setting == "with_class_label":
+        if model.conditioning != "class":
+            return "this stage does not use class labels: set data.init_args.with_class_label false"
+        return (f"train on shards with class labels (data.init_args.train_shards), or change {conditioning} "
+                "and set data.init_args.with_class_label false")
+    return ("add them with `cascade data precompute-text --shards SHARDS --encoder KIND --out DIR` and train "
+            "on DIR, or set data.init_args.text_encoder null to encode the captions while training")
 
 
 def instantiation_problems(error: Exception) -> list[tuple[str, str]]:
@@ -245,11 +415,14 @@ _UNION_NOISE = (
 )
 
 
-def config_problems(key: str, message: str) -> list[tuple[str, str]]:
+def config_problems(key: str, message: str, known_keys: Iterable[str] = ()) -> list[tuple[str, str]]:
     """(key, message) pairs from a jsonargparse error, dropping its Union bookkeeping and turning
     its nested 'Parser key "x":' / "Problem with given class_path" lines into a dotted key; a
-    value given for a linked key ("argument SOURCE --> TARGET: ...") names TARGET."""
+    value given for a linked key ("argument SOURCE --> TARGET: ...") names TARGET. An unknown key
+    is named in full with the closest valid one (`closest_key`): among the options of the class
+    it was given to, or among `known_keys` (the subcommand's) outside any class."""
     keys = [key] if key else []
+    class_path = None
     problems = []
     for raw in message.splitlines():
         line = raw.strip().removeprefix("- ").strip()
@@ -260,15 +433,87 @@ def config_problems(key: str, message: str) -> list[tuple[str, str]]:
             problems.append((linked.group(2), f"follows {linked.group(1)}; set that instead"))
             continue
         nested_key = re.match(r'Parser key "([^"]+)":\s*(.*)$', line)
+        given_class = re.match(r"Problem with given class_path '([^']+)':", line)
         if nested_key:
             keys.append(nested_key.group(1))
             line = nested_key.group(2)
-        elif re.match(r"Problem with given class_path '[^']+':", line):
+        elif given_class:
             keys.append("init_args")
+            class_path = given_class.group(1)
             continue
-        if line:
+        unknown = unknown_keys(line)
+        if unknown:
+            known = class_option_keys(class_path) if class_path else list(known_keys)
+            problems += [unknown_key_problem(keys, name, known) for name in unknown]
+        elif line:
             problems.append((".".join(keys) or "config", line))
     return problems or [(key or "config", message)]
+
+
+def unknown_keys(line: str) -> list[str]:
+    """The keys a jsonargparse message says are not accepted (relative to where it was raised);
+    empty for any other message."""
+    patterns = (
+        (r"Option '([^']+)' is not accepted", "{0}"),
+        (r"Group '([^']+)' does not accept option '([^']+)'", "{0}.{1}"),
+        (r"Subcommand '[^']+' does not accept option '([^']+)'", "{0}"),
+    )
+    for pattern, form in patterns:
+        found = re.fullmatch(pattern, line)
+        if found:
+            return [form.format(*found.groups())]
+    unrecognized = re.fullmatch(r"unrecognized arguments: (.*)", line)
+    if unrecognized:
+        return [arg.lstrip("-").split("=", 1)[0] for arg in unrecognized.group(1).split() if arg.startswith("--")]
+    return []
+
+
+def unknown_key_problem(scope: list[str], name: str, known: list[str]) -> tuple[str, str]:
+    """(full key, "unknown key[; did you mean FULL KEY?]") for `name` given under `scope`."""
+    full = ".".join([*scope, name])
+    suggestion = closest_key(name, known)
+    if suggestion is None:
+        return full, "unknown key"
+    return full, f"unknown key; did you mean {'.'.join([*scope, suggestion])}?"
+
+
+def closest_key(unknown: str, known: Iterable[str]) -> str | None:
+    """The valid key nearest a misspelt dotted one, matched one level at a time with difflib
+    (`trainr.max_stepz` -> `trainer.max_steps`); past a key that takes a whole class or mapping
+    (`ema`, whose options are not listed) the rest is kept as written. None when some level has
+    nothing close, or nothing differs."""
+    known = set(known)
+    matched: list[str] = []
+    for part in unknown.split("."):
+        prefix = ".".join([*matched, ""])
+        children = {key[len(prefix) :].split(".")[0] for key in known if key.startswith(prefix)}
+        if not children or part in children:
+            matched.append(part)
+            continue
+        close = difflib.get_close_matches(part, children, n=1)
+        if not close:
+            return None
+        matched.append(close[0])
+    suggestion = ".".join(matched)
+    return None if suggestion == unknown else suggestion
+
+
+def option_keys(parser: ArgumentParser) -> list[str]:
+    """The dotted keys a jsonargparse parser accepts (its options, without help and config ones)."""
+    actions = parser._actions  # argparse keeps them only here
+    return [a.dest for a in actions if a.dest not in ("help", "config", "print_config") and not a.dest.endswith(".help")]
+
+
+def class_option_keys(class_path: str) -> list[str]:
+    """The init_args keys of the class at `class_path` (empty when it cannot be imported)."""
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_class_arguments(cls, fail_untyped=False)
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return []
+    return option_keys(parser)
 
 
 def run(subcommand: str, argv: list[str]) -> int:
@@ -289,6 +534,10 @@ def run(subcommand: str, argv: list[str]) -> int:
     except NonFiniteLossError as error:
         print(f"cascade {subcommand}: {error}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as stop:  # every rank's process ends here; one says how to resume
+        if stop.report:
+            print(f"cascade {subcommand}: {stop}", file=sys.stderr, flush=True)
+        return 128 + stop.signum
     except SystemExit as exit_request:  # --help, --print_config
         return exit_request.code if isinstance(exit_request.code, int) else 0
     return 0

@@ -8,9 +8,9 @@ import signal
 import subprocess
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
 from lightning.pytorch import Callback
+
+from ..stages.checkpointing import SignalAgreement
 
 
 class SlurmJob(Callback):
@@ -21,69 +21,45 @@ class SlurmJob(Callback):
     that save has a barrier: a rank interrupted in its forward pass waits in the barrier while
     another rank, whose signal arrives a moment later, waits in the backward all-reduce for the
     first one's gradients, and the job hangs until its time limit. Here the handler only notes
-    the signal. At the end of every training batch the ranks combine their notes with an
-    asynchronous all-reduce (MAX, on a gloo group of its own, so no GPU sync) and read the
-    result one batch later, when it is long complete: all ranks see it at the same step. There
-    they save RUN_DIR/hpc_ckpt_N.ckpt together and rank 0 runs `scontrol requeue`; training goes
-    on until Slurm ends the job (stopping the Trainer would first run a validation, eating into
-    the grace time), and the requeued job resumes from the newest checkpoint: that file, or one
-    written after it. If the requeue fails (or the process is not in a Slurm job), the checkpoint
-    is there and training simply goes on. Installing the handler in
-    `setup` keeps Lightning from installing its own (it skips a signal that already has one).
-    DataLoader workers forked later inherit the handler, which only sets a flag in their copy.
+    the signal, and the ranks agree on a step as `cascade.stages.checkpointing.SignalAgreement`
+    says (one batch after the signal, all ranks at the same step). There they save
+    RUN_DIR/hpc_ckpt_N.ckpt together and rank 0 runs `scontrol requeue`; training goes on until
+    Slurm ends the job (stopping the Trainer would first run a validation, eating into the
+    grace time; the SIGTERM that ends it saves last.ckpt, see `SaveOnInterrupt`), and the
+    requeued job resumes from the newest checkpoint: that file, or one written after it. If the
+    requeue fails (or the process is not in a Slurm job), the checkpoint is there and training
+    simply goes on. Installing the handler in `setup` keeps Lightning from installing its own
+    (it skips a signal that already has one). DataLoader workers forked later inherit the
+    handler, which only sets a flag in their copy.
 
     train.sbatch also adds `cascade.stages.ProgressLines`, for readable lines in the job's log.
     """
 
     def __init__(self) -> None:
-        self._signalled = False  # SIGUSR1 reached this process
-        self._group = None  # gloo group for the agreement; None in a one-process run
-        self._flag: torch.Tensor | None = None
-        self._pending = None  # the all-reduce of _flag posted at the previous batch
+        self._agreement = SignalAgreement()
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage == "fit":
             # Lightning registers its handlers after `setup`, and not for a signal that has one.
-            signal.signal(signal.SIGUSR1, self._note_requeue_signal)
-
-    def _note_requeue_signal(self, signum, frame) -> None:
-        self._signalled = True
+            signal.signal(signal.SIGUSR1, self._agreement.note)
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
-            self._group = dist.new_group(backend="gloo")  # every rank calls this, in the same order
+        self._agreement.start(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._requeue_agreed():
+        if self._agreement.agreed():
             self._save_and_requeue(trainer)
 
-    def _requeue_agreed(self) -> bool:
-        """True on every rank at the same batch, one batch after any rank got SIGUSR1."""
-        if self._group is None:
-            return self._signalled
-        agreed = False
-        if self._pending is not None:
-            self._pending.wait()
-            agreed = bool(self._flag.item())
-            self._pending = None
-        if not agreed:
-            self._flag = torch.tensor([int(self._signalled)], dtype=torch.int32)
-            self._pending = dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
-        return agreed
-
     def _save_and_requeue(self, trainer) -> None:
-        self._signalled = False
         step = trainer.global_step
         # Every rank is here at the same step, so the save's collectives line up.
         path = trainer.strategy.broadcast(str(next_hpc_checkpoint(Path(trainer.default_root_dir))), src=0)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)
         if trainer.is_global_zero:
             requeue_job(path, step)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self._pending is not None:
-            self._pending.wait()
-            self._pending = None
+        self._agreement.finish()
 
 
 def next_hpc_checkpoint(directory: Path) -> Path:

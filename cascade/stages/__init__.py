@@ -1,5 +1,6 @@
 """Lightning stages of the cascade: the shared `DiffusionStage`, `BaseStage` and `SuperResStage`,
-their callbacks (`EMA`, `SampleGrid`, `TrainingSpeed`, `ProgressLines`), and loading trained stages for inference.
+their callbacks (`EMA`, `SampleGrid`, `TrainingSpeed`, `ProgressLines`, `StepProgressBar`,
+`SaveOnInterrupt`), and loading trained stages for inference.
 
     from cascade.stages import load_stage
     base = load_stage("runs/base/export")              # an export directory or a .ckpt file
@@ -8,7 +9,8 @@ their callbacks (`EMA`, `SampleGrid`, `TrainingSpeed`, `ProgressLines`), and loa
 """
 
 from .base_stage import BaseStage
-from .callbacks import ProgressLines, SampleGrid, TrainingSpeed
+from .callbacks import ProgressLines, SampleGrid, StepProgressBar, TrainingSpeed
+from .checkpointing import AtomicCheckpointIO, SaveOnInterrupt, TrainingInterrupted
 from .conditioning import Condition, TextEncoderConfig
 from .config import SamplingSettings, ScheduleConfig, StageConfigError, ValidationConfig
 from .diffusion_stage import DiffusionStage, NonFiniteLossError
@@ -19,6 +21,7 @@ from .super_res import BlurConfig, SuperResStage
 
 __all__ = [
     "EMA",
+    "AtomicCheckpointIO",
     "BaseStage",
     "BlurConfig",
     "Condition",
@@ -28,10 +31,13 @@ __all__ = [
     "ProgressLines",
     "SampleGrid",
     "SamplingSettings",
+    "SaveOnInterrupt",
     "ScheduleConfig",
     "StageConfigError",
+    "StepProgressBar",
     "SuperResStage",
     "TextEncoderConfig",
+    "TrainingInterrupted",
     "TrainingSpeed",
     "ValidationConfig",
     "export_stage",

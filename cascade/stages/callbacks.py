@@ -1,4 +1,5 @@
-"""Training callbacks: sample grids from fixed seeds and conditions, training speed, progress lines."""
+"""Training callbacks: sample grids from fixed seeds and conditions, training speed, progress lines
+and the progress bar."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid, save_image
 
@@ -253,3 +255,26 @@ class ProgressLines(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
             print(f"training ended at step {trainer.global_step}", flush=True)
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, counting optimiser steps against trainer.max_steps when the
+    run is bounded by it (`cascade fit`'s bar).
+
+    Lightning's own bar counts the batches of the current epoch against the steps that were left
+    when the epoch started: on an endless stream the whole run is one epoch, so a run resumed at
+    step 151 of 200 read `200/49` by its end.
+    """
+
+    @property
+    def total_train_batches(self) -> int | float:
+        if self.trainer.max_steps > 0:
+            return self.trainer.max_steps
+        return super().total_train_batches
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # The bar shows batch_idx + 1 of total_train_batches; count steps instead.
+        shown = trainer.global_step - 1 if trainer.max_steps > 0 else batch_idx
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, shown)

@@ -23,6 +23,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from ..files.atomic import atomic_path, write_text
 from .diffusion_stage import DiffusionStage
 
 WEIGHTS_FILE = "model.safetensors"
@@ -112,13 +113,18 @@ def export_stage(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
 
 def write_export(unet_state: dict[str, torch.Tensor], stage_config: dict[str, Any], out_dir: str | Path,
                  provenance: dict[str, Any] | None = None) -> Path:
-    """The export directory of a stage: its UNet weights and {"class_path", "init_args"} config."""
+    """The export directory of a stage: its UNet weights and {"class_path", "init_args"} config.
+
+    Both files are written atomically (`cascade.files.atomic`), which also gives them the
+    permissions of any other output: safetensors alone creates its file readable by its owner only.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     weights = {name: tensor.contiguous() for name, tensor in unet_state.items()}
-    save_file(weights, str(out / WEIGHTS_FILE), metadata={"format": "cascade-stage", "version": str(FORMAT_VERSION)})
+    with atomic_path(out / WEIGHTS_FILE) as tmp:
+        save_file(weights, str(tmp), metadata={"format": "cascade-stage", "version": str(FORMAT_VERSION)})
     config = {"format_version": FORMAT_VERSION, **stage_config, **(provenance or {})}
-    (out / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+    write_text(out / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
     return out
 
 
