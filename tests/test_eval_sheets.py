@@ -430,3 +430,13 @@ def test_sheets_embed_jpeg_by_default(tmp_path: Path):
     study = make_study(tmp_path, raters=1, image_format="jpeg")
     html = study.sheet("r1")
     assert html.count("data:image/jpeg;base64,") == 2 * len(PROMPTS) and "data:image/png" not in html
+
+
+def test_a_sheet_image_over_the_pixel_limit_is_refused_from_its_header(tmp_path: Path):
+    """A 300-byte PNG whose header declares 60000x60000 pixels is never decoded for a sheet."""
+    from test_data_writer import _png_header_only
+
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png_header_only(60000, 60000))
+    with pytest.raises(SheetError, match="bomb.png: cannot read image"):
+        image_data_uri(path)

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from ..data.image_io import open_image
 from ..eval.alignment import aggregate, score
 from ..eval.evaluate import evaluate_samples
 from ..eval.extractors import build_extractor
@@ -25,7 +25,7 @@ def alignment_of_folder(folder: Path, scenes: list[dict], images: Path | None = 
     intermediate stage's folder) against the scenes their captions came from."""
     images = images or folder
     scores = [
-        score(np.asarray(Image.open(images / entry["file"]).convert("RGB")), scenes[entry["condition_index"]])
+        score(np.asarray(open_image(images / entry["file"]).convert("RGB")), scenes[entry["condition_index"]])
         for entry in read_metadata(folder)
     ]
     return aggregate(scores)
@@ -34,7 +34,7 @@ def alignment_of_folder(folder: Path, scenes: list[dict], images: Path | None = 
 def alignment_of_reference(reference_dir: Path, scenes: list[dict]) -> dict[str, float]:
     """The detector on the real renders of the same captions: how far it can be trusted."""
     return aggregate(
-        score(np.asarray(Image.open(reference_dir / f"{index:05d}.png").convert("RGB")), scene)
+        score(np.asarray(open_image(reference_dir / f"{index:05d}.png").convert("RGB")), scene)
         for index, scene in enumerate(scenes)
     )
 

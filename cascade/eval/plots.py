@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from matplotlib.figure import Figure
 from PIL import Image, ImageOps
 
+from ..data.image_io import open_image
 from .human_eval_results import HumanEvalResults
 from .results import EvaluationResult
 
@@ -105,7 +106,7 @@ def sample_grid(paths: Sequence[str | os.PathLike[str]], columns: int = 8, tile:
     columns = min(columns, max(len(paths), 1))
     grid = Image.new("RGB", (columns * tile, rows * tile), "white")
     for index, path in enumerate(paths):
-        with Image.open(path) as image:
+        with open_image(path) as image:  # the header's size is checked before anything decodes
             thumb = ImageOps.contain(image.convert("RGB"), (tile, tile), Image.LANCZOS)
         x, y = (index % columns) * tile, (index // columns) * tile
         grid.paste(thumb, (x + (tile - thumb.width) // 2, y + (tile - thumb.height) // 2))

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ...data.image_io import ImageTooLarge, open_image
 from .errors import SheetError
 
 IMAGE_FORMATS = ("jpeg", "png")
@@ -36,7 +37,7 @@ def image_data_uri(path: str | Path, max_side: int = 0, image_format: str = "jpe
     path = Path(path)
     try:
         raw = path.read_bytes()
-        with Image.open(io.BytesIO(raw)) as image:
+        with open_image(raw) as image:  # the header's size is checked before anything decodes
             image.load()
             fits = max_side <= 0 or max(image.size) <= max_side
             keep_png_mode = image_format == "png" and image.format in BROWSER_FORMATS
@@ -44,7 +45,7 @@ def image_data_uri(path: str | Path, max_side: int = 0, image_format: str = "jpe
                 return _data_uri(BROWSER_FORMATS[image.format], raw)
             has_alpha = image_format == "png" and "A" in image.getbands()
             converted = image.convert("RGBA" if has_alpha else "RGB")
-    except OSError as error:  # includes a missing file and PIL's UnidentifiedImageError
+    except (OSError, ImageTooLarge) as error:  # OSError: a missing file, PIL's UnidentifiedImageError
         raise SheetError(f"{path}: cannot read image ({error})") from error
     if not fits:
         converted.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
