@@ -93,7 +93,7 @@ def test_a_rerun_keeps_the_recorded_times_of_the_steps_it_skips(tmp_path, monkey
     import time
     from types import SimpleNamespace
 
-    import cascade.demo as demo
+    from cascade import demo
 
     done, reports = [], []
 

@@ -238,10 +238,8 @@ def test_settings_and_the_stage_order_are_checked_before_any_checkpoint_is_loade
     not_a_stage.write_text("not a checkpoint\n")
     monkeypatch.setattr(cascade.pipeline, "load_stage", _fail_if_loaded)
     for stages, extra, message in [
-        ([str(sr_checkpoint), base], [], f"--stages: the first stage must be a base stage, but stage 0 ({sr_checkpoint}) "
-                                         "is a super-resolution stage"),
-        ([base, base], [], f"--stages: stage 1 ({base}) is a base stage; every stage after the first must be a "
-                           "super-resolution stage"),
+        ([str(sr_checkpoint), base], [], f"--stages: the first stage must be a base stage, but stage 0 ({sr_checkpoint})"),
+        ([base, base], [], f"--stages: stage 1 ({base}) is a base stage; every stage after the first must be"),
         ([base, sr, sr], [], f"--stages: stage 2 ({sr}) takes 16x16 inputs but stage 1 ({sr}) makes 32x32 images"),
         ([base, str(not_a_stage)], [], f"--stages: {not_a_stage}: cannot be read as a cascade stage"),
         ([base, sr], ["--sampler", "ddim,euler"], "--sampler: stage 1: must be one of"),

@@ -24,7 +24,13 @@ from .progress import track_images
 from .results import EvaluationResult
 from .sources import ImageFolder, image_batches, source_length
 from .super_resolution import LowResConsistencyPSNR
-from .sweeps import SampleSet, condition_text, discover_sample_sets, metadata_by_file, sample_images
+from .sweeps import (
+    SampleSet,
+    condition_text,
+    discover_sample_sets,
+    metadata_by_file,
+    sample_images,
+)
 
 
 def _scores(metric: GenerativeMetrics, reference: ReferenceStatistics,

@@ -16,7 +16,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..files.sample_folder import METADATA_FILE, is_intermediate_image, read_metadata, stage_folder
+from ..files.sample_folder import (
+    METADATA_FILE,
+    is_intermediate_image,
+    read_metadata,
+    stage_folder,
+)
 from .sources import IMAGE_EXTENSIONS, list_image_files, require_one_size
 
 FILE_KEYS = ("file", "image", "filename", "path")

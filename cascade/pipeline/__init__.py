@@ -11,6 +11,7 @@ from generators seeded by it, so an image does not depend on the batch it was ge
 from __future__ import annotations
 
 import inspect
+import itertools
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,7 +87,7 @@ def check_stage_order(shapes: list[StageShape]) -> None:
         raise ValueError("a cascade needs at least one stage")
     if shapes[0].super_res:
         raise ValueError(f"the first stage must be a base stage, but {shapes[0].name(0)} is a super-resolution stage")
-    for index, (previous, shape) in enumerate(zip(shapes, shapes[1:]), start=1):
+    for index, (previous, shape) in enumerate(itertools.pairwise(shapes), start=1):
         if not shape.super_res:
             raise ValueError(f"{shape.name(index)} is a base stage; every stage after the first must be a "
                              "super-resolution stage")
