@@ -44,7 +44,7 @@ MIN_CHROMA = 60
 DEFAULT_MIN_AREA = 0.006  # the smallest synthetic object covers ~0.029 of the image
 FILL_THRESHOLDS = (0.64, 0.89)  # below: triangle; between: circle; above: square
 _PALETTE_HUES = np.array([colorsys.rgb_to_hsv(*(np.array(rgb) / 255.0))[0] for rgb in COLOURS.values()])
-_CHECKS = ("colour", "shape", "count", "exact", "relation")
+CHECKS = ("colour", "shape", "count", "exact", "relation")
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def detect(image: Any, min_area: float = DEFAULT_MIN_AREA) -> list[Detection]:
     detections = []
     for index, colour in enumerate(COLOURS):
         mask = ndimage.binary_fill_holes(labels == index)
-        components, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+        components, _count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
         for number, box in enumerate(ndimage.find_objects(components), start=1):
             component = components[box] == number
             area = int(component.sum())
@@ -126,7 +126,7 @@ def aggregate(scores: Iterable[dict[str, bool | None]]) -> dict[str, float]:
     """Accuracy per check over the scores (relation over the captions that state one), and n."""
     scores = list(scores)
     result: dict[str, float] = {"n": float(len(scores))}
-    for check in _CHECKS:
+    for check in CHECKS:
         values = [s[f"{check}_ok"] for s in scores if s[f"{check}_ok"] is not None]
         result[check] = float(np.mean(values)) if values else float("nan")
     return result
