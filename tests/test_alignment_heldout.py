@@ -156,11 +156,14 @@ def test_relation_counts_only_captions_that_state_one():
 
 
 def test_a_stratum_of_one_caption_has_no_interval():
-    scored = _scored({"1 object": 0.5, "2 objects, relation": 0.5}, (1, 20), 3, np.random.default_rng(4))
-    result = stratified_alignment(scored)
-    accuracy, low, high = result["1 object"]["exact"]
-    assert not np.isnan(accuracy) and np.isnan(low) and np.isnan(high)
-    assert not np.isnan(result[BALANCED]["exact"][1])
+    rates = {"1 object": 0.5, "2 objects, no relation": 0.5, "3 objects, relation": 0.5}
+    result = stratified_alignment(_scored(rates, (1, 20, 1), 3, np.random.default_rng(4)))
+    for stratum in ("1 object", "3 objects, relation"):
+        accuracy, low, high = result[stratum]["exact"]
+        assert not np.isnan(accuracy) and np.isnan(low) and np.isnan(high)
+    assert not np.isnan(result[BALANCED]["exact"][1])  # the 20 captions of one stratum vary
+    accuracy, low, high = result[BALANCED]["relation"]  # only the one-caption stratum states a relation
+    assert accuracy == result["3 objects, relation"]["relation"][0] and np.isnan(low) and np.isnan(high)
 
 
 def test_paired_difference_is_the_difference_of_balanced_accuracies_and_zero_against_itself():

@@ -252,6 +252,11 @@ def _estimates(strata: dict[str, _Stratum], resamples: int, seed: int) -> tuple[
     return point, replicates
 
 
+def _varies(strata: Iterable[_Stratum], check: int) -> bool:
+    """Whether a bootstrap of these strata can vary for a check: some stratum the check applies to has two captions."""
+    return any(len(data.captions) > 1 and data.counts[:, check].sum() > 0 for data in strata)
+
+
 def _interval(point: float, replicates: np.ndarray, confidence: float, varies: bool) -> Interval:
     if np.isnan(point) or not varies:
         return (float(point), float("nan"), float("nan"))
@@ -282,7 +287,8 @@ def stratified_alignment(
     one; NaN in strata without a relation); "balanced" is the mean of the strata accuracies,
     each stratum weighted equally (relation: over the strata with a relation). The interval is the
     percentile interval of `resamples` cluster-bootstrap replicates (captions resampled within
-    each stratum); NaN where nothing can vary (a stratum of one caption).
+    each stratum); NaN where nothing can vary (a stratum of one caption; for "balanced", when every
+    stratum the check applies to has one caption).
     """
     _check_bootstrap_settings(resamples, confidence)
     strata = _by_stratum(scored)
@@ -292,8 +298,7 @@ def stratified_alignment(
     result: dict[str, dict[str, Any]] = {}
     for name in [*strata, BALANCED]:
         members = list(strata.values()) if name == BALANCED else [strata[name]]
-        varies = any(len(data.captions) > 1 for data in members)
-        row: dict[str, Any] = {check: _interval(point[name][j], replicates[name][:, j], confidence, varies)
+        row: dict[str, Any] = {check: _interval(point[name][j], replicates[name][:, j], confidence, _varies(members, j))
                                for j, check in enumerate(CHECKS)}
         row["n_images"] = sum(data.images for data in members)
         row["n_captions"] = sum(len(data.captions) for data in members)
@@ -322,7 +327,7 @@ def paired_difference(
         raise ValueError("before and after must hold at least one image")
     point_a, replicates_a = _estimates(first, resamples, seed)
     point_b, replicates_b = _estimates(second, resamples, seed)  # the same seed: the same captions drawn
-    varies = any(len(data.captions) > 1 for data in first.values())
     difference = point_b[BALANCED] - point_a[BALANCED]
     replicated = replicates_b[BALANCED] - replicates_a[BALANCED]
-    return {check: _interval(difference[j], replicated[:, j], confidence, varies) for j, check in enumerate(CHECKS)}
+    return {check: _interval(difference[j], replicated[:, j], confidence, _varies(first.values(), j))
+            for j, check in enumerate(CHECKS)}
