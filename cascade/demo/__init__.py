@@ -46,8 +46,8 @@ class DemoPlan:
 
     train_images: int = 6000
     val_images: int = 128
-    heldout_captions: int = 64
-    samples_per_caption: int = 1
+    heldout_captions: int = 128  # distinct, balanced over the strata (`cascade.eval.heldout`)
+    samples_per_caption: int = 2  # seeds per caption: intervals resample captions, not images
     # The base trains alone in one process while sr1 then sr2 train in another: about the same
     # wall time on one core each (~4 steps/s for each of these configs).
     train_steps: tuple[int, int, int] = (2000, 1000, 1000)
@@ -76,8 +76,8 @@ def write_datasets(out: Path, plan: DemoPlan, console: Console) -> tuple[dict[st
     their paths, and whether anything was written (False when an earlier run wrote them all)."""
     from PIL import Image
 
-    from ..data import synthetic
     from ..data.sources import SyntheticSource
+    from ..data.synthetic import render
     from ..data.writer import write_shards
 
     paths = {"train": out / "shards" / "train", "val": out / "shards" / "val", "reference": out / "reference"}
@@ -91,21 +91,26 @@ def write_datasets(out: Path, plan: DemoPlan, console: Console) -> tuple[dict[st
         console.print(f"shards/{split_name}: {summary.samples} samples in {len(summary.shards)} shards")
     paths["reference"].mkdir(parents=True, exist_ok=True)
     scenes = heldout_scenes(plan)
-    for index, scene in enumerate(scenes):
+    listing = paths["reference"] / "scenes.json"
+    same_scenes = listing.exists() and json.loads(listing.read_text()) == scenes
+    for stale in ([] if same_scenes else paths["reference"].glob("*.png")):  # an earlier run's caption set
+        stale.unlink()
+    for index, scene in enumerate(scenes):  # one real render per caption
         target = paths["reference"] / f"{index:05d}.png"
         if not target.exists():
-            pixels, _ = synthetic.render_sample(scene["index"], SHARD_RESOLUTION, seed=scene["seed"], split="heldout")
-            Image.fromarray(pixels).save(target)
+            Image.fromarray(render(scene, SHARD_RESOLUTION)).save(target)
             wrote = True
-    (paths["reference"] / "scenes.json").write_text(json.dumps(scenes, indent=1))
+    listing.write_text(json.dumps(scenes, indent=1))
     return paths, wrote
 
 
 def heldout_scenes(plan: DemoPlan) -> list[dict]:
-    """Scenes whose captions never occur in training (`cascade.data.synthetic` splits by caption)."""
-    from ..data import synthetic
+    """One scene per caption for `plan.heldout_captions` distinct captions that never occur in training
+    (`cascade.data.synthetic` splits by caption), balanced over object count and relation
+    (`cascade.eval.heldout.heldout_caption_set`)."""
+    from ..eval.heldout import heldout_caption_set
 
-    return [synthetic.sample_scene(index, seed=2, split="heldout") for index in range(plan.heldout_captions)]
+    return heldout_caption_set(plan.heldout_captions)
 
 
 def stage_runs(out: Path, data: dict[str, Path], plan: DemoPlan) -> list[StageRun]:

@@ -1,8 +1,10 @@
-"""The demo's evaluation: caption alignment from the dataset's detector, and FID / precision /
-recall in the offline (random-weight Inception) feature space."""
+"""The demo's evaluation: caption alignment from the dataset's detector on the stratified held-out
+caption set (`cascade.eval.heldout`), with caption-bootstrap intervals per stratum and balanced over
+the strata, and FID / precision / recall in the offline (random-weight Inception) feature space."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -10,43 +12,69 @@ from rich.console import Console
 from rich.table import Table
 
 from ..data.image_io import open_image
-from ..eval.alignment import aggregate, score
+from ..eval.alignment import CHECKS, aggregate, score
 from ..eval.evaluate import evaluate_samples
 from ..eval.extractors import build_extractor
 from ..eval.features import reference_statistics
-from ..files.sample_folder import intermediate_dirs, read_metadata
+from ..eval.heldout import (
+    BALANCED,
+    Interval,
+    ScoredImage,
+    heldout_captions_by_stratum,
+    paired_difference,
+    score_folder,
+    stratified_alignment,
+)
+from ..files.sample_folder import intermediate_dirs
 
-ALIGNMENT_CHECKS = ("colour", "shape", "count", "exact", "relation")
+ALIGNMENT_CHECKS = CHECKS
+SR_EFFECT_CHECKS = ("exact", "shape", "count", "relation")  # final stage minus base stage, balanced
 FEATURE_INPUT_SIZE = 128  # the random-weight extractor runs at the demo's final resolution
 
 
-def alignment_of_folder(folder: Path, scenes: list[dict], images: Path | None = None) -> dict[str, float]:
-    """Detector accuracy of a sample folder's images (or of the same names in `images`, e.g. an
-    intermediate stage's folder) against the scenes their captions came from."""
-    images = images or folder
-    scores = [
-        score(np.asarray(open_image(images / entry["file"]).convert("RGB")), scenes[entry["condition_index"]])
-        for entry in read_metadata(folder)
-    ]
-    return aggregate(scores)
+def score_reference(reference_dir: Path, scenes: list[dict]) -> list[ScoredImage]:
+    """The detector on the real renders of the same captions (`{index:05d}.png`): how far it can be trusted."""
+    scored = []
+    for index, scene in enumerate(scenes):
+        name = f"{index:05d}.png"
+        pixels = np.asarray(open_image(reference_dir / name).convert("RGB"))
+        scored.append(ScoredImage(name, scene, score(pixels, scene)))
+    return scored
 
 
-def alignment_of_reference(reference_dir: Path, scenes: list[dict]) -> dict[str, float]:
-    """The detector on the real renders of the same captions: how far it can be trusted."""
-    return aggregate(
-        score(np.asarray(open_image(reference_dir / f"{index:05d}.png").convert("RGB")), scene)
-        for index, scene in enumerate(scenes)
-    )
+def format_interval(value: Interval) -> str:
+    """ "0.52 [0.40, 0.63]"; the estimate alone when it has no interval; "-" when it is undefined."""
+    estimate, low, high = value
+    if math.isnan(estimate):
+        return "-"
+    return f"{estimate:.2f}" if math.isnan(low) else f"{estimate:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def format_difference(value: Interval) -> str:
+    """ "-0.05 [-0.12, +0.02]" (signed); "-" when undefined."""
+    estimate, low, high = value
+    if math.isnan(estimate):
+        return "-"
+    return f"{estimate:+.2f}" if math.isnan(low) else f"{estimate:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
 def evaluate_demo(folders: dict[float, Path], reference_dir: Path, scenes: list[dict], console: Console) -> dict:
-    """{"alignment": {label: accuracies}, "metrics": [EvaluationResult], "extractor": name}."""
-    alignment = {"real renders": alignment_of_reference(reference_dir, scenes)}
+    """{"alignment": {label: accuracies}, "stratified": {label: `stratified_alignment`},
+    "sr_effect": {label: {check: final minus base, balanced, with a paired interval}},
+    "strata_available": {stratum: distinct held-out captions}, "metrics": [EvaluationResult], "extractor": name}."""
+    scored = {"real renders": score_reference(reference_dir, scenes)}
+    sr_effect = {}
     for guidance, folder in folders.items():
-        # Each stage's output, so the table shows where a caption's content is won or lost.
-        for size, stage_dir in intermediate_dirs(folder):
-            alignment[f"guidance {guidance:g}, {size}px stage"] = alignment_of_folder(folder, scenes, stage_dir)
-        alignment[f"guidance {guidance:g}"] = alignment_of_folder(folder, scenes)
+        # Each stage's output, so the tables show where a caption's content is won or lost.
+        stages = [(f"guidance {guidance:g}, {size}px stage", score_folder(folder, scenes, stage_dir))
+                  for size, stage_dir in intermediate_dirs(folder)]
+        stages.append((f"guidance {guidance:g}", score_folder(folder, scenes)))
+        scored.update(stages)
+        if len(stages) > 1:
+            difference = paired_difference(stages[0][1], stages[-1][1])
+            sr_effect[f"guidance {guidance:g}"] = {check: difference[check] for check in SR_EFFECT_CHECKS}
+    alignment = {label: aggregate(image.scores for image in images) for label, images in scored.items()}
+    stratified = {label: stratified_alignment(images) for label, images in scored.items()}
     extractor = build_extractor("random-inception", random_input_size=FEATURE_INPUT_SIZE, device="cpu")
     reference, _ = reference_statistics(str(reference_dir), extractor, cache_dir=reference_dir.parent / "stats",
                                         progress=False)
@@ -55,12 +83,20 @@ def evaluate_demo(folders: dict[float, Path], reference_dir: Path, scenes: list[
                          progress=False)
         for guidance, folder in folders.items()
     ]
-    table = Table(title="Caption alignment on held-out captions (detector accuracy)")
-    for column in ("images", "n") + ALIGNMENT_CHECKS:
+    table = Table(title="Caption alignment on held-out captions (detector accuracy; balanced: mean of the strata, "
+                        "95% caption-bootstrap interval)")
+    for column in ("images", "n", "captions") + tuple(f"{check} (balanced)" for check in ALIGNMENT_CHECKS):
         table.add_column(column)
-    for label, values in alignment.items():
-        table.add_row(label, f"{values['n']:.0f}", *[f"{values[c]:.2f}" for c in ALIGNMENT_CHECKS])
+    for label, values in stratified.items():
+        balanced = values[BALANCED]
+        table.add_row(label, str(balanced["n_images"]), str(balanced["n_captions"]),
+                      *[format_interval(balanced[check]) for check in ALIGNMENT_CHECKS])
     console.print(table)
+    for label, difference in sr_effect.items():
+        console.print(f"{label}: final minus base stage, balanced: "
+                      + ", ".join(f"{check} {format_difference(value)}" for check, value in difference.items()))
     for result in metrics:
         console.print(f"{result.label}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.metrics.items()))
-    return {"alignment": alignment, "metrics": metrics, "extractor": extractor.name}
+    return {"alignment": alignment, "stratified": stratified, "sr_effect": sr_effect,
+            "strata_available": {stratum: len(c) for stratum, c in heldout_captions_by_stratum().items()},
+            "metrics": metrics, "extractor": extractor.name}

@@ -10,12 +10,16 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from ..eval.report import Report, ReportFiles, add_metrics_section  # noqa: E402
-
-from ..files.sample_folder import intermediate_dirs, read_metadata  # noqa: E402
-from .evaluation import ALIGNMENT_CHECKS  # noqa: E402
+from ..eval.report import Report, ReportFiles, add_metrics_section
+from ..files.sample_folder import intermediate_dirs, read_metadata
+from .evaluation import (
+    ALIGNMENT_CHECKS,
+    SR_EFFECT_CHECKS,
+    format_difference,
+    format_interval,
+)
 
 GRID_CAPTIONS = 12  # captions shown in the grids
 
@@ -59,6 +63,37 @@ def _grid_paths(images: Path, entries: list[dict]) -> list[Path]:
     return [images / entry["file"] for entry in entries]
 
 
+def _add_stratified_alignment(report: Report, plan: dict, evaluation: dict) -> None:
+    """Per stage, accuracy per stratum and balanced with 95% intervals; then the SR stages' effect."""
+    available = evaluation["strata_available"]
+    report.text(
+        f"The held-out set is {plan['heldout_captions']} distinct held-out captions, {plan['samples_per_caption']} "
+        "image(s) each (different seeds), balanced over five strata by object count and relation "
+        "(cascade.eval.heldout): each stratum gets an equal share, and a stratum with fewer held-out captions gives "
+        "all it has. The held-out split holds " + ", ".join(f"{n} {stratum!r}" for stratum, n in available.items())
+        + " distinct captions. Intervals are 95% percentile-bootstrap intervals that resample captions (all images "
+        "of a caption together) within each stratum; 'balanced' is the mean of the strata accuracies, each stratum "
+        "weighted equally (relation: over the strata that state one). A stratum of one caption has no interval, "
+        "and the balanced interval treats it as fixed."
+    )
+    for label, strata in evaluation["stratified"].items():
+        rows = [[stratum, values["n_captions"], values["n_images"]]
+                + [format_interval(values[check]) for check in ALIGNMENT_CHECKS]
+                for stratum, values in strata.items()]
+        report.table(["stratum", "captions", "images"] + list(ALIGNMENT_CHECKS), rows,
+                     caption=f"{label}: detector accuracy per stratum [95% interval]")
+    if evaluation["sr_effect"]:
+        report.heading("Do the super-resolution stages lower the base's scores?")
+        report.text(
+            "Balanced accuracy of the final images minus that of the base stage's images of the same samples; the "
+            "interval comes from a paired bootstrap over captions (both stages' images of a drawn caption together), "
+            "so an interval that excludes 0 is a change the SR stages made."
+        )
+        report.table(["setting"] + [f"{check}: final - base" for check in SR_EFFECT_CHECKS],
+                     [[label] + [format_difference(difference[check]) for check in SR_EFFECT_CHECKS]
+                      for label, difference in evaluation["sr_effect"].items()])
+
+
 def write_demo_report(out: Path, *, plan: dict, settings: list[dict], folders: dict[float, Path], evaluation: dict,
                       timings: dict, fast: bool) -> ReportFiles:
     report = Report("cascade demo: a tiny text-to-image cascade trained on CPU")
@@ -84,6 +119,7 @@ def write_demo_report(out: Path, *, plan: dict, settings: list[dict], folders: d
     rows = [[label, int(values["n"])] + [values[check] for check in ALIGNMENT_CHECKS]
             for label, values in evaluation["alignment"].items()]
     report.table(["images", "n"] + [f"{check} accuracy" for check in ALIGNMENT_CHECKS], rows)
+    _add_stratified_alignment(report, plan, evaluation)
 
     guidance_values = sorted(folders)
     entries = {g: read_metadata(folders[g])[:GRID_CAPTIONS] for g in guidance_values}
