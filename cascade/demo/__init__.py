@@ -7,7 +7,8 @@
    the other in a second, at the same time (`cascade.demo.training`);
 3. samples the held-out captions through the whole cascade without guidance (scale 1) and with
    it, keeping every stage's output;
-4. evaluates caption alignment with the dataset's deterministic detector (`cascade.eval.alignment`)
+4. evaluates caption alignment with the dataset's deterministic detector (`cascade.eval.alignment`), per
+   stratum of the held-out caption set with caption-bootstrap intervals (`cascade.eval.heldout`),
    and FID / precision / recall in an offline feature space;
 5. writes an HTML and Markdown report (`report.html`) with grids, tables, curves and configs.
 
