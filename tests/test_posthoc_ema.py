@@ -49,11 +49,12 @@ def random_walk(steps: int, size: int, seed: int = 0) -> torch.Tensor:
     return (0.1 * torch.randn(steps, size, generator=generator, dtype=torch.float64) + drift).cumsum(0)
 
 
-def track(callback: PostHocEMA, trajectory: torch.Tensor, start: int = 0, stop: int | None = None) -> None:
+def track(callback: PostHocEMA, trajectory: torch.Tensor, start: int = 0, stop: int | None = None,
+          rank_zero: bool = True) -> None:
     """Run the callback's hooks over optimiser steps start+1..stop of `trajectory` as a fit does
-    (one `on_train_start`, then `on_train_batch_end` after each step), on rank 0."""
+    (one `on_train_start`, then `on_train_batch_end` after each step), on global rank 0 or another."""
     module = Weights(trajectory.shape[1])
-    trainer = SimpleNamespace(global_step=start, is_global_zero=True, default_root_dir="unused: dir is given")
+    trainer = SimpleNamespace(global_step=start, is_global_zero=rank_zero, default_root_dir="unused: dir is given")
     callback.on_train_start(trainer, module)
     for t in range(start + 1, (stop or len(trajectory)) + 1):
         with torch.no_grad():
@@ -177,6 +178,18 @@ def test_a_resumed_callback_writes_the_snapshots_of_an_uninterrupted_one(tmp_pat
         a = load_file(snapshot_path(tmp_path / "straight", step))
         b = load_file(snapshot_path(tmp_path / "split", step))
         assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a), step
+
+
+def test_only_global_rank_zero_writes_snapshots(tmp_path):
+    trajectory = random_walk(20, 4)
+    other_rank = PostHocEMA(snapshot_every_n_steps=5, dir=str(tmp_path / "rank1"))
+    track(other_rank, trajectory, rank_zero=False)
+    rank_zero = PostHocEMA(snapshot_every_n_steps=5, dir=str(tmp_path / "rank0"))
+    track(rank_zero, trajectory)
+    assert not (tmp_path / "rank1").exists()
+    assert [s.step for s in list_snapshots(tmp_path / "rank0")] == [5, 10, 15, 20]
+    # Every rank still tracks the averages (its checkpoint state is the same as rank 0's).
+    assert all(torch.equal(a["theta"], b["theta"]) for a, b in zip(other_rank.profiles, rank_zero.profiles))
 
 
 def test_a_resume_with_other_profiles_is_refused():
