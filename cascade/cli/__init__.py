@@ -2,7 +2,7 @@
 
 Each command is a function `name(argv: list[str]) -> int` in a module of this package that
 parses its own arguments (argparse; `fit` and `validate` use LightningCLI) and then calls the
-library. A group (`data`, `eval`, `eval sheets`, `bench`, `slurm`) is a nested table dispatched
+library. A group (`data`, `ema`, `eval`, `eval sheets`, `bench`, `slurm`) is a nested table dispatched
 the same way. Modules are imported only when their command runs, so `cascade --help` stays fast
 and a missing optional dependency of one command cannot break the others.
 
@@ -59,6 +59,14 @@ COMMANDS = Group(
         ),
         "demo": Command(
             "cascade.cli.demo:demo", "train a tiny text-to-image cascade on CPU, sample, evaluate, write a report"
+        ),
+        "ema": Group(
+            "post-hoc EMA (EDM2): the weights of any EMA length from a run's snapshots",
+            {
+                "reconstruct": Command(
+                    "cascade.cli.ema:reconstruct", "export the EMA of a chosen sigma_rel from posthoc_ema snapshots"
+                ),
+            },
         ),
         "eval": Group(
             "evaluate samples: FID / IS / precision-recall, SR consistency, human-eval sheets, reports",

@@ -12,8 +12,9 @@ A stage config states only what is particular to its stage; `CascadeCLI` holds t
   `trainer.val_check_interval` steps, TensorBoard and CSV loggers.
 - One section per callback every stage has (`CALLBACK_SECTIONS`): `checkpoint` (ModelCheckpoint:
   best-{step} by val/loss, and last.ckpt), `lr_monitor` (LearningRateMonitor), `ema`
-  (cascade.stages.EMA), `training_speed` (cascade.stages.TrainingSpeed) and `sample_grid`
-  (cascade.stages.SampleGrid). A config sets only the arguments it changes, e.g.
+  (cascade.stages.EMA), `posthoc_ema` (cascade.stages.PostHocEMA, null by default),
+  `training_speed` (cascade.stages.TrainingSpeed) and `sample_grid` (cascade.stages.SampleGrid).
+  A config sets only the arguments it changes, e.g.
   `sample_grid: {prompts: [...]}`; null leaves the callback out (`sample_grid: null`).
   `trainer.callbacks` holds any others (`--trainer.callbacks+=module.Class`).
 - `run_dir` (required; YAML key or flag) is the one place a run writes to (`RUN_DIR_LINKS`): the
@@ -66,6 +67,7 @@ from ..stages import (
     AtomicCheckpointIO,
     DiffusionStage,
     NonFiniteLossError,
+    PostHocEMA,
     SampleGrid,
     SaveOnInterrupt,
     StageConfigError,
@@ -92,6 +94,7 @@ SHARED_DEFAULTS: dict[str, Any] = {
     "lr_monitor": {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
                    "init_args": {"logging_interval": "step"}},
     "ema": {"class_path": "cascade.stages.EMA"},
+    "posthoc_ema": None,  # off unless a config turns it on: posthoc_ema: {sigma_rels: [0.05, 0.1], ...}
     "training_speed": {"class_path": "cascade.stages.TrainingSpeed"},
     "sample_grid": {"class_path": "cascade.stages.SampleGrid"},
 }
@@ -102,6 +105,7 @@ CALLBACK_SECTIONS: dict[str, type[Callback]] = {
     "checkpoint": ModelCheckpoint,
     "lr_monitor": LearningRateMonitor,
     "ema": EMA,
+    "posthoc_ema": PostHocEMA,
     "training_speed": TrainingSpeed,
     "sample_grid": SampleGrid,
 }
@@ -396,13 +400,27 @@ def instantiation_problems(error: Exception) -> list[tuple[str, str]]:
         cause = cause.__cause__ or cause.__context__
     if isinstance(cause, StageConfigError):
         return [(f"model.init_args.{key}", message) for key, message in cause.problems]
-    traceback, module = cause.__traceback__, ""
+    traceback, module, section_key = cause.__traceback__, "", None
+    constructors = {callback_class.__init__.__code__: key for key, callback_class in CALLBACK_SECTIONS.items()}
     while traceback is not None:
         module = traceback.tb_frame.f_globals.get("__name__", "")
+        section_key = constructors.get(traceback.tb_frame.f_code, section_key)
         traceback = traceback.tb_next
+    if section_key is not None:  # a callback section's constructor refused a value
+        return callback_problems(section_key, str(cause))
     sections = {"cascade.data": "data.init_args", "cascade.nn": "model.init_args.unet", "cascade.stages": "model.init_args"}
     section = next((key for prefix, key in sections.items() if module.startswith(prefix)), "trainer")
     return config_problems(section, str(cause))
+
+
+def callback_problems(section: str, message: str) -> list[tuple[str, str]]:
+    """(key, message) for an error raised by the constructor of a callback section's class: a
+    message that starts with the argument's name ("sigma_rels: 0.4 outside (0, 0.3)") names
+    `section.argument`, any other names the section."""
+    argument, separator, rest = message.partition(": ")
+    if separator and argument.isidentifier():
+        return [(f"{section}.{argument}", rest)]
+    return [(section, message)]
 
 
 _UNION_NOISE = (

@@ -1,5 +1,5 @@
 """Lightning stages of the cascade: the shared `DiffusionStage`, `BaseStage` and `SuperResStage`,
-their callbacks (`EMA`, `SampleGrid`, `TrainingSpeed`, `ProgressLines`, `StepProgressBar`,
+their callbacks (`EMA`, `PostHocEMA`, `SampleGrid`, `TrainingSpeed`, `ProgressLines`, `StepProgressBar`,
 `SaveOnInterrupt`), and loading trained stages for inference.
 
     from cascade.stages import load_stage
@@ -17,6 +17,7 @@ from .diffusion_stage import DiffusionStage, NonFiniteLossError
 from .ema import EMA
 from .export import export_stage, load_checkpoint, load_exported, load_stage
 from .optim import OptimizerConfig
+from .posthoc_ema import PostHocEMA
 from .super_res import BlurConfig, SuperResStage
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "DiffusionStage",
     "NonFiniteLossError",
     "OptimizerConfig",
+    "PostHocEMA",
     "ProgressLines",
     "SampleGrid",
     "SamplingSettings",

@@ -68,14 +68,23 @@ class EMA(WeightAveraging):
     def _lerp_towards_current(
         self, averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor
     ) -> None:
-        """averaged <- decay * averaged + (1 - decay) * current, for float tensors; others copied."""
-        floating = [(a, c) for a, c in zip(averaged, current) if a.is_floating_point()]
-        others = [(a, c) for a, c in zip(averaged, current) if not a.is_floating_point()]
-        if floating:
-            torch._foreach_lerp_([a for a, _ in floating], [c for _, c in floating], 1.0 - self._current_decay)
-        for a, c in others:
-            a.copy_(c)
+        """averaged <- decay * averaged + (1 - decay) * current (`lerp_towards_current`)."""
+        lerp_towards_current(averaged, current, 1.0 - self._current_decay)
 
     def averaged_module(self) -> pl.LightningModule | None:
         """The averaged copy of the module (None before fit has set it up)."""
         return None if self._average_model is None else self._average_model.module
+
+
+@torch.no_grad()
+def lerp_towards_current(averaged: list[torch.Tensor], current: list[torch.Tensor], weight: float) -> None:
+    """averaged <- averaged + weight * (current - averaged) = (1 - weight) * averaged + weight * current,
+    in place: one fused `torch._foreach_lerp_` over the floating-point tensors; the others (integer
+    buffers such as step counters) are copied. The one averaging step of `EMA` (weight = 1 - decay)
+    and `PostHocEMA` (weight = 1 - beta_gamma(t))."""
+    floating = [(a, c) for a, c in zip(averaged, current) if a.is_floating_point()]
+    others = [(a, c) for a, c in zip(averaged, current) if not a.is_floating_point()]
+    if floating:
+        torch._foreach_lerp_([a for a, _ in floating], [c for _, c in floating], weight)
+    for a, c in others:
+        a.copy_(c)

@@ -98,17 +98,18 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def export_stage(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
     """Write `model.safetensors` (UNet weights; EMA when trained with it) and `config.yaml`."""
     checkpoint = read_checkpoint(checkpoint_path)
-    unet_state = {
-        name[len("unet.") :]: tensor
-        for name, tensor in checkpoint["state_dict"].items()
-        if name.startswith("unet.")
-    }
+    unet_state = unet_state_of(checkpoint["state_dict"])
     provenance = {
         "ema_weights": "current_model_state" in checkpoint,
         "global_step": int(checkpoint.get("global_step", 0)),
         "source_checkpoint": str(Path(checkpoint_path).resolve()),
     }
     return write_export(unet_state, checkpoint["cascade_stage"], out_dir, provenance)
+
+
+def unet_state_of(stage_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The UNet's tensors of a stage's `state_dict` (its `unet.` entries), named as in the UNet."""
+    return {name[len("unet.") :]: tensor for name, tensor in stage_state.items() if name.startswith("unet.")}
 
 
 def write_export(unet_state: dict[str, torch.Tensor], stage_config: dict[str, Any], out_dir: str | Path,
