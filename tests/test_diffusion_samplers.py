@@ -481,3 +481,9 @@ def test_dpmpp_3m_sde_matches_diffusers_sde_dpm_solver_until_its_third_order_ter
     r_0, r_1 = h_0 / h, h_1 / h
     d2 = ((x0[2] - x0[1]) / r_0 - (x0[1] - x0[0]) / r_1) / (r_0 + r_1)
     torch.testing.assert_close(our_states[3] - their_states[3], alphas[3] * d2, atol=2e-5, rtol=1e-3)
+
+
+def test_sample_gaussian_command_has_a_step_count_for_every_sampler():
+    from cascade.cli.gaussian import DEFAULT_STEPS
+
+    assert set(DEFAULT_STEPS) == set(SAMPLERS)
