@@ -14,7 +14,7 @@ from cascade.diffusion import (
     sample,
     time_grid,
 )
-from cascade.diffusion.gaussian import gaussian_denoiser
+from cascade.diffusion.gaussian import gaussian_denoiser, gaussian_mixture_denoiser
 from cascade.diffusion.grid_study import format_table, grid_error_table, mean_errors
 from cascade.diffusion.grids import KARRAS_RHO, grid_t_min
 
@@ -487,3 +487,55 @@ def test_sample_gaussian_command_has_a_step_count_for_every_sampler():
     from cascade.cli.gaussian import DEFAULT_STEPS
 
     assert set(DEFAULT_STEPS) == set(SAMPLERS)
+
+
+# --- a Gaussian mixture: the exact denoiser is nonlinear ------------------------------------------
+
+MIXTURE = {"weights": (0.3, 0.7), "means": (-0.6, 0.4), "stds": (0.1, 0.2)}
+
+
+def mixture_statistics():
+    """Mean, std and P(x0 < midpoint of the two means) of MIXTURE, in closed form."""
+    w, mu, s = (torch.tensor(MIXTURE[k], dtype=torch.float64) for k in ("weights", "means", "stds"))
+    mean = (w * mu).sum()
+    std = ((w * (s**2 + mu**2)).sum() - mean**2).sqrt()
+    midpoint = mu.mean()
+    mass_below = (w * 0.5 * (1 + torch.erf((midpoint - mu) / (s * math.sqrt(2))))).sum()
+    return mean.item(), std.item(), mass_below.item(), midpoint.item()
+
+
+def mixture_errors(sampler, schedule, steps, grid, n=20_000):
+    denoise = gaussian_mixture_denoiser(schedule, **MIXTURE)
+    x = sample(denoise, schedule, (n, 1), sampler, steps, torch.Generator().manual_seed(0), grid=grid).double()
+    mean, std, mass_below, midpoint = mixture_statistics()
+    return abs(x.mean().item() - mean), abs(x.std().item() - std), abs((x < midpoint).double().mean().item() - mass_below)
+
+
+def test_mixture_denoiser_is_the_posterior_mean_by_quadrature():
+    """E[x0 | x_t] = int x0 p(x0) N(x_t; alpha x0, sigma^2) dx0 / int p(x0) N(...) dx0 on a fine grid."""
+    schedule = NoiseSchedule.cosine()
+    denoise = gaussian_mixture_denoiser(schedule, **MIXTURE)
+    x0 = torch.linspace(-3, 3, 200_001, dtype=torch.float64)
+    w, mu, s = (torch.tensor(MIXTURE[k], dtype=torch.float64) for k in ("weights", "means", "stds"))
+    prior = (w / s * torch.exp(-0.5 * ((x0[:, None] - mu) / s) ** 2)).sum(-1)
+    for t in (0.2, 0.5, 0.8):
+        alpha, sigma = (v.double() for v in schedule.alpha_sigma(torch.tensor(t)))
+        x_t = torch.linspace(-2, 2, 9, dtype=torch.float64)
+        likelihood = torch.exp(-0.5 * ((x_t[:, None] - alpha * x0) / sigma) ** 2)
+        expected = (likelihood * prior * x0).sum(-1) / (likelihood * prior).sum(-1)
+        got = denoise(x_t.float()[:, None], torch.full((9,), t))[:, 0].double()
+        torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_every_sampler_on_every_grid_converges_to_the_gaussian_mixture(sampler, grid):
+    """Mean, std and the mass on each side of the modes' midpoint (closed form through erf), on
+    the cosine schedule (the linear one is covered by the Gaussian test above); 20k draws:
+    standard errors ~0.0035 on each, the same noise at both step counts."""
+    schedule = NoiseSchedule.cosine()
+    few, many = (100, 400) if sampler in ("ddpm", "ddim") else (25, 100)
+    _, std_few, _ = mixture_errors(sampler, schedule, few, grid)
+    mean_error, std_error, mass_error = mixture_errors(sampler, schedule, many, grid)
+    assert mean_error < 0.015 and std_error < 0.015 and mass_error < 0.015, (mean_error, std_error, mass_error)
+    assert std_error < std_few or std_few < 0.005, (std_few, std_error)
