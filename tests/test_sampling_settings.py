@@ -20,7 +20,8 @@ MICRO_UNET = {"image_size": 16, "base_channels": 8, "channel_mults": [1, 2], "nu
 @pytest.mark.parametrize(
     ("key", "value"),
     [("sampler", "euler"), ("steps", 0), ("steps", 2.5), ("guidance", -1.0), ("guidance", "strong"),
-     ("dynamic_threshold", 0.0), ("dynamic_threshold", 1.5), ("aug_level", -0.1), ("aug_level", 1.2)],
+     ("dynamic_threshold", 0.0), ("dynamic_threshold", 1.5), ("aug_level", -0.1), ("aug_level", 1.2),
+     ("time_grid", "edm"), ("time_grid", 3)],
 )  # fmt: skip
 def test_settings_reject_each_bad_value_with_one_line_naming_the_key(key, value):
     with pytest.raises(StageConfigError) as raised:
@@ -31,7 +32,8 @@ def test_settings_reject_each_bad_value_with_one_line_naming_the_key(key, value)
 
 
 def test_settings_round_trip_through_yaml():
-    for settings in (SamplingSettings(), SamplingSettings("ddim", 7, 4.5, 0.99, 0.25)):
+    for settings in (SamplingSettings(), SamplingSettings("ddim", 7, 4.5, 0.99, 0.25),
+                     SamplingSettings("heun", 7, time_grid="karras")):  # fmt: skip
         plain = yaml.safe_load(yaml.safe_dump(settings.to_dict()))
         assert plain == settings.to_dict() and SamplingSettings.from_dict(plain) == settings
 
@@ -72,7 +74,7 @@ def test_an_old_style_stage_config_still_builds_and_is_stored_with_todays_keys()
     assert sr.sampling == SamplingSettings("ddim", 7, 1.0, 0.995, 0.2)
     stored = sr.stage_config()["init_args"]
     assert stored["sampling"] == {"sampler": "ddim", "steps": 7, "guidance": 1.0, "dynamic_threshold": 0.995,
-                                  "aug_level": 0.2}  # fmt: skip
+                                  "aug_level": 0.2, "time_grid": None}  # fmt: skip
     assert "aug_level" not in stored  # stored once, in sampling
     assert build_stage(sr.stage_config()).sampling == sr.sampling
 
@@ -101,3 +103,27 @@ def test_sample_grid_changes_the_stages_own_settings_and_checks_them_when_built(
     assert SampleGrid(guidance_scale=2.0).settings_for(stage).guidance == 2.0  # older configs' key
     with pytest.raises(ValueError, match="^SampleGrid steps: must be an integer >= 1, got 0$"):
         SampleGrid(steps=0)
+
+
+def test_generate_walks_the_settings_time_grid(monkeypatch):
+    """`sampling.time_grid` reaches `cascade.diffusion.sample(grid=...)`: the denoiser sees the
+    grid's times; None (the default, also of settings stored without the key) is the sampler's own."""
+    from cascade.diffusion import DEFAULT_GRIDS, time_grid
+
+    base, _ = old_stage_configs()
+    stage = build_stage(base)
+    condition = stage.make_condition(class_labels=[0])
+    for grid in ("karras", None):
+        seen = []
+        make_denoiser = stage.make_denoiser
+
+        def recording_denoiser(*args, seen=seen, make_denoiser=make_denoiser, **kwargs):
+            denoise = make_denoiser(*args, **kwargs)
+            return lambda x_t, t: (seen.append(float(t[0])), denoise(x_t, t))[1]
+
+        monkeypatch.setattr(stage, "make_denoiser", recording_denoiser)
+        settings = SamplingSettings("dpmpp_2m", 4, 1.0, time_grid=grid)
+        stage.generate(condition, settings=settings, generator=torch.Generator().manual_seed(0))
+        expected = time_grid(stage.schedule, 4, grid or DEFAULT_GRIDS["dpmpp_2m"])[:-1].float().tolist()
+        assert seen == expected
+        monkeypatch.undo()

@@ -12,7 +12,7 @@ One object serves training (q_sample, loss weighting) and every sampler.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -70,9 +70,41 @@ class NoiseSchedule:
     def log_snr_unchecked(self, t: torch.Tensor) -> torch.Tensor:
         return self._log_snr_fn(t.float())
 
+    def log_snr_float64(self, t: torch.Tensor) -> torch.Tensor:
+        """lambda(t) computed in float64 (time grids, the inverse below); t is not validated."""
+        return self._log_snr_fn(t.to(torch.float64))
+
+    # --- the inverse ---------------------------------------------------------------------
+    def t_from_log_snr(self, log_snr: torch.Tensor, iterations: int = 64) -> torch.Tensor:
+        """The time t in [0, 1] with lambda(t) = log_snr: the inverse of the schedule.
+
+        Generic for any schedule: vectorised bisection in float64 on the strictly decreasing
+        lambda(t) (each iteration halves the bracket, so 64 iterations reach float64 resolution
+        in t). Returns float64 of the shape of `log_snr`. Raises ValueError naming log_snr for
+        values outside [lambda(1), lambda(0)] (or NaN).
+        """
+        if not torch.is_tensor(log_snr) or not torch.is_floating_point(log_snr):
+            raise ValueError(f"log_snr must be a floating-point torch.Tensor, got {log_snr!r}")
+        target = log_snr.detach().to(torch.float64)
+        ends = self.log_snr_float64(torch.tensor([1.0, 0.0], device=target.device))
+        lowest, highest = ends[0].item(), ends[1].item()
+        if torch.isnan(target).any() or (target < lowest).any() or (target > highest).any():
+            raise ValueError(
+                f"log_snr must lie in [lambda(1), lambda(0)] = [{lowest:.6g}, {highest:.6g}] of {self!r}; "
+                f"got values in [{target.min().item():.6g}, {target.max().item():.6g}]"
+            )
+        low = torch.zeros_like(target)  # lambda(low) >= target
+        high = torch.ones_like(target)  # lambda(high) <= target
+        for _ in range(iterations):
+            middle = 0.5 * (low + high)
+            above = self._log_snr_fn(middle) >= target
+            low = torch.where(above, middle, low)
+            high = torch.where(above, high, middle)
+        return 0.5 * (low + high)
+
     # --- constructors ------------------------------------------------------------------
     @classmethod
-    def cosine(cls, log_snr_min: float = LOG_SNR_MIN, log_snr_max: float = LOG_SNR_MAX) -> "NoiseSchedule":
+    def cosine(cls, log_snr_min: float = LOG_SNR_MIN, log_snr_max: float = LOG_SNR_MAX) -> NoiseSchedule:
         """The cosine schedule (Nichol & Dhariwal 2021): alpha_t = cos(pi t / 2), so
         lambda(t) = -2 log tan(pi t / 2), truncated to [log_snr_min, log_snr_max] by an affine
         change of the angle (Hoogeboom et al. 2023, "simple diffusion", eq. 4 / Alg. 1)."""
@@ -88,7 +120,7 @@ class NoiseSchedule:
     @classmethod
     def shifted_cosine(
         cls, shift: float, log_snr_min: float = LOG_SNR_MIN, log_snr_max: float = LOG_SNR_MAX
-    ) -> "NoiseSchedule":
+    ) -> NoiseSchedule:
         """Resolution-shifted cosine (Hoogeboom et al. 2023, "simple diffusion", eq. 5):
         lambda_shifted(t) = lambda_cosine(t) + 2 log(shift).
 
@@ -102,7 +134,7 @@ class NoiseSchedule:
         offset = 2.0 * math.log(shift)
 
         def log_snr_fn(t: torch.Tensor) -> torch.Tensor:
-            return base.log_snr_unchecked(t) + offset
+            return base._log_snr_fn(t) + offset  # follows t.dtype (float64 in t_from_log_snr)
 
         return cls(
             log_snr_fn,
@@ -111,7 +143,7 @@ class NoiseSchedule:
         )
 
     @classmethod
-    def linear(cls, beta_start: float = 1e-4, beta_end: float = 0.02, num_steps: int = 1000) -> "NoiseSchedule":
+    def linear(cls, beta_start: float = 1e-4, beta_end: float = 0.02, num_steps: int = 1000) -> NoiseSchedule:
         """The discrete linear-beta schedule of DDPM (Ho et al. 2020, sec. 4), in continuous time.
 
         beta_i rises linearly from beta_start to beta_end over i = 1..num_steps and
@@ -127,13 +159,11 @@ class NoiseSchedule:
             )
         betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
         log_alpha_bar = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(torch.log1p(-betas), 0)])
-        knots = log_alpha_bar.float()
-
         def log_snr_fn(t: torch.Tensor) -> torch.Tensor:
             position = t * num_steps
             index = position.floor().clamp(max=num_steps - 1).long()
             frac = position - index
-            table = knots.to(t.device)
+            table = log_alpha_bar.to(device=t.device, dtype=t.dtype)
             log_ab = torch.lerp(table[index], table[index + 1], frac)
             # lambda = log(abar / (1 - abar)); -expm1 keeps precision near abar = 1 (t -> 0).
             return log_ab - torch.log(-torch.expm1(log_ab))
@@ -143,7 +173,7 @@ class NoiseSchedule:
         )
 
     @classmethod
-    def from_config(cls, name: str, **params) -> "NoiseSchedule":
+    def from_config(cls, name: str, **params) -> NoiseSchedule:
         """Build a schedule by name: 'cosine', 'shifted_cosine' or 'linear' (used by YAML configs)."""
         constructors = {"cosine": cls.cosine, "shifted_cosine": cls.shifted_cosine, "linear": cls.linear}
         if name not in constructors:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..diffusion import SAMPLERS
+from ..diffusion import GRIDS, SAMPLERS
 
 
 class StageConfigError(ValueError):
@@ -60,6 +60,8 @@ class SamplingSettings:
         of x0 to [-1, 1].
     aug_level: super-resolution stages only: the level s in [0, 1] the low-res input is noised
         to (Ho et al. 2022, "Cascaded Diffusion Models", sec. 4.3); base stages ignore it.
+    time_grid: a `cascade.diffusion.GRIDS` name, or None for the sampler's default
+        (`cascade.diffusion.DEFAULT_GRIDS`); settings stored without the key take None.
     """
 
     sampler: str = "dpmpp_2m"
@@ -67,6 +69,7 @@ class SamplingSettings:
     guidance: float = 1.0
     dynamic_threshold: float | None = None
     aug_level: float = 0.0
+    time_grid: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -81,6 +84,8 @@ class SamplingSettings:
             problems.append(("dynamic_threshold", f"must be a percentile in (0, 1] or null (off), got {threshold!r}"))
         if not _is_number(self.aug_level) or not 0.0 <= self.aug_level <= 1.0:
             problems.append(("aug_level", f"must be in [0, 1], got {self.aug_level!r}"))
+        if self.time_grid is not None and self.time_grid not in GRIDS:
+            problems.append(("time_grid", f"must be one of {GRIDS} or null (the sampler's default), got {self.time_grid!r}"))
         if problems:
             raise StageConfigError([(f"sampling.{name}", message) for name, message in problems])
 

@@ -485,6 +485,7 @@ class DiffusionStage(pl.LightningModule):
                     steps=settings.steps,
                     generator=generator,
                     x_T=x_T,
+                    grid=settings.time_grid,
                     callback=lambda done, total: bar.update(1),
                     device=self.device,
                 )
