@@ -8,12 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cascade.diffusion import (
+    SIGMOID_BIAS,
+    WEIGHTINGS,
     NoiseSchedule,
     cfg_combine,
     diffusion_loss,
     dynamic_threshold,
     eps_from_v,
     eps_from_x0,
+    in_guidance_interval,
     loss_weight,
     predicted_x0,
     q_sample,
@@ -140,6 +143,101 @@ def test_min_snr_weight_is_min_snr_gamma_in_x0_space():
     torch.testing.assert_close(loss_weight(log_snr, "x0", "min_snr"), expected)
     torch.testing.assert_close(loss_weight(log_snr, "eps", "min_snr") * snr, expected)
     torch.testing.assert_close(loss_weight(log_snr, "v", "min_snr") * (snr + 1), expected)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=repr)
+def test_d_log_snr_dt_matches_central_finite_differences(schedule):
+    """The closed forms (cosine, shifted cosine) and autograd (linear) against
+    (lambda(t + h) - lambda(t - h)) / 2h, in float64 through the schedule's lambda(t)."""
+    if schedule.name == "linear":  # midpoints of the DDPM segments: lambda(t) is smooth there
+        steps = schedule.params["num_steps"]
+        t = (torch.arange(0, steps, max(1, steps // 40)) + 0.5) / steps
+        h = 1e-3 / steps  # lambda ~ -log(t) near t = 0: a small step keeps the O(h^2) error down
+    else:
+        t, h = torch.linspace(0.02, 0.98, 49), 1e-4
+    t64 = t.double()
+    central = (schedule._log_snr_fn(t64 + h) - schedule._log_snr_fn(t64 - h)) / (2 * h)
+    slope = schedule.d_log_snr_dt(t)
+    assert slope.dtype == torch.float32 and (slope < 0).all()
+    torch.testing.assert_close(slope.double(), central, rtol=1e-4, atol=0)
+
+
+def test_d_log_snr_dt_of_the_cosine_schedule_is_its_closed_form():
+    """lambda = -2 log tan(pi t / 2) untruncated: d lambda/dt = -2 pi / sin(pi t)."""
+    schedule = NoiseSchedule.cosine(-40.0, 40.0)  # truncation at |lambda| = 40: the angle map is ~identity
+    t = torch.linspace(0.05, 0.95, 19)
+    torch.testing.assert_close(schedule.d_log_snr_dt(t), -2 * math.pi / torch.sin(math.pi * t), rtol=1e-5, atol=0)
+
+
+def test_sigmoid_weight_is_its_formula_on_each_target():
+    """Kingma & Gao 2023 / SiD2 eq. 4: w_eps = sigmoid(b - lambda)(-dlambda/dt); the same loss on v
+    and x0 is w_eps alpha^2 and w_eps SNR (SiD2 writes the x0 one as sigmoid(lambda - b) e^b)."""
+    schedule = NoiseSchedule.cosine()
+    t = torch.linspace(0.01, 0.99, 50)
+    log_snr, slope = schedule.log_snr(t), schedule.d_log_snr_dt(t)
+    for bias in (SIGMOID_BIAS, 0.0, 2.0):
+        w_eps = torch.sigmoid(bias - log_snr) * -slope
+        torch.testing.assert_close(loss_weight(log_snr, "eps", "sigmoid", sigmoid_bias=bias, d_log_snr_dt=slope), w_eps)
+        torch.testing.assert_close(loss_weight(log_snr, "v", "sigmoid", sigmoid_bias=bias, d_log_snr_dt=slope),
+                                   w_eps * torch.sigmoid(log_snr))
+        torch.testing.assert_close(loss_weight(log_snr, "x0", "sigmoid", sigmoid_bias=bias, d_log_snr_dt=slope),
+                                   w_eps * log_snr.exp(), rtol=1e-5, atol=0)
+        torch.testing.assert_close(loss_weight(log_snr, "x0", "sigmoid", sigmoid_bias=bias, d_log_snr_dt=slope),
+                                   torch.sigmoid(log_snr - bias) * math.exp(bias) * -slope)
+    with pytest.raises(ValueError, match="d_log_snr_dt"):
+        loss_weight(log_snr, "eps", "sigmoid")
+    assert SIGMOID_BIAS == -3.0
+
+
+@pytest.mark.parametrize("schedule", [NoiseSchedule.cosine(), NoiseSchedule.shifted_cosine(0.25),
+                                      NoiseSchedule.linear(1e-4, 0.02, 1000)], ids=repr)
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
+def test_the_weighted_loss_is_the_same_through_target_eps_v_and_x0(schedule, weighting):
+    """One x_t, one noise and one arbitrary network estimate x0_hat, expressed as the eps, v and x0
+    outputs it corresponds to: every weighting gives one loss whatever the target (catches a wrong
+    per-target conversion: eps - eps_hat = alpha (v - v_hat) = -(alpha/sigma)(x0 - x0_hat))."""
+    generator = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(12, 3, 4, 4, generator=generator), torch.randn(12, 3, 4, 4, generator=generator)
+    x0_hat = x0 + 0.3 * torch.randn(12, 3, 4, 4, generator=generator)
+    t = torch.linspace(0.08, 0.92, 12)
+    alpha, sigma = schedule.alpha_sigma(t)
+    x_t = q_sample(x0, t, schedule, eps)
+    eps_hat = eps_from_x0(x_t, x0_hat, alpha, sigma)
+    outputs = {"eps": eps_hat, "v": v_from_x0_eps(x0_hat, eps_hat, alpha, sigma), "x0": x0_hat}
+    losses = {target: diffusion_loss(output, x0, eps, t, schedule, target, weighting, gamma=5.0)
+              for target, output in outputs.items()}
+    if weighting == "uniform":  # uniform is the plain MSE on each target: equal only in x0 units
+        snr = schedule.log_snr(t).exp()
+        losses = {"eps": losses["eps"] / snr, "v": losses["v"] / (snr + 1), "x0": losses["x0"]}
+    torch.testing.assert_close(losses["eps"], losses["x0"], rtol=2e-4, atol=0)
+    torch.testing.assert_close(losses["v"], losses["x0"], rtol=2e-4, atol=0)
+
+
+@pytest.mark.parametrize("schedule", [NoiseSchedule.cosine(-10.0, 10.0), NoiseSchedule.shifted_cosine(0.25, -10.0, 10.0),
+                                      NoiseSchedule.linear(1e-4, 0.02, 1000)], ids=repr)
+def test_the_sigmoid_weight_over_t_integrates_to_the_integral_over_log_snr(schedule):
+    """With -d lambda/dt in the weight, E_{t~U(0,1)}[w_eps(t)] = int_{lambda(1)}^{lambda(0)} sigmoid(b - lambda) d lambda
+    = softplus(b - lambda(1)) - softplus(b - lambda(0)) whatever the schedule (Kingma & Gao 2023, eq. 8):
+    the schedule only decides where lambda is sampled. Midpoint rule on 200k points of t."""
+    t = (torch.arange(200_000, dtype=torch.float64) + 0.5) / 200_000
+    log_snr = schedule.log_snr(t.float())
+    weight = loss_weight(log_snr, "eps", "sigmoid", sigmoid_bias=-1.0, d_log_snr_dt=schedule.d_log_snr_dt(t.float()))
+    low, high = schedule.log_snr(torch.tensor([1.0, 0.0])).double()
+    expected = torch.nn.functional.softplus(-1.0 - low) - torch.nn.functional.softplus(-1.0 - high)
+    torch.testing.assert_close(weight.double().mean(), expected, rtol=2e-3, atol=0)
+    # and the weight is a density over lambda: weight / (-d lambda/dt) is sigmoid(b - lambda) itself
+    torch.testing.assert_close(weight / -schedule.d_log_snr_dt(t.float()), torch.sigmoid(-1.0 - log_snr))
+
+
+def test_guidance_interval_selects_the_rows_whose_log_snr_lies_in_it():
+    log_snr = torch.tensor([-3.0, -2.0, 0.0, 2.5, 2.6])
+    assert in_guidance_interval(log_snr, (-2.0, 2.5)).tolist() == [False, True, True, True, False]
+    assert in_guidance_interval(log_snr, None).all()
+    # Kynkaenniemi et al. state it in EDM's sigma = sigma_t / alpha_t: lambda = -2 log sigma
+    sigma_lo, sigma_hi = 0.28, 2.9
+    inside = in_guidance_interval(torch.tensor([-2 * math.log(s) for s in (0.2, 0.3, 2.8, 3.0)]),
+                                  (-2 * math.log(sigma_hi), -2 * math.log(sigma_lo)))
+    assert inside.tolist() == [False, True, True, False]
 
 
 def test_unknown_target_and_weighting_are_named():

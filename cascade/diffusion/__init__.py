@@ -1,7 +1,12 @@
 """Diffusion math in pure torch: schedules, parameterisations, losses, samplers, guidance."""
 
-from .guidance import cfg_combine, dynamic_threshold, static_threshold
-from .loss import WEIGHTINGS, diffusion_loss, loss_weight, q_sample
+from .guidance import (
+    cfg_combine,
+    dynamic_threshold,
+    in_guidance_interval,
+    static_threshold,
+)
+from .loss import SIGMOID_BIAS, WEIGHTINGS, diffusion_loss, loss_weight, q_sample
 from .parameterization import (
     TARGETS,
     eps_from_v,
@@ -17,13 +22,14 @@ from .samplers import SAMPLERS, Denoiser, Generators, StepCallback, sample
 from .schedule import NoiseSchedule, alpha_from_log_snr, check_time, sigma_from_log_snr
 
 __all__ = [
+    "SAMPLERS",
+    "SIGMOID_BIAS",
+    "TARGETS",
+    "WEIGHTINGS",
     "Denoiser",
     "Generators",
     "NoiseSchedule",
-    "SAMPLERS",
     "StepCallback",
-    "TARGETS",
-    "WEIGHTINGS",
     "alpha_from_log_snr",
     "cfg_combine",
     "check_time",
@@ -31,6 +37,7 @@ __all__ = [
     "dynamic_threshold",
     "eps_from_v",
     "eps_from_x0",
+    "in_guidance_interval",
     "loss_weight",
     "predicted_x0",
     "q_sample",

@@ -12,7 +12,7 @@ One object serves training (q_sample, loss weighting) and every sampler.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -39,8 +39,15 @@ class NoiseSchedule:
     `NoiseSchedule.linear(beta_start, beta_end, num_steps)`.
     """
 
-    def __init__(self, log_snr_fn: Callable[[torch.Tensor], torch.Tensor], name: str, params: dict):
+    def __init__(
+        self,
+        log_snr_fn: Callable[[torch.Tensor], torch.Tensor],
+        name: str,
+        params: dict,
+        d_log_snr_dt_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
         self._log_snr_fn = log_snr_fn
+        self._d_log_snr_dt_fn = d_log_snr_dt_fn
         self.name = name
         self.params = params
 
@@ -70,9 +77,25 @@ class NoiseSchedule:
     def log_snr_unchecked(self, t: torch.Tensor) -> torch.Tensor:
         return self._log_snr_fn(t.float())
 
+    def d_log_snr_dt(self, t: torch.Tensor) -> torch.Tensor:
+        """d lambda / dt at times t (negative: lambda decreases with t), element-wise.
+
+        -d lambda/dt is the density conversion between t ~ U(0, 1) and lambda: the weighted loss
+        E_t[w(lambda_t) (-d lambda/dt) ||eps - eps_hat||^2] = int w(lambda) ||eps - eps_hat||^2 d lambda
+        (Kingma & Gao 2023, eq. 7-8) does not depend on the schedule. Closed form where the
+        constructor gives one (cosine, shifted cosine), else autograd through lambda(t)
+        (element-wise: lambda_i depends on t_i only). t is not validated (no host sync).
+        """
+        if self._d_log_snr_dt_fn is not None:
+            return self._d_log_snr_dt_fn(t.float())
+        with torch.enable_grad():
+            t_leaf = t.detach().float().requires_grad_(True)
+            (derivative,) = torch.autograd.grad(self._log_snr_fn(t_leaf).sum(), t_leaf)
+        return derivative
+
     # --- constructors ------------------------------------------------------------------
     @classmethod
-    def cosine(cls, log_snr_min: float = LOG_SNR_MIN, log_snr_max: float = LOG_SNR_MAX) -> "NoiseSchedule":
+    def cosine(cls, log_snr_min: float = LOG_SNR_MIN, log_snr_max: float = LOG_SNR_MAX) -> NoiseSchedule:
         """The cosine schedule (Nichol & Dhariwal 2021): alpha_t = cos(pi t / 2), so
         lambda(t) = -2 log tan(pi t / 2), truncated to [log_snr_min, log_snr_max] by an affine
         change of the angle (Hoogeboom et al. 2023, "simple diffusion", eq. 4 / Alg. 1)."""
@@ -83,12 +106,18 @@ class NoiseSchedule:
         def log_snr_fn(t: torch.Tensor) -> torch.Tensor:
             return -2.0 * torch.log(torch.tan(t_min + t * (t_max - t_min)))
 
-        return cls(log_snr_fn, "cosine", {"log_snr_min": log_snr_min, "log_snr_max": log_snr_max})
+        def d_log_snr_dt_fn(t: torch.Tensor) -> torch.Tensor:
+            # d/du [-2 log tan u] = -2 / (sin u cos u) = -4 / sin(2u), u = t_min + t (t_max - t_min)
+            return -4.0 * (t_max - t_min) / torch.sin(2.0 * (t_min + t * (t_max - t_min)))
+
+        return cls(
+            log_snr_fn, "cosine", {"log_snr_min": log_snr_min, "log_snr_max": log_snr_max}, d_log_snr_dt_fn
+        )
 
     @classmethod
     def shifted_cosine(
         cls, shift: float, log_snr_min: float = LOG_SNR_MIN, log_snr_max: float = LOG_SNR_MAX
-    ) -> "NoiseSchedule":
+    ) -> NoiseSchedule:
         """Resolution-shifted cosine (Hoogeboom et al. 2023, "simple diffusion", eq. 5):
         lambda_shifted(t) = lambda_cosine(t) + 2 log(shift).
 
@@ -102,16 +131,17 @@ class NoiseSchedule:
         offset = 2.0 * math.log(shift)
 
         def log_snr_fn(t: torch.Tensor) -> torch.Tensor:
-            return base.log_snr_unchecked(t) + offset
+            return base._log_snr_fn(t) + offset  # t is already float32 (log_snr_unchecked casts it)
 
         return cls(
             log_snr_fn,
             "shifted_cosine",
             {"shift": shift, "log_snr_min": log_snr_min, "log_snr_max": log_snr_max},
+            base.d_log_snr_dt,  # a constant offset does not change the slope
         )
 
     @classmethod
-    def linear(cls, beta_start: float = 1e-4, beta_end: float = 0.02, num_steps: int = 1000) -> "NoiseSchedule":
+    def linear(cls, beta_start: float = 1e-4, beta_end: float = 0.02, num_steps: int = 1000) -> NoiseSchedule:
         """The discrete linear-beta schedule of DDPM (Ho et al. 2020, sec. 4), in continuous time.
 
         beta_i rises linearly from beta_start to beta_end over i = 1..num_steps and
@@ -133,7 +163,7 @@ class NoiseSchedule:
             position = t * num_steps
             index = position.floor().clamp(max=num_steps - 1).long()
             frac = position - index
-            table = knots.to(t.device)
+            table = knots.to(t.device, t.dtype)
             log_ab = torch.lerp(table[index], table[index + 1], frac)
             # lambda = log(abar / (1 - abar)); -expm1 keeps precision near abar = 1 (t -> 0).
             return log_ab - torch.log(-torch.expm1(log_ab))
@@ -143,7 +173,7 @@ class NoiseSchedule:
         )
 
     @classmethod
-    def from_config(cls, name: str, **params) -> "NoiseSchedule":
+    def from_config(cls, name: str, **params) -> NoiseSchedule:
         """Build a schedule by name: 'cosine', 'shifted_cosine' or 'linear' (used by YAML configs)."""
         constructors = {"cosine": cls.cosine, "shifted_cosine": cls.shifted_cosine, "linear": cls.linear}
         if name not in constructors:
