@@ -31,6 +31,7 @@ SCHEDULES = [
     NoiseSchedule.cosine(),
     NoiseSchedule.shifted_cosine(0.25),
     NoiseSchedule.shifted_cosine(2.0),
+    NoiseSchedule.interpolated_cosine(32 / 512, 256 / 512),
     NoiseSchedule.linear(1e-4, 0.02, 1000),
     NoiseSchedule.linear(0.1, 0.8, 10),
 ]
@@ -68,6 +69,16 @@ def test_shifted_cosine_adds_two_log_shift():
     torch.testing.assert_close(shifted, NoiseSchedule.cosine().log_snr(t) + 2 * math.log(0.25))
 
 
+def test_interpolated_cosine_moves_from_the_high_to_the_low_resolution_shift():
+    """simple diffusion's interpolated schedule: t lambda_shifted(t; low) + (1 - t) lambda_shifted(t; high)."""
+    t = torch.linspace(0.0, 1.0, 21)
+    low, high = NoiseSchedule.shifted_cosine(32 / 512), NoiseSchedule.shifted_cosine(256 / 512)
+    interpolated = NoiseSchedule.from_config("interpolated_cosine", shift_low=32 / 512, shift_high=256 / 512)
+    torch.testing.assert_close(interpolated.log_snr(t), t * low.log_snr(t) + (1 - t) * high.log_snr(t))
+    with pytest.raises(ValueError, match="shift_low <= shift_high"):
+        NoiseSchedule.interpolated_cosine(0.5, 0.25)
+
+
 def test_linear_schedule_hits_the_ddpm_alpha_bars_at_the_knots():
     betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
     alpha_bar = torch.cumprod(1 - betas, 0)
@@ -86,6 +97,7 @@ def test_time_outside_unit_interval_raises_naming_t(bad):
     "build, name",
     [
         (lambda: NoiseSchedule.shifted_cosine(0.0), "shift"),
+        (lambda: NoiseSchedule.interpolated_cosine(0.0, 0.5), "shift_low"),
         (lambda: NoiseSchedule.linear(0.02, 1e-4, 1000), "beta_start"),
         (lambda: NoiseSchedule.linear(1e-4, 0.02, 0), "num_steps"),
         (lambda: NoiseSchedule.cosine(5.0, -5.0), "log_snr_min"),

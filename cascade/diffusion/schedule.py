@@ -35,7 +35,8 @@ def check_time(t: torch.Tensor, name: str = "t") -> None:
 class NoiseSchedule:
     """A variance-preserving noise schedule defined by its log-SNR function lambda(t).
 
-    Build one with `NoiseSchedule.cosine()`, `NoiseSchedule.shifted_cosine(shift)` or
+    Build one with `NoiseSchedule.cosine()`, `NoiseSchedule.shifted_cosine(shift)`,
+    `NoiseSchedule.interpolated_cosine(shift_low, shift_high)` or
     `NoiseSchedule.linear(beta_start, beta_end, num_steps)`.
     """
 
@@ -141,6 +142,41 @@ class NoiseSchedule:
         )
 
     @classmethod
+    def interpolated_cosine(
+        cls,
+        shift_low: float,
+        shift_high: float,
+        log_snr_min: float = LOG_SNR_MIN,
+        log_snr_max: float = LOG_SNR_MAX,
+    ) -> NoiseSchedule:
+        """The interpolated shifted cosine schedule (Hoogeboom et al. 2023, "simple diffusion",
+        sec. 3.1 and its appendix pseudocode; used by SiD2, Hoogeboom et al. 2024):
+        lambda(t) = t lambda_shifted(t; shift_low) + (1 - t) lambda_shifted(t; shift_high)
+                  = lambda_cosine(t) + 2 [t log(shift_low) + (1 - t) log(shift_high)],
+        so low-noise times (t -> 0) follow the `shift_high` schedule and high-noise times
+        (t -> 1) the `shift_low` one. Each shift is reference_resolution / resolution, e.g. for a
+        512x512 stage interpolating between the schedules of 32x32 and 256x256 models:
+        shift_low = 32/512, shift_high = 256/512. Needs shift_low <= shift_high (lambda then
+        stays strictly decreasing). d lambda/dt = lambda_cosine'(t) + 2 log(shift_low / shift_high).
+        """
+        for name, shift in (("shift_low", shift_low), ("shift_high", shift_high)):
+            if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {shift!r}")
+        if shift_low > shift_high:
+            raise ValueError(f"need shift_low <= shift_high, got shift_low={shift_low}, shift_high={shift_high}")
+        base = cls.cosine(log_snr_min, log_snr_max)
+        log_low, log_high = math.log(shift_low), math.log(shift_high)
+
+        def log_snr_fn(t: torch.Tensor) -> torch.Tensor:
+            return base._log_snr_fn(t) + 2.0 * (t * log_low + (1.0 - t) * log_high)
+
+        def d_log_snr_dt_fn(t: torch.Tensor) -> torch.Tensor:
+            return base.d_log_snr_dt(t) + 2.0 * (log_low - log_high)
+
+        params = {"shift_low": shift_low, "shift_high": shift_high, "log_snr_min": log_snr_min, "log_snr_max": log_snr_max}
+        return cls(log_snr_fn, "interpolated_cosine", params, d_log_snr_dt_fn)
+
+    @classmethod
     def linear(cls, beta_start: float = 1e-4, beta_end: float = 0.02, num_steps: int = 1000) -> NoiseSchedule:
         """The discrete linear-beta schedule of DDPM (Ho et al. 2020, sec. 4), in continuous time.
 
@@ -174,8 +210,10 @@ class NoiseSchedule:
 
     @classmethod
     def from_config(cls, name: str, **params) -> NoiseSchedule:
-        """Build a schedule by name: 'cosine', 'shifted_cosine' or 'linear' (used by YAML configs)."""
-        constructors = {"cosine": cls.cosine, "shifted_cosine": cls.shifted_cosine, "linear": cls.linear}
+        """Build a schedule by name: 'cosine', 'shifted_cosine', 'interpolated_cosine' or 'linear'
+        (used by YAML configs)."""
+        constructors = {"cosine": cls.cosine, "shifted_cosine": cls.shifted_cosine,
+                        "interpolated_cosine": cls.interpolated_cosine, "linear": cls.linear}
         if name not in constructors:
             raise ValueError(f"schedule name must be one of {sorted(constructors)}, got {name!r}")
         return constructors[name](**params)
