@@ -1,11 +1,6 @@
 """Diffusion math in pure torch: schedules, parameterisations, losses, samplers, guidance."""
 
-from .guidance import (
-    cfg_combine,
-    dynamic_threshold,
-    in_guidance_interval,
-    static_threshold,
-)
+from .guidance import cfg_combine, dynamic_threshold, in_guidance_interval, static_threshold
 from .loss import SIGMOID_BIAS, WEIGHTINGS, diffusion_loss, loss_weight, q_sample
 from .parameterization import (
     TARGETS,
@@ -22,14 +17,14 @@ from .samplers import SAMPLERS, Denoiser, Generators, StepCallback, sample
 from .schedule import NoiseSchedule, alpha_from_log_snr, check_time, sigma_from_log_snr
 
 __all__ = [
-    "SAMPLERS",
-    "SIGMOID_BIAS",
-    "TARGETS",
-    "WEIGHTINGS",
     "Denoiser",
     "Generators",
     "NoiseSchedule",
+    "SAMPLERS",
+    "SIGMOID_BIAS",
     "StepCallback",
+    "TARGETS",
+    "WEIGHTINGS",
     "alpha_from_log_snr",
     "cfg_combine",
     "check_time",

@@ -35,23 +35,16 @@ from ..diffusion import (
     NoiseSchedule,
     cfg_combine,
     diffusion_loss,
+    dynamic_threshold as apply_dynamic_threshold,
     in_guidance_interval,
     predicted_x0,
     q_sample,
     sample,
     static_threshold,
 )
-from ..diffusion import (
-    dynamic_threshold as apply_dynamic_threshold,
-)
 from ..nn import UNet, UNetConfig, compile_static
-from .conditioning import (
-    CONDITIONINGS,
-    Condition,
-    FrozenTextEncoder,
-    TextEncoderConfig,
-    cfg_dropout_mask,
-)
+
+from .conditioning import CONDITIONINGS, Condition, FrozenTextEncoder, TextEncoderConfig, cfg_dropout_mask
 from .config import (
     SamplingSettings,
     ScheduleConfig,
@@ -60,12 +53,7 @@ from .config import (
     as_dataclass,
     to_plain,
 )
-from .optim import (
-    OptimizerConfig,
-    build_adamw,
-    build_lr_scheduler,
-    check_optimizer_config,
-)
+from .optim import OptimizerConfig, build_adamw, build_lr_scheduler, check_optimizer_config
 
 NOISE_CONDS = ("t1000", "log_snr")
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
