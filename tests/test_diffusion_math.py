@@ -159,7 +159,7 @@ def test_min_snr_weight_is_min_snr_gamma_in_x0_space():
 
 @pytest.mark.parametrize("schedule", SCHEDULES, ids=repr)
 def test_d_log_snr_dt_matches_central_finite_differences(schedule):
-    """The closed forms (cosine, shifted cosine) and autograd (linear) against
+    """The closed forms (cosine, shifted and interpolated cosine, linear) against
     (lambda(t + h) - lambda(t - h)) / 2h, in float64 through the schedule's lambda(t)."""
     if schedule.name == "linear":  # midpoints of the DDPM segments: lambda(t) is smooth there
         steps = schedule.params["num_steps"]
@@ -172,6 +172,16 @@ def test_d_log_snr_dt_matches_central_finite_differences(schedule):
     slope = schedule.d_log_snr_dt(t)
     assert slope.dtype == torch.float32 and (slope < 0).all()
     torch.testing.assert_close(slope.double(), central, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("schedule", [*SCHEDULES, NoiseSchedule(lambda t: 4.0 - 8.0 * t**2, "bare", {})], ids=repr)
+def test_d_log_snr_dt_works_under_inference_mode_as_in_lightning_validation(schedule):
+    t = torch.linspace(0.1, 0.9, 9)
+    expected = schedule.d_log_snr_dt(t)
+    with torch.inference_mode():
+        torch.testing.assert_close(schedule.d_log_snr_dt(torch.linspace(0.1, 0.9, 9)), expected)
+    if schedule.name == "bare":  # autograd through a bare lambda(t): d/dt (4 - 8 t^2) = -16 t
+        torch.testing.assert_close(expected, -16.0 * t)
 
 
 def test_d_log_snr_dt_of_the_cosine_schedule_is_its_closed_form():

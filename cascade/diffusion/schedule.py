@@ -83,14 +83,15 @@ class NoiseSchedule:
 
         -d lambda/dt is the density conversion between t ~ U(0, 1) and lambda: the weighted loss
         E_t[w(lambda_t) (-d lambda/dt) ||eps - eps_hat||^2] = int w(lambda) ||eps - eps_hat||^2 d lambda
-        (Kingma & Gao 2023, eq. 7-8) does not depend on the schedule. Closed form where the
-        constructor gives one (cosine, shifted cosine), else autograd through lambda(t)
-        (element-wise: lambda_i depends on t_i only). t is not validated (no host sync).
+        (Kingma & Gao 2023, eq. 7-8) does not depend on the schedule. Closed form for every
+        built-in schedule; a schedule built from a bare lambda(t) is differentiated by autograd
+        (element-wise: lambda_i depends on t_i only), also under no_grad / inference_mode (as in
+        Lightning's validation). t is not validated (no host sync).
         """
         if self._d_log_snr_dt_fn is not None:
             return self._d_log_snr_dt_fn(t.float())
-        with torch.enable_grad():
-            t_leaf = t.detach().float().requires_grad_(True)
+        with torch.inference_mode(False), torch.enable_grad():
+            t_leaf = t.float().clone().requires_grad_(True)  # clone: a normal tensor, even from inference mode
             (derivative,) = torch.autograd.grad(self._log_snr_fn(t_leaf).sum(), t_leaf)
         return derivative
 
@@ -195,17 +196,30 @@ class NoiseSchedule:
         log_alpha_bar = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(torch.log1p(-betas), 0)])
         knots = log_alpha_bar.float()
 
-        def log_snr_fn(t: torch.Tensor) -> torch.Tensor:
+        def segment(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            """log(abar) at t, and the knots of its segment."""
             position = t * num_steps
             index = position.floor().clamp(max=num_steps - 1).long()
             frac = position - index
             table = knots.to(t.device, t.dtype)
-            log_ab = torch.lerp(table[index], table[index + 1], frac)
+            start, end = table[index], table[index + 1]
+            return torch.lerp(start, end, frac), start, end
+
+        def log_snr_fn(t: torch.Tensor) -> torch.Tensor:
+            log_ab = segment(t)[0]
             # lambda = log(abar / (1 - abar)); -expm1 keeps precision near abar = 1 (t -> 0).
             return log_ab - torch.log(-torch.expm1(log_ab))
 
+        def d_log_snr_dt_fn(t: torch.Tensor) -> torch.Tensor:
+            # d/dx [x - log(1 - e^x)] = 1 / (1 - e^x), x = log(abar) linear in t on each segment
+            log_ab, start, end = segment(t)
+            return num_steps * (end - start) / -torch.expm1(log_ab)
+
         return cls(
-            log_snr_fn, "linear", {"beta_start": beta_start, "beta_end": beta_end, "num_steps": num_steps}
+            log_snr_fn,
+            "linear",
+            {"beta_start": beta_start, "beta_end": beta_end, "num_steps": num_steps},
+            d_log_snr_dt_fn,
         )
 
     @classmethod
