@@ -131,6 +131,71 @@ def test_a_cascade_samples_with_each_stages_own_settings_unless_given_others():
         cascade.updated(1, steps=0)
 
 
+@pytest.fixture(scope="module")
+def weaker_base(tmp_path_factory):
+    """A guide for the base stage of `exports`: the same kind of stage with other (random) weights."""
+    base = randomise_output_layers(tiny_stages()[0], 7)
+    return write_exports([base], tmp_path_factory.mktemp("guide"))[0]
+
+
+def test_a_cascade_with_a_guide_samples_end_to_end_and_the_stage_as_its_own_guide_changes_nothing(exports,
+                                                                                                weaker_base):
+    guided = Cascade.from_paths(exports, [SETTINGS[0].updated(guide=weaker_base), SETTINGS[1]])
+    assert isinstance(guided.guide_of(0), BaseStage) and guided.guide_of(1) is None
+    seeds, labels = [1, 2], [0, 2]
+    with_guide = guided.generate(seeds, class_labels=labels, keep_intermediate=True)
+    assert [tuple(o.shape) for o in with_guide] == [(2, 3, 16, 16), (2, 3, 32, 32)]
+    plain = guided.updated(0, guide=None)
+    cfg = plain.generate(seeds, class_labels=labels)[0]
+    assert not torch.allclose(with_guide[-1], cfg)
+    # the base export as its own guide: D_main + w (D_main - D_main) = D_main, the guidance-1 images
+    itself = guided.updated(0, guide=exports[0]).generate(seeds, class_labels=labels)[0]
+    assert torch.equal(itself, plain.updated(0, guidance=1.0).generate(seeds, class_labels=labels)[0])
+    assert set(guided.guides) == {weaker_base, exports[0]}, "copies share the guides loaded once per path"
+
+
+def test_a_cascade_refuses_a_guide_of_another_stage_naming_sampling_guide_and_what_differs(exports, tmp_path):
+    cascade = Cascade.from_paths(exports)
+    with pytest.raises(StageConfigError) as raised:
+        cascade.updated(0, guide=exports[1])
+    message = str(raised.value)
+    assert message.startswith(f"sampling.guide: stage 0: {exports[1]}: the guide differs from the stage it guides in")
+    assert "stage kind 'SuperResStage'" in message and "image_size 32" in message and "\n" not in message
+    text_base = write_exports(tiny_stages(text=True)[:1], tmp_path)[0]
+    with pytest.raises(StageConfigError, match="^sampling.guide: stage 0: .*conditioning 'text'.*text_encoder"):
+        cascade.updated(0, guide=text_base)
+    with pytest.raises(StageConfigError, match="^sampling.guide: stage 1: cannot load"):
+        cascade.updated(1, guide=str(tmp_path / "missing"))
+
+
+def test_a_stage_whose_own_settings_name_a_guide_is_guided_by_it(weaker_base, tmp_path):
+    stages = tiny_stages(sampling=(SamplingSettings(steps=2, guidance=2.0, guidance_interval=(-3.0, 3.0),
+                                                    guide=weaker_base), SamplingSettings(steps=2)))
+    exports = write_exports(stages, tmp_path)
+    cascade = Cascade.from_paths(exports)
+    assert cascade.settings[0].guide == weaker_base and cascade.settings[0].guidance_interval == (-3.0, 3.0)
+    assert cascade.guide_of(0) is cascade.guides[weaker_base]
+    assert cascade.generate([3], class_labels=[1])[0].shape == (1, 3, 32, 32)
+
+
+def test_sample_takes_a_guide_and_a_guidance_interval_per_stage_and_sweeps_the_guide(exports, weaker_base, tmp_path):
+    run_sample(exports, tmp_path / "flags", "--guidance", "2,1", "--guide", f"{weaker_base},off",
+               "--guidance-interval=-3:3,off")
+    base, sr = read_lines(tmp_path / "flags")[0]["stages"]
+    assert (base["guide"], base["guidance_interval"], sr["guide"], sr["guidance_interval"]) == (
+        weaker_base, [-3.0, 3.0], None, None)
+    run_sample(exports, tmp_path / "sweep", "--guidance", "2,1", "--sweep", f"base.guide={weaker_base},off",
+               "--batch-size", "1")
+    guided_folder = f"base.guide={weaker_base.strip('/').replace('/', '_')}"  # a folder name holds no path
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == sorted(["base.guide=None", guided_folder])
+    assert read_lines(tmp_path / "sweep" / "base.guide=None")[0]["stages"][0]["guide"] is None
+    cascade = Cascade.from_paths(exports).updated(None, steps=2).updated(0, guidance=2.0, guide=weaker_base)
+    for line in read_lines(tmp_path / "sweep" / guided_folder)[:2]:  # the images the guided cascade makes
+        assert line["stages"][0]["guide"] == weaker_base
+        (images,) = cascade.generate([line["seed"]], class_labels=[line["class_label"]])
+        assert png_bytes(images[0]) == (tmp_path / "sweep" / guided_folder / line["file"]).read_bytes()
+
+
 def run_sample(exports, out, *extra):
     argv = ["--stages", *exports, "--classes", "0,1,2", "--n-per-condition", "2", "--out", str(out),
             "--steps", "2", "--batch-size", "2", "--no-progress", *extra]
@@ -244,6 +309,9 @@ def test_settings_and_the_stage_order_are_checked_before_any_checkpoint_is_loade
         ([base, str(not_a_stage)], [], f"--stages: {not_a_stage}: cannot be read as a cascade stage"),
         ([base, sr], ["--sampler", "ddim,euler"], "--sampler: stage 1: must be one of"),
         ([base, sr], ["--sweep", "sampler=ddim,euler"], "--sweep sampler=euler: must be one of"),
+        ([base, sr], ["--guide", str(tmp_path / "missing")], f"--guide: {tmp_path / 'missing'} does not exist"),
+        ([base, sr], ["--guidance-interval=3:-3"], "--guidance-interval: stage 0: must be [lambda_lo, lambda_hi]"),
+        ([base, sr], ["--guidance-interval", "wide"], "--guidance-interval: cannot read 'wide'"),
     ]:
         code = sample_main(["--stages", *stages, "--classes", "0", "--out", str(tmp_path / "out"), "--no-progress",
                             *extra])

@@ -8,8 +8,14 @@ import pytest
 import torch
 import yaml
 
+from cascade.diffusion import SIGMOID_BIAS
 from cascade.stages import SampleGrid, SamplingSettings, StageConfigError
-from cascade.stages.export import build_stage, load_exported, write_export
+from cascade.stages.export import (
+    build_stage,
+    load_checkpoint,
+    load_exported,
+    write_export,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -21,7 +27,11 @@ MICRO_UNET = {"image_size": 16, "base_channels": 8, "channel_mults": [1, 2], "nu
     ("key", "value"),
     [("sampler", "euler"), ("steps", 0), ("steps", 2.5), ("guidance", -1.0), ("guidance", "strong"),
      ("dynamic_threshold", 0.0), ("dynamic_threshold", 1.5), ("aug_level", -0.1), ("aug_level", 1.2),
-     ("time_grid", "edm"), ("time_grid", 3)],
+     ("time_grid", "edm"), ("time_grid", 3),
+     ("guidance_interval", [1.0, 1.0]), ("guidance_interval", [2.0, -1.0]), ("guidance_interval", [1.0]),
+     ("guidance_interval", [0.0, 1.0, 2.0]), ("guidance_interval", "0:1"), ("guidance_interval", [0.0, "a"]),
+     ("guidance_interval", [float("nan"), 1.0]), ("guidance_interval", [True, 2.0]), ("guide", ""),
+     ("guide", 3)],
 )  # fmt: skip
 def test_settings_reject_each_bad_value_with_one_line_naming_the_key(key, value):
     with pytest.raises(StageConfigError) as raised:
@@ -33,9 +43,18 @@ def test_settings_reject_each_bad_value_with_one_line_naming_the_key(key, value)
 
 def test_settings_round_trip_through_yaml():
     for settings in (SamplingSettings(), SamplingSettings("ddim", 7, 4.5, 0.99, 0.25),
-                     SamplingSettings("heun", 7, time_grid="karras")):  # fmt: skip
+                     SamplingSettings("heun", 7, time_grid="karras"),
+                     SamplingSettings(guidance=3.0, guidance_interval=(-2.0, 2.5), guide="runs/small/export")):
         plain = yaml.safe_load(yaml.safe_dump(settings.to_dict()))
         assert plain == settings.to_dict() and SamplingSettings.from_dict(plain) == settings
+
+
+def test_a_guidance_interval_given_as_a_yaml_list_is_held_as_a_tuple_of_floats():
+    settings = SamplingSettings.from_dict(yaml.safe_load("guidance_interval: [-2, 3]"))
+    assert settings.guidance_interval == (-2.0, 3.0) and isinstance(settings.guidance_interval[0], float)
+    assert settings.to_dict()["guidance_interval"] == [-2.0, 3.0]
+    assert SamplingSettings(guidance_interval=[-2, 3]) == settings
+    assert settings.updated(guidance_interval=None).guidance_interval is None
 
 
 def test_missing_keys_take_the_defaults_and_unknown_keys_are_named():
@@ -74,7 +93,8 @@ def test_an_old_style_stage_config_still_builds_and_is_stored_with_todays_keys()
     assert sr.sampling == SamplingSettings("ddim", 7, 1.0, 0.995, 0.2)
     stored = sr.stage_config()["init_args"]
     assert stored["sampling"] == {"sampler": "ddim", "steps": 7, "guidance": 1.0, "dynamic_threshold": 0.995,
-                                  "aug_level": 0.2, "time_grid": None}  # fmt: skip
+                                  "aug_level": 0.2, "time_grid": None, "guidance_interval": None,
+                                  "guide": None}  # fmt: skip
     assert "aug_level" not in stored  # stored once, in sampling
     assert build_stage(sr.stage_config()).sampling == sr.sampling
 
@@ -86,6 +106,39 @@ def test_an_old_export_loads(tmp_path):
     assert stage.sampling.guidance == 1.0 and stage.sampling.aug_level == 0.2
     for name, tensor in stage.unet.state_dict().items():
         assert torch.equal(tensor, weights[name]), name
+
+
+def test_a_stage_saved_before_the_sigmoid_weighting_guidance_interval_and_guide_loads_with_their_defaults(tmp_path):
+    base, _ = old_stage_configs()
+    base["init_args"].update(loss_weighting="sigmoid", sigmoid_bias=-1.5)
+    base["init_args"]["sampling"] = {"guidance": 3.0, "guidance_interval": [-2.0, 2.5], "guide": "runs/small/export"}
+    stage = build_stage(base)
+    assert stage.sigmoid_bias == -1.5
+    assert stage.sampling == SamplingSettings(guidance=3.0, guidance_interval=(-2.0, 2.5), guide="runs/small/export")
+    # every new setting is saved (export config.yaml, checkpoint cascade_stage) and read back
+    config = stage.stage_config()
+    assert config["init_args"]["sigmoid_bias"] == -1.5
+    assert config["init_args"]["sampling"]["guidance_interval"] == [-2.0, 2.5]
+    exported = load_exported(write_export(stage.unet.state_dict(), config, tmp_path / "new"))
+    assert exported.sampling == stage.sampling and (exported.loss_weighting, exported.sigmoid_bias) == ("sigmoid", -1.5)
+    # the same hyper-parameters without the new keys: an export and a checkpoint from before
+    old = yaml.safe_load(yaml.safe_dump(config))
+    del old["init_args"]["sigmoid_bias"]
+    old["init_args"]["loss_weighting"] = "uniform"
+    del old["init_args"]["sampling"]["guidance_interval"], old["init_args"]["sampling"]["guide"]
+    from_export = load_exported(write_export(stage.unet.state_dict(), old, tmp_path / "old"))
+    torch.save({"cascade_stage": old, "state_dict": stage.state_dict()}, tmp_path / "old.ckpt")
+    from_checkpoint = load_checkpoint(tmp_path / "old.ckpt")
+    for loaded in (from_export, from_checkpoint):
+        assert loaded.sampling == SamplingSettings(guidance=3.0)
+        assert loaded.sigmoid_bias == SIGMOID_BIAS == -3.0 and loaded.loss_weighting == "uniform"
+        assert loaded.stage_config()["init_args"]["sampling"]["guide"] is None
+
+
+def test_sample_grid_samples_without_the_stages_guide():
+    base, _ = old_stage_configs()
+    base["init_args"]["sampling"] = {"guidance": 3.0, "guide": "runs/small/export"}
+    assert SampleGrid().settings_for(build_stage(base)) == SamplingSettings(guidance=3.0)
 
 
 def test_an_sr_stage_refuses_two_different_default_augmentation_levels():

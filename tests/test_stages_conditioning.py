@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from cascade.diffusion import cfg_combine, predicted_x0
-from cascade.stages import BaseStage, Condition, SamplingSettings, SuperResStage
+from cascade.stages import (
+    BaseStage,
+    Condition,
+    SamplingSettings,
+    StageConfigError,
+    SuperResStage,
+)
 
 pytestmark = [
     pytest.mark.usefixtures("one_torch_thread"),
@@ -161,3 +167,115 @@ def test_condition_helpers():
         Condition().with_null_rows()
     sr = SuperResStage(unet={**UNET, "lowres_channels": 3, "use_aug_cond": True}, image_size=16, lowres_size=8)
     assert sr.make_condition().is_empty
+
+
+def rows_per_call(calls: RecordUNetCalls) -> list[int]:
+    return [call["x_t"].shape[0] for call in calls.calls]
+
+
+def test_guidance_interval_guides_exactly_the_steps_whose_log_snr_lies_in_it():
+    """Kynkaenniemi et al. 2024: inside [lambda_lo, lambda_hi] a step runs the conditional and
+    null rows (2B network evaluations); outside it only the B conditional rows (one pass)."""
+    stage = class_stage().eval()
+    make_outputs_nonzero(stage)
+    condition = stage.make_condition(class_labels=[0, 1, 2])
+    steps, interval = 10, (-2.0, 3.0)
+    times = torch.linspace(1.0, 0.0, steps + 1)[:steps]  # the samplers' uniform grid
+    inside = [(interval[0] <= value <= interval[1]) for value in stage.schedule.log_snr(times).tolist()]
+    assert 0 < sum(inside) < steps, "the interval must cut the grid for this test to mean anything"
+    calls = RecordUNetCalls(stage)
+    stage.generate(condition, settings=SamplingSettings("ddim", steps, 3.0, guidance_interval=interval),
+                   generator=torch.Generator().manual_seed(0))
+    assert rows_per_call(calls) == [6 if guided else 3 for guided in inside]
+    torch.testing.assert_close(torch.stack([call["noise_cond"][0] for call in calls.calls]), 1000 * times)
+    for call, guided in zip(calls.calls, inside):
+        assert call["null_cond"] is None if not guided else call["null_cond"].tolist() == [False] * 3 + [True] * 3
+
+
+def test_an_interval_covering_every_step_is_plain_cfg_and_one_covering_none_is_the_conditional_model():
+    stage = class_stage().eval()
+    make_outputs_nonzero(stage)
+    condition = stage.make_condition(class_labels=[0, 1, 2])
+
+    def images(**changes):
+        settings = SamplingSettings("dpmpp_2m", 6, 3.0).updated(**changes)
+        return stage.generate(condition, settings=settings, generator=torch.Generator().manual_seed(0))
+
+    cfg = images()
+    assert torch.equal(images(guidance_interval=(-100.0, 100.0)), cfg)
+    assert torch.equal(images(guidance_interval=(50.0, 60.0)), images(guidance=1.0))
+    assert not torch.equal(images(guidance=1.0), cfg)
+
+
+def test_autoguidance_with_the_model_itself_as_guide_is_the_conditional_model():
+    """D_guide + w (D_main - D_guide) with D_guide = D_main is D_main, whatever w."""
+    stage = class_stage().eval()
+    make_outputs_nonzero(stage)
+    condition = stage.make_condition(class_labels=[0, 1, 2])
+    settings = SamplingSettings("dpmpp_2m", 5, 1.0)
+    plain = stage.generate(condition, settings=settings, generator=torch.Generator().manual_seed(0))
+    for guidance in (0.0, 2.0, 7.5):
+        guided = stage.generate(condition, settings=settings.updated(guidance=guidance, guide="itself"), guide=stage,
+                                generator=torch.Generator().manual_seed(0))
+        assert torch.equal(guided, plain), guidance
+
+
+def test_autoguidance_is_the_guides_conditional_prediction_extrapolated_towards_the_main_models():
+    """Karras et al. 2024, eq. 2, element-wise: clip(D_g(x|c) + w (D_m(x|c) - D_g(x|c))), one pass of
+    each network per guided step, one of the main model outside the guidance interval."""
+    main, guide = class_stage().eval(), class_stage(target="eps").eval()  # a different network and target
+    make_outputs_nonzero(main)
+    torch.manual_seed(1)
+    for parameter in guide.unet.parameters():
+        parameter.data.normal_(0, 0.2)
+    condition = main.make_condition(class_labels=[0, 3])
+    x_t, t = torch.randn(2, 3, 16, 16), torch.full((2,), 0.5)
+    with torch.no_grad():
+        main_x0 = predicted_x0(main(x_t, t, condition), x_t, t, main.schedule, "v")
+        guide_x0 = predicted_x0(guide(x_t, t, condition), x_t, t, guide.schedule, "eps")
+    main_calls, guide_calls = RecordUNetCalls(main), RecordUNetCalls(guide)
+    denoised = main.make_denoiser(condition, guidance=2.5, guide=guide)(x_t, t)
+    torch.testing.assert_close(denoised, (guide_x0 + 2.5 * (main_x0 - guide_x0)).clamp(-1, 1), atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(denoised, main_x0.clamp(-1, 1))
+    assert rows_per_call(main_calls) == [2] and rows_per_call(guide_calls) == [2]
+    assert main_calls.calls[0]["null_cond"] is None and guide_calls.calls[0]["null_cond"] is None
+    log_snr = main.schedule.log_snr(t)[0].item()
+    outside = main.make_denoiser(condition, guidance=2.5, guide=guide,
+                                 guidance_interval=(log_snr + 1, log_snr + 2))(x_t, t)
+    torch.testing.assert_close(outside, main_x0.clamp(-1, 1), atol=1e-6, rtol=1e-5)
+    assert rows_per_call(main_calls) == [2, 2] and rows_per_call(guide_calls) == [2]
+
+
+def test_a_super_resolution_guide_receives_the_same_noised_lowres_input():
+    unet = {**UNET, "lowres_channels": 3, "use_aug_cond": True}
+    main = SuperResStage(unet=unet, image_size=16, lowres_size=8).eval()
+    guide = SuperResStage(unet={**unet, "base_channels": 4}, image_size=16, lowres_size=8).eval()
+    main_calls, guide_calls = RecordUNetCalls(main), RecordUNetCalls(guide)
+    lowres = torch.rand(2, 3, 8, 8) * 2 - 1
+    main.make_denoiser(Condition(), guidance=2.0, lowres=lowres, aug_level=0.3, guide=guide,
+                       generator=torch.Generator().manual_seed(0))(torch.randn(2, 3, 16, 16), torch.full((2,), 0.4))
+    (main_call,), (guide_call,) = main_calls.calls, guide_calls.calls
+    assert torch.equal(main_call["lowres"], guide_call["lowres"]) and torch.equal(main_call["aug_cond"], guide_call["aug_cond"])
+
+
+@pytest.mark.parametrize(
+    ("guide", "difference"),
+    [(lambda: text_stage(), "conditioning"),
+     (lambda: BaseStage(unet={**UNET, "image_size": 8, "num_classes": 5}, image_size=8), "image_size"),
+     (lambda: BaseStage(unet={**UNET, "num_classes": 7}, image_size=16), "unet.num_classes"),
+     (lambda: class_stage(schedule={"name": "shifted_cosine", "params": {"shift": 0.5}}), "schedule"),
+     (lambda: SuperResStage(unet={**UNET, "lowres_channels": 3, "use_aug_cond": True, "num_classes": 5},
+                            image_size=16, lowres_size=8, conditioning="class"), "stage kind")],
+)  # fmt: skip
+def test_a_guide_of_another_kind_of_stage_is_refused_naming_sampling_guide_and_what_differs(guide, difference):
+    stage = class_stage()
+    with pytest.raises(StageConfigError) as raised:
+        stage.make_denoiser(stage.make_condition(class_labels=[0]), guidance=2.0, guide=guide())
+    message = str(raised.value)
+    assert message.startswith("sampling.guide: the guide differs") and difference in message and "\n" not in message
+
+
+def test_generate_with_a_guide_setting_needs_the_loaded_guide():
+    stage = class_stage()
+    with pytest.raises(StageConfigError, match="^sampling.guide: is 'runs/small': pass the loaded guide"):
+        stage.generate(stage.make_condition(class_labels=[0]), settings=SamplingSettings(guide="runs/small"))

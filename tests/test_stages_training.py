@@ -321,3 +321,30 @@ def test_compile_unet_setting_is_checked(write_stage_config, capsys):
     config, _ = write_stage_config(max_steps=1, val_every=1, compile_unet="fastest")
     assert fit_main(["-c", str(config)]) == 2
     assert "compile_unet" in capsys.readouterr().err
+
+
+def test_a_sigmoid_weighted_stage_trains_on_sigmoid_of_bias_minus_log_snr_times_the_eps_error():
+    """`loss_weighting: sigmoid` with `sigmoid_bias` b: the stage's per-sample loss on a v-predicting
+    network is sigmoid(b - lambda) (-dlambda/dt) ||eps - eps_hat||^2 (Kingma & Gao 2023), eps_hat the
+    network's eps estimate; a bias that is not a finite number is refused naming the key."""
+    from cascade.diffusion import eps_from_v, q_sample
+    from cascade.stages import BaseStage, Condition, StageConfigError
+
+    unet = {"image_size": 8, "base_channels": 8, "channel_mults": [1], "num_res_blocks": 1,
+            "attention_resolutions": [], "norm_groups": 4}  # fmt: skip
+    stage = BaseStage(unet=unet, image_size=8, conditioning="none", loss_weighting="sigmoid", sigmoid_bias=-1.0)
+    torch.manual_seed(0)
+    for parameter in stage.unet.parameters():
+        parameter.data.normal_(0, 0.2)
+    x0, noise, t = torch.rand(4, 3, 8, 8) * 2 - 1, torch.randn(4, 3, 8, 8), torch.tensor([0.1, 0.4, 0.6, 0.9])
+    with torch.no_grad():
+        loss = stage.per_sample_loss(x0, t, noise, Condition(), {})
+        x_t = q_sample(x0, t, stage.schedule, noise)
+        alpha, sigma = stage.schedule.alpha_sigma(t)
+        eps_hat = eps_from_v(x_t, stage(x_t, t, Condition()), alpha, sigma)
+    log_snr = stage.schedule.log_snr(t)
+    expected = torch.sigmoid(-1.0 - log_snr) * -stage.schedule.d_log_snr_dt(t) * (noise - eps_hat).pow(2).mean((1, 2, 3))
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=0)
+    for bad in (float("nan"), float("inf"), "high"):
+        with pytest.raises(StageConfigError, match="^sigmoid_bias: must be a finite number"):
+            BaseStage(unet=unet, image_size=8, conditioning="none", loss_weighting="sigmoid", sigmoid_bias=bad)

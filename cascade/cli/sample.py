@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from ..data.prompt_sets import read_prompt_set
 from ..files.sample_folder import merge_metadata, rank_and_world_size
@@ -31,14 +32,39 @@ from ..pipeline import Cascade, StageShape, check_stage_order
 from ..pipeline.to_folder import FolderJob, barrier_if_distributed, sample_folder
 from ..stages.config import SamplingSettings, StageConfigError
 
+OFF = ("off", "none")
+
+
+def read_interval(text: str) -> tuple[float, float] | None:
+    """A guidance interval from text: 'LO:HI' (log-SNR) -> (LO, HI); 'off' -> None."""
+    if text.lower() in OFF:
+        return None
+    low, separator, high = text.partition(":")
+    if not separator:
+        raise ValueError(f"expected LO:HI (log-SNR) or off, got {text!r}")
+    return (float(low), float(high))
+
+
 # The `SamplingSettings` fields a flag or a sweep sets, and how each is read from text.
 SETTING_TYPES = {
     "sampler": str,
     "steps": int,
     "guidance": float,
-    "dynamic_threshold": lambda text: None if text.lower() in ("off", "none") else float(text),
+    "dynamic_threshold": lambda text: None if text.lower() in OFF else float(text),
     "aug_level": float,
+    "guidance_interval": read_interval,
+    "guide": lambda text: None if text.lower() in OFF else text,
 }
+
+
+def folder_value(value: object) -> str:
+    """How a swept value is written in a sub-folder name: an interval as LO:HI, a guide's path
+    with '/', ',' and '=' as '_' (a folder name holds no path and splits on ',' and '=')."""
+    if isinstance(value, tuple):
+        return ":".join(str(end) for end in value)
+    if isinstance(value, str):
+        return value.strip("/").replace("/", "_").replace(",", "_").replace("=", "_")
+    return str(value)
 
 
 def stage_names(num_stages: int) -> list[str]:
@@ -156,7 +182,7 @@ def sweep_variants(cascade: Cascade, flags: dict[str, list], sweeps: list[Sweep]
         variant = cascade
         for sweep, value in combination:
             variant = variant.updated(sweep.stage, **{sweep.key: value})
-        folder = out / ",".join(f"{sweep.name}={value}" for sweep, value in combination) if combination else out
+        folder = out / ",".join(f"{sweep.name}={folder_value(value)}" for sweep, value in combination) if combination else out
         variants.append((folder, variant))
     return variants
 
@@ -194,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("guidance", "classifier-free guidance scale (1 = plain conditional)"),
         ("dynamic-threshold", "dynamic-thresholding percentile, or 'off' for static clipping"),
         ("aug-level", "SR stages: noise-augmentation level s in [0, 1] of the low-res input"),
+        ("guidance-interval", ("log-SNR interval LO:HI in which guidance is applied (write "
+                               "--guidance-interval=-2:3), or 'off' (every step)")),
+        ("guide", ("autoguidance: a weaker model of the stage (.ckpt or export dir) in place of the "
+                   "unconditional prediction, or 'off'")),
     ):
         parser.add_argument(f"--{flag}", default=None,
                             help=f"{help_}: one value, or one per stage (comma list); default: each stage's own")
@@ -222,13 +252,17 @@ def sample(argv: list[str]) -> int:
         for path in args.stages:
             if not Path(path).exists():
                 raise FileNotFoundError(f"--stages: {path} does not exist")
+        given_guides = flags.get("guide", []) + [value for sweep in sweeps if sweep.key == "guide" for value in sweep.values]
+        for path in given_guides:
+            if path is not None and not Path(path).exists():
+                raise FileNotFoundError(f"--guide: {path} does not exist")
         try:  # the order and sizes of the stages, from their configs, before any weights are loaded
             check_stage_order([StageShape.read(path) for path in args.stages])
         except ValueError as error:
             raise ValueError(f"--stages: {error}") from None
         variants = sweep_variants(Cascade.from_paths(args.stages, device=device), flags, sweeps, args.out)
-    except (ValueError, FileNotFoundError) as error:
-        console.print(f"[red]cascade sample: {error}[/red]")
+    except (ValueError, FileNotFoundError) as error:  # StageConfigError is a ValueError
+        console.print(f"[red]cascade sample: {escape(str(error))}[/red]")  # messages hold [lo, hi]
         return 2
     job = FolderJob(args.n_per_condition, args.batch_size, args.seed, args.keep_intermediate, not args.no_progress)
     started = time.perf_counter()

@@ -1,8 +1,8 @@
 """Diffusion math in pure torch: schedules, parameterisations, losses, samplers, guidance."""
 
 from .grids import GRIDS, time_grid
-from .guidance import cfg_combine, dynamic_threshold, static_threshold
-from .loss import WEIGHTINGS, diffusion_loss, loss_weight, q_sample
+from .guidance import cfg_combine, dynamic_threshold, in_guidance_interval, static_threshold
+from .loss import SIGMOID_BIAS, WEIGHTINGS, diffusion_loss, loss_weight, q_sample
 from .parameterization import (
     TARGETS,
     eps_from_v,
@@ -34,6 +34,8 @@ __all__ = [
     "Denoiser",
     "Generators",
     "NoiseSchedule",
+    "SAMPLERS",
+    "SIGMOID_BIAS",
     "StepCallback",
     "alpha_from_log_snr",
     "cfg_combine",
@@ -43,6 +45,7 @@ __all__ = [
     "eps_from_v",
     "eps_from_x0",
     "function_evaluations",
+    "in_guidance_interval",
     "loss_weight",
     "predicted_x0",
     "q_sample",

@@ -1,4 +1,4 @@
-"""Classifier-free guidance and x0 thresholding."""
+"""Classifier-free guidance, autoguidance, the guidance interval and x0 thresholding."""
 
 from __future__ import annotations
 
@@ -12,8 +12,26 @@ def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch
     Convention: `scale` = 1 is the plain conditional model, 0 the unconditional one; Ho &
     Salimans' w equals scale - 1. Because x0, eps and v are affine in each other at a fixed x_t,
     combining x0 predictions is the same as combining eps (or v) predictions.
+
+    Autoguidance (Karras et al. 2024, "Guiding a Diffusion Model with a Bad Version of Itself",
+    eq. 2) is the same combination with the guide's conditional prediction in place of
+    `uncond`: D_w(x|c) = D_guide(x|c) + w (D_main(x|c) - D_guide(x|c)).
     """
     return uncond + scale * (cond - uncond)
+
+
+def in_guidance_interval(log_snr: torch.Tensor, interval: tuple[float, float] | None) -> torch.Tensor:
+    """Which rows are guided: lambda_lo <= log_snr <= lambda_hi (bool, the shape of log_snr).
+
+    The guidance interval of Kynkaenniemi et al. 2024 ("Applying Guidance in a Limited Interval
+    Improves Sample and Distribution Quality in Diffusion Models", sec. 3), in log-SNR: their
+    sigma (EDM, sigma_EDM = sigma_t / alpha_t) is lambda = -2 log sigma_EDM, so their
+    sigma in (sigma_lo, sigma_hi] is lambda in [-2 log sigma_hi, -2 log sigma_lo). None: every row.
+    """
+    if interval is None:
+        return torch.ones_like(log_snr, dtype=torch.bool)
+    low, high = interval
+    return (log_snr >= low) & (log_snr <= high)
 
 
 def static_threshold(x0: torch.Tensor) -> torch.Tensor:

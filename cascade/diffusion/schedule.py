@@ -35,12 +35,20 @@ def check_time(t: torch.Tensor, name: str = "t") -> None:
 class NoiseSchedule:
     """A variance-preserving noise schedule defined by its log-SNR function lambda(t).
 
-    Build one with `NoiseSchedule.cosine()`, `NoiseSchedule.shifted_cosine(shift)` or
+    Build one with `NoiseSchedule.cosine()`, `NoiseSchedule.shifted_cosine(shift)`,
+    `NoiseSchedule.interpolated_cosine(shift_low, shift_high)` or
     `NoiseSchedule.linear(beta_start, beta_end, num_steps)`.
     """
 
-    def __init__(self, log_snr_fn: Callable[[torch.Tensor], torch.Tensor], name: str, params: dict):
+    def __init__(
+        self,
+        log_snr_fn: Callable[[torch.Tensor], torch.Tensor],
+        name: str,
+        params: dict,
+        d_log_snr_dt_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
         self._log_snr_fn = log_snr_fn
+        self._d_log_snr_dt_fn = d_log_snr_dt_fn
         self.name = name
         self.params = params
 
@@ -101,6 +109,22 @@ class NoiseSchedule:
             low = torch.where(above, middle, low)
             high = torch.where(above, high, middle)
         return 0.5 * (low + high)
+    def d_log_snr_dt(self, t: torch.Tensor) -> torch.Tensor:
+        """d lambda / dt at times t (negative: lambda decreases with t), element-wise.
+
+        -d lambda/dt is the density conversion between t ~ U(0, 1) and lambda: the weighted loss
+        E_t[w(lambda_t) (-d lambda/dt) ||eps - eps_hat||^2] = int w(lambda) ||eps - eps_hat||^2 d lambda
+        (Kingma & Gao 2023, eq. 7-8) does not depend on the schedule. Closed form for every
+        built-in schedule; a schedule built from a bare lambda(t) is differentiated by autograd
+        (element-wise: lambda_i depends on t_i only), also under no_grad / inference_mode (as in
+        Lightning's validation). t is not validated (no host sync).
+        """
+        if self._d_log_snr_dt_fn is not None:
+            return self._d_log_snr_dt_fn(t.float())
+        with torch.inference_mode(False), torch.enable_grad():
+            t_leaf = t.float().clone().requires_grad_(True)  # clone: a normal tensor, even from inference mode
+            (derivative,) = torch.autograd.grad(self._log_snr_fn(t_leaf).sum(), t_leaf)
+        return derivative
 
     # --- constructors ------------------------------------------------------------------
     @classmethod
@@ -115,7 +139,13 @@ class NoiseSchedule:
         def log_snr_fn(t: torch.Tensor) -> torch.Tensor:
             return -2.0 * torch.log(torch.tan(t_min + t * (t_max - t_min)))
 
-        return cls(log_snr_fn, "cosine", {"log_snr_min": log_snr_min, "log_snr_max": log_snr_max})
+        def d_log_snr_dt_fn(t: torch.Tensor) -> torch.Tensor:
+            # d/du [-2 log tan u] = -2 / (sin u cos u) = -4 / sin(2u), u = t_min + t (t_max - t_min)
+            return -4.0 * (t_max - t_min) / torch.sin(2.0 * (t_min + t * (t_max - t_min)))
+
+        return cls(
+            log_snr_fn, "cosine", {"log_snr_min": log_snr_min, "log_snr_max": log_snr_max}, d_log_snr_dt_fn
+        )
 
     @classmethod
     def shifted_cosine(
@@ -140,7 +170,43 @@ class NoiseSchedule:
             log_snr_fn,
             "shifted_cosine",
             {"shift": shift, "log_snr_min": log_snr_min, "log_snr_max": log_snr_max},
+            base.d_log_snr_dt,  # a constant offset does not change the slope
         )
+
+    @classmethod
+    def interpolated_cosine(
+        cls,
+        shift_low: float,
+        shift_high: float,
+        log_snr_min: float = LOG_SNR_MIN,
+        log_snr_max: float = LOG_SNR_MAX,
+    ) -> NoiseSchedule:
+        """The interpolated shifted cosine schedule (Hoogeboom et al. 2023, "simple diffusion",
+        sec. 3.1 and its appendix pseudocode; used by SiD2, Hoogeboom et al. 2024):
+        lambda(t) = t lambda_shifted(t; shift_low) + (1 - t) lambda_shifted(t; shift_high)
+                  = lambda_cosine(t) + 2 [t log(shift_low) + (1 - t) log(shift_high)],
+        so low-noise times (t -> 0) follow the `shift_high` schedule and high-noise times
+        (t -> 1) the `shift_low` one. Each shift is reference_resolution / resolution, e.g. for a
+        512x512 stage interpolating between the schedules of 32x32 and 256x256 models:
+        shift_low = 32/512, shift_high = 256/512. Needs shift_low <= shift_high (lambda then
+        stays strictly decreasing). d lambda/dt = lambda_cosine'(t) + 2 log(shift_low / shift_high).
+        """
+        for name, shift in (("shift_low", shift_low), ("shift_high", shift_high)):
+            if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {shift!r}")
+        if shift_low > shift_high:
+            raise ValueError(f"need shift_low <= shift_high, got shift_low={shift_low}, shift_high={shift_high}")
+        base = cls.cosine(log_snr_min, log_snr_max)
+        log_low, log_high = math.log(shift_low), math.log(shift_high)
+
+        def log_snr_fn(t: torch.Tensor) -> torch.Tensor:
+            return base._log_snr_fn(t) + 2.0 * (t * log_low + (1.0 - t) * log_high)
+
+        def d_log_snr_dt_fn(t: torch.Tensor) -> torch.Tensor:
+            return base.d_log_snr_dt(t) + 2.0 * (log_low - log_high)
+
+        params = {"shift_low": shift_low, "shift_high": shift_high, "log_snr_min": log_snr_min, "log_snr_max": log_snr_max}
+        return cls(log_snr_fn, "interpolated_cosine", params, d_log_snr_dt_fn)
 
     @classmethod
     def linear(cls, beta_start: float = 1e-4, beta_end: float = 0.02, num_steps: int = 1000) -> NoiseSchedule:
@@ -159,23 +225,38 @@ class NoiseSchedule:
             )
         betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
         log_alpha_bar = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(torch.log1p(-betas), 0)])
-        def log_snr_fn(t: torch.Tensor) -> torch.Tensor:
+        def segment(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            """log(abar) at t, and the knots of its segment (in t's dtype: float64 for the time grids)."""
             position = t * num_steps
             index = position.floor().clamp(max=num_steps - 1).long()
             frac = position - index
             table = log_alpha_bar.to(device=t.device, dtype=t.dtype)
-            log_ab = torch.lerp(table[index], table[index + 1], frac)
+            start, end = table[index], table[index + 1]
+            return torch.lerp(start, end, frac), start, end
+
+        def log_snr_fn(t: torch.Tensor) -> torch.Tensor:
+            log_ab = segment(t)[0]
             # lambda = log(abar / (1 - abar)); -expm1 keeps precision near abar = 1 (t -> 0).
             return log_ab - torch.log(-torch.expm1(log_ab))
 
+        def d_log_snr_dt_fn(t: torch.Tensor) -> torch.Tensor:
+            # d/dx [x - log(1 - e^x)] = 1 / (1 - e^x), x = log(abar) linear in t on each segment
+            log_ab, start, end = segment(t)
+            return num_steps * (end - start) / -torch.expm1(log_ab)
+
         return cls(
-            log_snr_fn, "linear", {"beta_start": beta_start, "beta_end": beta_end, "num_steps": num_steps}
+            log_snr_fn,
+            "linear",
+            {"beta_start": beta_start, "beta_end": beta_end, "num_steps": num_steps},
+            d_log_snr_dt_fn,
         )
 
     @classmethod
     def from_config(cls, name: str, **params) -> NoiseSchedule:
-        """Build a schedule by name: 'cosine', 'shifted_cosine' or 'linear' (used by YAML configs)."""
-        constructors = {"cosine": cls.cosine, "shifted_cosine": cls.shifted_cosine, "linear": cls.linear}
+        """Build a schedule by name: 'cosine', 'shifted_cosine', 'interpolated_cosine' or 'linear'
+        (used by YAML configs)."""
+        constructors = {"cosine": cls.cosine, "shifted_cosine": cls.shifted_cosine,
+                        "interpolated_cosine": cls.interpolated_cosine, "linear": cls.linear}
         if name not in constructors:
             raise ValueError(f"schedule name must be one of {sorted(constructors)}, got {name!r}")
         return constructors[name](**params)

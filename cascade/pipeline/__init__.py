@@ -3,6 +3,8 @@
 Each stage samples with its own `SamplingSettings` (sampler, steps, guidance scale, dynamic
 thresholding, and for SR stages the noise-augmentation level s of its low-res input, Ho et al.
 2022 "Cascaded Diffusion Models", sec. 4.3); by default the stage's own `sampling` settings.
+A stage whose settings name an autoguidance `guide` (Karras et al. 2024) samples against that
+weaker model of itself, loaded once per path and checked against the stage it guides.
 Prompts are encoded once per distinct text encoder and shared by every stage that uses it.
 Every image has its own seed: its starting noise, sampler noise and augmentation noise come
 from generators seeded by it, so an image does not depend on the batch it was generated in.
@@ -23,7 +25,7 @@ import yaml
 
 from ..diffusion.samplers import randn
 from ..stages.conditioning import Condition
-from ..stages.config import SamplingSettings
+from ..stages.config import SamplingSettings, StageConfigError
 from ..stages.diffusion_stage import DiffusionStage
 from ..stages.export import CONFIG_FILE, load_stage, resolve_stage_class
 from ..stages.super_res import SuperResStage
@@ -98,13 +100,22 @@ def check_stage_order(shapes: list[StageShape]) -> None:
 
 class Cascade:
     """A base stage followed by any number of super-resolution stages, each with its sampling
-    settings (None: every stage's own `sampling`)."""
+    settings (None: every stage's own `sampling`).
+
+    `guides`: autoguidance models already loaded, by the path a setting's `guide` names; a
+    `guide` path not in it is loaded (`load_stage`, onto its stage's device) and kept there, so
+    copies made by `updated` / `with_settings` share them. Each guide is checked against the
+    stage it guides: a guide of another stage kind, image size, low-res size, conditioning or
+    text encoder (`DiffusionStage.guide_mismatch`) raises a one-line `StageConfigError` naming
+    `sampling.guide` and what differs.
+    """
 
     def __init__(
         self,
         stages: list[DiffusionStage],
         settings: list[SamplingSettings] | None = None,
         sources: list[str] | None = None,
+        guides: dict[str, DiffusionStage] | None = None,
     ):
         check_stage_order([StageShape.of(stage, source) for stage, source in zip(stages, sources or [""] * len(stages))])
         settings = [stage.sampling for stage in stages] if settings is None else list(settings)
@@ -116,6 +127,26 @@ class Cascade:
         self.stages = stages
         self.settings = settings
         self.sources = sources or [""] * len(stages)
+        self.guides = {} if guides is None else guides
+        for index, (stage, setting) in enumerate(zip(stages, settings)):
+            if setting.guide is not None:
+                self._check_guide(index, stage, setting.guide)
+
+    def _check_guide(self, index: int, stage: DiffusionStage, path: str) -> None:
+        """Load the guide at `path` unless `guides` holds it, then check it against `stage`."""
+        if path not in self.guides:
+            try:
+                self.guides[path] = load_stage(path).to(stage.device).eval()
+            except (OSError, ValueError) as error:
+                raise StageConfigError([("sampling.guide", f"stage {index}: cannot load {path}: {error}")]) from None
+        mismatch = stage.guide_mismatch(self.guides[path])
+        if mismatch is not None:
+            raise StageConfigError([("sampling.guide", f"stage {index}: {path}: {mismatch}")])
+
+    def guide_of(self, index: int) -> DiffusionStage | None:
+        """The loaded autoguidance model of stage `index`, or None."""
+        path = self.settings[index].guide
+        return None if path is None else self.guides[path]
 
     @classmethod
     def from_paths(
@@ -123,8 +154,9 @@ class Cascade:
         paths: list[str | Path],
         settings: list[SamplingSettings] | None = None,
         device: str | torch.device = "cpu",
-    ) -> "Cascade":
-        """Load each stage from a Lightning .ckpt or an export directory (`cascade export`)."""
+    ) -> Cascade:
+        """Load each stage from a Lightning .ckpt or an export directory (`cascade export`), and
+        each stage's autoguidance `guide` (its settings', or its own `sampling.guide`)."""
         stages = [load_stage(path).to(device).eval() for path in paths]
         return cls(stages, settings, [str(path) for path in paths])
 
@@ -132,12 +164,13 @@ class Cascade:
     def conditioning(self) -> str:
         return self.stages[0].conditioning
 
-    def with_settings(self, settings: list[SamplingSettings]) -> "Cascade":
-        return Cascade(self.stages, settings, self.sources)
+    def with_settings(self, settings: list[SamplingSettings]) -> Cascade:
+        return Cascade(self.stages, settings, self.sources, self.guides)
 
-    def updated(self, stage_index: int | None, **changes: Any) -> "Cascade":
+    def updated(self, stage_index: int | None, **changes: Any) -> Cascade:
         """A copy with `changes` applied to one stage's settings (or every stage's, index None);
-        `aug_level` only reaches super-resolution stages. Bad values raise `StageConfigError`."""
+        `aug_level` only reaches super-resolution stages; `guide=PATH` loads that guide (once per
+        path). Bad values, and guides that do not fit their stage, raise `StageConfigError`."""
         settings = []
         for index, setting in enumerate(self.settings):
             applicable = {k: v for k, v in changes.items() if k != "aug_level" or index > 0}
@@ -193,6 +226,7 @@ class Cascade:
                 generator=generators,
                 x_T=randn(shape, generators, device=stage.device),
                 progress=progress,
+                guide=self.guide_of(index),
             )
             if on_stage_end is not None:
                 on_stage_end(index, images)

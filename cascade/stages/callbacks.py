@@ -39,7 +39,8 @@ class SampleGrid(pl.Callback):
         prompts / class_labels: fixed conditions (cycled to num_samples).
         sampler / steps / guidance / dynamic_threshold / aug_level: `SamplingSettings` values
             that replace the stage's own `sampling` ones for the grids (None: the stage's).
-            Checked when the callback is built, not at the first grid.
+            Checked when the callback is built, not at the first grid. The grids sample without
+            the stage's autoguidance `guide` (a separate model, loaded by a `Cascade` at inference).
         seed: seed of the starting noise.
         scale: nearest-neighbour magnification of the saved grid (tiny images are hard to see).
         guidance_scale: the older name of `guidance`, read so that older configs still work.
@@ -145,8 +146,8 @@ class SampleGrid(pl.Callback):
         return [shown_lowres, samples, reference["image"].to(samples.device, samples.dtype)]
 
     def settings_for(self, stage: DiffusionStage) -> SamplingSettings:
-        """The stage's own sampling settings with this callback's changes."""
-        return stage.sampling.updated(**self.sampling_changes)
+        """The stage's own sampling settings with this callback's changes, without a guide."""
+        return stage.sampling.updated(guide=None, **self.sampling_changes)
 
     def _condition(self, stage: DiffusionStage, reference: dict[str, Any] | None, count: int) -> Condition | None:
         if stage.conditioning == "none":

@@ -1,12 +1,14 @@
 """`DiffusionStage`: the Lightning module shared by every stage of the cascade.
 
 One UNet, one noise schedule, one prediction target. Training: t ~ U(0, 1) per sample,
-x_t = alpha_t x0 + sigma_t eps, weighted MSE on the target (eps | v | x0; uniform or
-min-SNR-gamma weighting, Hang et al. 2023), with classifier-free-guidance dropout of the condition
-(Ho & Salimans 2022). Validation: the loss in equal t-buckets at fixed seeds. Sampling:
-`make_denoiser` gives one guided denoising function (conditional and null rows in one batched
-forward pass, optional dynamic thresholding of Saharia et al. 2022) and `generate` runs a
-`cascade.diffusion` sampler with it.
+x_t = alpha_t x0 + sigma_t eps, weighted MSE on the target (eps | v | x0; uniform,
+min-SNR-gamma (Hang et al. 2023) or sigmoid (Kingma & Gao 2023) weighting), with
+classifier-free-guidance dropout of the condition (Ho & Salimans 2022). Validation: the loss in
+equal t-buckets at fixed seeds. Sampling: `make_denoiser` gives one guided denoising function
+(conditional and null rows in one batched forward pass, or a weaker guide model's conditional
+prediction (autoguidance, Karras et al. 2024); guidance only inside a log-SNR interval if set
+(Kynkaenniemi et al. 2024); optional dynamic thresholding of Saharia et al. 2022) and `generate`
+runs a `cascade.diffusion` sampler with it.
 
 `BaseStage` and `SuperResStage` add only what differs (image sizes, the low-res input and its
 noise-conditioning augmentation).
@@ -15,6 +17,7 @@ noise-conditioning augmentation).
 from __future__ import annotations
 
 import inspect
+import math
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from lightning.pytorch.utilities.parsing import collect_init_args
 from tqdm.auto import tqdm
 
 from ..diffusion import (
+    SIGMOID_BIAS,
     TARGETS,
     WEIGHTINGS,
     Denoiser,
@@ -32,6 +36,7 @@ from ..diffusion import (
     cfg_combine,
     diffusion_loss,
     dynamic_threshold as apply_dynamic_threshold,
+    in_guidance_interval,
     predicted_x0,
     q_sample,
     sample,
@@ -77,7 +82,11 @@ class DiffusionStage(pl.LightningModule):
     checkpoint or an export rebuilds the stage without pickled objects.
         schedule: the noise schedule (`ScheduleConfig`: name and parameters).
         target: what the UNet predicts: "eps", "v" (Salimans & Ho 2022) or "x0".
-        loss_weighting: "uniform" or "min_snr" (Hang et al. 2023) with `min_snr_gamma`.
+        loss_weighting: "uniform", "min_snr" (Hang et al. 2023) with `min_snr_gamma`, or "sigmoid"
+            (Kingma & Gao 2023; Hoogeboom et al. 2024, SiD2) with `sigmoid_bias`: the weight
+            sigmoid(b - lambda) (-d lambda/dt) on the eps-MSE, carried to the target
+            (`cascade.diffusion.loss_weight`).
+        sigmoid_bias: b of the sigmoid weighting; default -3 (SiD2, `cascade.diffusion.SIGMOID_BIAS`).
         noise_cond: what the UNet receives as its noise level: "t1000" (1000 t, as ADM) or
             "log_snr" (lambda(t), Kingma et al. 2021). The SR augmentation level uses the same.
         conditioning: "class", "text" or "none".
@@ -106,6 +115,7 @@ class DiffusionStage(pl.LightningModule):
         target: str = "v",
         loss_weighting: str = "uniform",
         min_snr_gamma: float = 5.0,
+        sigmoid_bias: float = SIGMOID_BIAS,
         noise_cond: str = "t1000",
         conditioning: str = "class",
         text_encoder: TextEncoderConfig | None = None,
@@ -130,6 +140,7 @@ class DiffusionStage(pl.LightningModule):
         self.target = target
         self.loss_weighting = loss_weighting
         self.min_snr_gamma = min_snr_gamma
+        self.sigmoid_bias = sigmoid_bias
         self.noise_cond = noise_cond
         self.conditioning = conditioning
         self.p_uncond = p_uncond
@@ -156,6 +167,9 @@ class DiffusionStage(pl.LightningModule):
             problems.append(("loss_weighting", f"must be one of {WEIGHTINGS}, got {self.loss_weighting!r}"))
         if self.loss_weighting == "min_snr" and not self.min_snr_gamma > 0:
             problems.append(("min_snr_gamma", f"must be > 0, got {self.min_snr_gamma}"))
+        bias = self.sigmoid_bias
+        if not (isinstance(bias, (int, float)) and not isinstance(bias, bool) and math.isfinite(bias)):
+            problems.append(("sigmoid_bias", f"must be a finite number, got {bias!r}"))
         if self.noise_cond not in NOISE_CONDS:
             problems.append(("noise_cond", f"must be one of {NOISE_CONDS}, got {self.noise_cond!r}"))
         if self.conditioning not in CONDITIONINGS:
@@ -261,7 +275,8 @@ class DiffusionStage(pl.LightningModule):
         x_t = q_sample(x0, t, self.schedule, noise)
         prediction = self(x_t, t, condition, **image_inputs)
         return diffusion_loss(
-            prediction, x0, noise, t, self.schedule, self.target, self.loss_weighting, self.min_snr_gamma
+            prediction, x0, noise, t, self.schedule, self.target, self.loss_weighting, self.min_snr_gamma,
+            self.sigmoid_bias,
         )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -388,6 +403,36 @@ class DiffusionStage(pl.LightningModule):
         self.log("val/loss", torch.stack(losses).mean(), prog_bar=True, sync_dist=True, batch_size=batch_size)
 
     # ------------------------------------------------------------------ sampling
+    def guide_mismatch(self, guide: DiffusionStage) -> str | None:
+        """What keeps `guide` from guiding this stage (autoguidance needs a model of the same
+        stage: it sees the same x_t, condition and low-res input), or None when it can. Compared:
+        the stage kind, image size, conditioning, text encoder, class count, schedule and noise
+        input (the guide is called at the same t with the same inputs) and, for super-resolution
+        stages, the low-res size and upsampling. The network size and the target may differ."""
+        def described(stage: DiffusionStage) -> dict[str, Any]:
+            text = stage.text_encoder.config if stage.text_encoder is not None else None
+            return {
+                "stage kind": type(stage).__name__,
+                "image_size": stage.image_size,
+                "lowres_size": getattr(stage, "lowres_size", None),
+                "upsample": getattr(stage, "upsample", None),
+                "conditioning": stage.conditioning,
+                "text_encoder": text,
+                "unet.num_classes": stage.unet.config.num_classes if stage.conditioning == "class" else None,
+                "schedule": (stage.schedule.name, stage.schedule.params),
+                "noise_cond": stage.noise_cond,
+            }
+
+        mine, theirs = described(self), described(guide)
+        differences = [f"{key} {theirs[key]!r} (this stage: {mine[key]!r})" for key in mine if mine[key] != theirs[key]]
+        return None if not differences else "the guide differs from the stage it guides in " + ", ".join(differences)
+
+    def check_guide(self, guide: DiffusionStage) -> None:
+        """StageConfigError naming `sampling.guide` unless `guide` can guide this stage (`guide_mismatch`)."""
+        mismatch = self.guide_mismatch(guide)
+        if mismatch is not None:
+            raise StageConfigError([("sampling.guide", mismatch)])
+
     def make_denoiser(
         self,
         condition: Condition,
@@ -396,39 +441,68 @@ class DiffusionStage(pl.LightningModule):
         aug_level: float | None = None,
         dynamic_threshold: float | None = None,
         generator: Generators = None,
+        guidance_interval: tuple[float, float] | None = None,
+        guide: DiffusionStage | None = None,
     ) -> Denoiser:
         """One guided denoising function `denoise(x_t, t) -> x0_hat` for the samplers.
 
         Classifier-free guidance (Ho & Salimans 2022): x0 = uncond + scale (cond - uncond), with
         the conditional and the null rows in ONE forward pass of 2B rows; scale 1 runs only the
-        conditional rows, scale 0 only the null rows. x0_hat is then clipped to [-1, 1] (static
-        thresholding) or, with a `dynamic_threshold` percentile, dynamically thresholded
-        (Saharia et al. 2022, sec. 2.3). SR stages take `lowres` (B,3,h,w) at its own size and
-        the augmentation level `aug_level` in [0, 1] it is noised to (Ho et al. 2022, CDM;
-        None = the stage's `sampling.aug_level`), with noise from `generator` (one, or one per row).
-        The returned function uses the stage's current weights (the EMA weights when the stage
-        was loaded from a checkpoint or an export) and runs without gradients.
+        conditional rows, scale 0 only the null rows. With a `guide` (autoguidance, Karras et al.
+        2024, eq. 2: a weaker model of the same stage, `check_guide`), the guide's conditional
+        prediction takes the place of the unconditional one: x0 = guide + scale (main - guide),
+        one pass of each network (scale 0: the guide only); SR guides receive the same noised
+        low-res input. `guidance_interval` [lambda_lo, lambda_hi] (log-SNR, Kynkaenniemi et al.
+        2024; `SamplingSettings.guidance_interval`) guides only the rows whose lambda(t) lies in
+        it; a step with none inside is the plain conditional prediction, one pass of B rows.
+        x0_hat is then clipped to [-1, 1] (static thresholding) or, with a `dynamic_threshold`
+        percentile, dynamically thresholded (Saharia et al. 2022, sec. 2.3). SR stages take
+        `lowres` (B,3,h,w) at its own size and the augmentation level `aug_level` in [0, 1] it is
+        noised to (Ho et al. 2022, CDM; None = the stage's `sampling.aug_level`), with noise from
+        `generator` (one, or one per row). The returned function uses the stage's current weights
+        (the EMA weights when the stage was loaded from a checkpoint or an export) and runs
+        without gradients.
         """
+        if guide is not None:
+            self.check_guide(guide)
         image_inputs = self.sampling_inputs(lowres, aug_level, generator)
-        guided = not condition.is_empty and guidance != 1.0
-        if guided and guidance == 0.0:
-            condition = condition.with_null(torch.ones(condition.batch_size, dtype=torch.bool, device=self.device))
-            guided = False
-        if guided:
+        guided = guidance != 1.0 and (guide is not None or not condition.is_empty)
+        if guided and guide is None and guidance != 0.0:
             doubled_condition = condition.with_null_rows()
             doubled_inputs = {name: torch.cat([value, value]) for name, value in image_inputs.items()}
+        if guided and guide is None and guidance == 0.0:
+            null_condition = condition.with_null(torch.ones(condition.batch_size, dtype=torch.bool, device=self.device))
+
+        def conditional_x0(model: DiffusionStage, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            out = model(x_t, t, condition, **image_inputs)
+            return predicted_x0(out.float(), x_t.float(), t, model.schedule, model.target)
+
+        def guided_x0(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if guide is not None:
+                guide_x0 = conditional_x0(guide, x_t, t)
+                return guide_x0 if guidance == 0.0 else cfg_combine(conditional_x0(self, x_t, t), guide_x0, guidance)
+            if guidance == 0.0:
+                out = self(x_t, t, null_condition, **image_inputs)
+                return predicted_x0(out.float(), x_t.float(), t, self.schedule, self.target)
+            x_in, t_in = torch.cat([x_t, x_t]), torch.cat([t, t])
+            out = self(x_in, t_in, doubled_condition, **doubled_inputs)
+            cond_x0, uncond_x0 = predicted_x0(out.float(), x_in.float(), t_in, self.schedule, self.target).chunk(2)
+            return cfg_combine(cond_x0, uncond_x0, guidance)
 
         @torch.no_grad()
         def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            if guided:
-                x_in, t_in = torch.cat([x_t, x_t]), torch.cat([t, t])
-                out = self(x_in, t_in, doubled_condition, **doubled_inputs)
-                x0_both = predicted_x0(out.float(), x_in.float(), t_in, self.schedule, self.target)
-                cond_x0, uncond_x0 = x0_both.chunk(2)
-                x0 = cfg_combine(cond_x0, uncond_x0, guidance)
+            if not guided:
+                x0 = conditional_x0(self, x_t, t)
+            elif guidance_interval is None:
+                x0 = guided_x0(x_t, t)
             else:
-                out = self(x_t, t, condition, **image_inputs)
-                x0 = predicted_x0(out.float(), x_t.float(), t, self.schedule, self.target)
+                inside = in_guidance_interval(self.schedule.log_snr_unchecked(t), guidance_interval)
+                if bool(inside.all()):
+                    x0 = guided_x0(x_t, t)
+                elif not bool(inside.any()):
+                    x0 = conditional_x0(self, x_t, t)
+                else:
+                    x0 = torch.where(inside[:, None, None, None], guided_x0(x_t, t), conditional_x0(self, x_t, t))
             if dynamic_threshold is not None:
                 return apply_dynamic_threshold(x0, dynamic_threshold)
             return static_threshold(x0)
@@ -449,6 +523,7 @@ class DiffusionStage(pl.LightningModule):
         generator: Generators = None,
         x_T: torch.Tensor | None = None,
         progress: bool = False,
+        guide: DiffusionStage | None = None,
     ) -> torch.Tensor:
         """Sample images (clamped to [-1, 1]) with the stage's current weights (see `make_denoiser`).
 
@@ -457,10 +532,15 @@ class DiffusionStage(pl.LightningModule):
         dynamic_threshold means static clipping. `generator` (on this stage's device; or a list
         of one generator per row, so each image depends only on its own seed) seeds the starting
         noise, any sampler noise and the SR augmentation noise. `progress` shows a progress bar
-        of the sampler's steps (tqdm, cleared when done).
+        of the sampler's steps (tqdm, cleared when done). `guide`: the loaded model that
+        `settings.guide` names (autoguidance; a `Cascade` loads it), required when that is set.
         """
         condition = condition if condition is not None else Condition()
         settings = self.sampling if settings is None else settings
+        if settings.guide is not None and guide is None:
+            message = (f"is {settings.guide!r}: pass the loaded guide (generate(..., guide=load_stage(path))) "
+                       "or sample through a Cascade")
+            raise StageConfigError([("sampling.guide", message)])
         batch_size = condition.batch_size or (lowres.shape[0] if lowres is not None else num_samples)
         if batch_size is None:
             raise ValueError("generate needs a condition, a lowres batch or num_samples")
@@ -471,9 +551,12 @@ class DiffusionStage(pl.LightningModule):
             aug_level=settings.aug_level,
             dynamic_threshold=settings.dynamic_threshold,
             generator=generator,
+            guidance_interval=settings.guidance_interval,
+            guide=guide,
         )
-        was_training = self.training
-        self.eval()
+        was_training = [(module, module.training) for module in (self, guide) if module is not None]
+        for module, _ in was_training:
+            module.eval()
         try:
             with tqdm(total=settings.steps, desc=f"sampling ({settings.sampler})", leave=False,
                       disable=not progress) as bar:
@@ -490,5 +573,6 @@ class DiffusionStage(pl.LightningModule):
                     device=self.device,
                 )
         finally:
-            self.train(was_training)
+            for module, training in was_training:
+                module.train(training)
         return images.clamp(-1.0, 1.0)
