@@ -6,11 +6,13 @@
    `cascade fit` on `configs/demo/*.yaml`, the base in one process and the SR stages one after
    the other in a second, at the same time (`cascade.demo.training`);
 3. samples the held-out captions through the whole cascade without guidance (scale 1) and with
-   it, keeping every stage's output;
+   it, keeping every stage's output; then a few of them for every combination of a settings sweep
+   (base guidance x SR augmentation level, `cascade.demo.sweep`);
 4. evaluates caption alignment with the dataset's deterministic detector (`cascade.eval.alignment`), per
    stratum of the held-out caption set with caption-bootstrap intervals (`cascade.eval.heldout`),
-   and FID / precision / recall in an offline feature space;
-5. writes an HTML and Markdown report (`report.html`) with grids, tables, curves and configs.
+   and FID / precision / recall in an offline feature space, for the main run and every sweep setting;
+5. writes an HTML and Markdown report (`report.html`) with grids, tables, the sweep's plot and grid,
+   the ablation table (`cascade ablation`'s ablation.md, when there is one), curves and configs.
 
 Every step resumes: rerunning the command skips finished shards, trained stages and samples,
 and the report keeps the times of the run that did them (`cascade.demo.timings`).
@@ -31,14 +33,16 @@ from ..pipeline import Cascade
 from ..pipeline.to_folder import FolderJob, sample_folder
 from ..resources import shipped
 from ..stages.config import SamplingSettings
-from .evaluation import evaluate_demo
+from .evaluation import evaluate_demo, evaluate_sweep
 from .report import write_demo_report
+from .sweep import SweepAxis, sample_sweep
 from .timings import StepTimes
 from .training import StageRun, StageTrainingError, train_concurrently
 
 CONFIG_DIR = shipped("configs", "demo")
 STAGES = ("base", "sr1", "sr2")
 SHARD_RESOLUTION = 128
+ABLATION_TABLE = Path("ablation") / "ablation.md"  # beside the demo's out: `cascade ablation --out runs/ablation`
 
 
 @dataclass(frozen=True)
@@ -58,17 +62,29 @@ class DemoPlan:
     dynamic_threshold: float | None = 0.995  # every stage
     aug_levels: tuple[float, float] = (0.1, 0.1)
     batch_size: int = 16
+    # The settings sweep: the first sweep_captions held-out captions (round-robin over the strata),
+    # one image each, for every combination of the axes' values (`cascade.demo.sweep`); the first
+    # axis is the plot's x axis. Another setting is one more SweepAxis.
+    sweep_captions: int = 24
+    sweep: tuple[SweepAxis, ...] = (SweepAxis("guidance", (1.0, 2.0, 3.0, 5.0), stage=0),
+                                    SweepAxis("aug_level", (0.0, 0.1, 0.3)))
 
     def __post_init__(self) -> None:
         if any(steps % self.validations for steps in self.train_steps):
             raise ValueError(f"every stage's training steps {self.train_steps} must be a multiple of "
                              f"validations={self.validations}, so the last validation saves the final step")
+        if not 1 <= self.sweep_captions <= self.heldout_captions:
+            raise ValueError(f"sweep_captions: must be in [1, heldout_captions={self.heldout_captions}], "
+                             f"got {self.sweep_captions}")
+        if not self.sweep:
+            raise ValueError("sweep: give at least one SweepAxis")
 
 
 FULL = DemoPlan()
 FAST = DemoPlan(
     train_images=128, val_images=32, heldout_captions=6, samples_per_caption=1,
     train_steps=(8, 4, 4), validations=2, sampling_steps=(4, 3, 3),
+    sweep_captions=2, sweep=(SweepAxis("guidance", (1.0, 3.0), stage=0), SweepAxis("aug_level", (0.0, 0.3))),
 )
 
 
@@ -141,8 +157,29 @@ def sample_heldout(cascade: Cascade, scenes: list[dict], out: Path, plan: DemoPl
     return folders, written
 
 
-def run_demo(out: Path, plan: DemoPlan, threads: int, fast: bool = False) -> int:
-    """Every step of the demo into `out` (resuming what is there); returns the exit status."""
+def ablation_table(out: Path, given: Path | None) -> Path | None:
+    """The ablation table the report shows: `given`, else `out/../ablation/ablation.md` when it exists,
+    else None. FileNotFoundError naming --ablation when `given` is not a file."""
+    if given is not None:
+        if not given.is_file():
+            raise FileNotFoundError(f"--ablation: {given} is not a file (write one with `cascade ablation --out DIR`)")
+        return given
+    default = out.resolve().parent / ABLATION_TABLE  # out need not exist yet
+    return default if default.is_file() else None
+
+
+def sample_heldout_sweep(cascade: Cascade, scenes: list[dict], out: Path, plan: DemoPlan,
+                         console: Console) -> tuple[list, int]:
+    """The first `plan.sweep_captions` held-out captions, one image each, for every combination of
+    `plan.sweep` into `out/samples/sweep/<setting>/`: the sweep's points and how many images this call wrote."""
+    conditions = [(scene["caption"], None) for scene in scenes[:plan.sweep_captions]]
+    job = FolderJob(n_per_condition=1, batch_size=plan.batch_size)
+    return sample_sweep(cascade, plan.sweep, conditions, out / "samples" / "sweep", job, console)
+
+
+def run_demo(out: Path, plan: DemoPlan, threads: int, fast: bool = False, ablation: Path | None = None) -> int:
+    """Every step of the demo into `out` (resuming what is there); returns the exit status.
+    `ablation`: the ablation table to show (`ablation_table`), None for none."""
     torch.set_num_threads(threads)
     console = Console()
     torch.manual_seed(0)
@@ -185,18 +222,30 @@ def run_demo(out: Path, plan: DemoPlan, threads: int, fast: bool = False) -> int
     folders, written = sample_heldout(cascade, scenes, out, plan, console)
     if written:
         times.record("sampling", time.perf_counter() - begun)
+    begun = time.perf_counter()
+    points, written = sample_heldout_sweep(cascade, scenes, out, plan, console)
+    if written:
+        times.record("sweep sampling", time.perf_counter() - begun)
     step("4/5 evaluating alignment and FID / precision / recall")
     begun = time.perf_counter()
     evaluation = evaluate_demo(folders, data["reference"], scenes, console)
     times.record("evaluation", time.perf_counter() - begun)
+    begun = time.perf_counter()
+    sweep = evaluate_sweep(points, data["reference"], scenes[:plan.sweep_captions], console)
+    times.record("sweep evaluation", time.perf_counter() - begun)
+    console.print(f"sweep: {len(points)} settings x {plan.sweep_captions} captions: sampling "
+                  f"{times.seconds.get('sweep sampling', float('nan')):.0f} s, evaluation "
+                  f"{times.seconds['sweep evaluation']:.0f} s")
     step("5/5 writing the report")
-    steps = ["data", *(f"train {name}" for name in STAGES), "sampling", "evaluation"]
+    sequential = ["data", "sampling", "sweep sampling", "evaluation", "sweep evaluation"]
+    steps = ["data", *(f"train {name}" for name in STAGES), *sequential[1:]]
     timings = {name: times.seconds[name] for name in steps if name in times.seconds}
-    total = times.total(["data", "sampling", "evaluation"], [[f"train {run.name}" for run in lane] for lane in lanes])
+    total = times.total(sequential, [[f"train {run.name}" for run in lane] for lane in lanes])
     if total is not None:
         timings["total"] = total
     files = write_demo_report(out, plan=asdict(plan), settings=[s.to_dict() for s in settings],
-                              folders=folders, evaluation=evaluation, timings=timings, fast=fast)
+                              folders=folders, evaluation=evaluation, timings=timings, fast=fast,
+                              sweep=sweep, ablation=ablation)
     console.print(f"[green]report: {files.html}[/green] (and {files.markdown})")
     console.print(f"total {time.perf_counter() - started:.0f} s")
     return 0

@@ -5,7 +5,9 @@ the strata, and FID / precision / recall in the offline (random-weight Inception
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -14,8 +16,8 @@ from rich.table import Table
 from ..data.image_io import open_image
 from ..eval.alignment import CHECKS, aggregate, score
 from ..eval.evaluate import evaluate_samples
-from ..eval.extractors import build_extractor
-from ..eval.features import reference_statistics
+from ..eval.extractors import FeatureExtractor, build_extractor
+from ..eval.features import ReferenceStatistics, reference_statistics
 from ..eval.heldout import (
     BALANCED,
     Interval,
@@ -25,11 +27,15 @@ from ..eval.heldout import (
     score_folder,
     stratified_alignment,
 )
+from ..eval.results import EvaluationResult
 from ..files.sample_folder import intermediate_dirs
+from .sweep import SweepPoint
 
 ALIGNMENT_CHECKS = CHECKS
 SR_EFFECT_CHECKS = ("exact", "shape", "count", "relation")  # final stage minus base stage, balanced
 FEATURE_INPUT_SIZE = 128  # the random-weight extractor runs at the demo's final resolution
+SWEEP_CHECKS = ("exact", "shape", "count", "relation")  # balanced over the strata, per sweep setting
+PR_K = 3  # precision / recall neighbourhood (Kynkaanniemi et al. 2019): needs more than PR_K images
 
 
 def score_reference(reference_dir: Path, scenes: list[dict]) -> list[ScoredImage]:
@@ -58,6 +64,14 @@ def format_difference(value: Interval) -> str:
     return f"{estimate:+.2f}" if math.isnan(low) else f"{estimate:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
+def feature_space(reference_dir: Path) -> tuple[FeatureExtractor, ReferenceStatistics]:
+    """The offline (random-weight Inception) extractor and the real renders' statistics in it (cached)."""
+    extractor = build_extractor("random-inception", random_input_size=FEATURE_INPUT_SIZE, device="cpu")
+    reference, _ = reference_statistics(str(reference_dir), extractor, cache_dir=reference_dir.parent / "stats",
+                                        progress=False)
+    return extractor, reference
+
+
 def evaluate_demo(folders: dict[float, Path], reference_dir: Path, scenes: list[dict], console: Console) -> dict:
     """{"alignment": {label: accuracies}, "stratified": {label: `stratified_alignment`},
     "sr_effect": {label: {check: final minus base, balanced, with a paired interval}},
@@ -75,9 +89,7 @@ def evaluate_demo(folders: dict[float, Path], reference_dir: Path, scenes: list[
             sr_effect[f"guidance {guidance:g}"] = {check: difference[check] for check in SR_EFFECT_CHECKS}
     alignment = {label: aggregate(image.scores for image in images) for label, images in scored.items()}
     stratified = {label: stratified_alignment(images) for label, images in scored.items()}
-    extractor = build_extractor("random-inception", random_input_size=FEATURE_INPUT_SIZE, device="cpu")
-    reference, _ = reference_statistics(str(reference_dir), extractor, cache_dir=reference_dir.parent / "stats",
-                                        progress=False)
+    extractor, reference = feature_space(reference_dir)
     metrics = [  # each sample folder's final images (the stages it keeps are not scored)
         evaluate_samples(folder, reference, extractor, metrics=("fid", "pr"), setting={"guidance": guidance},
                          progress=False)
@@ -100,3 +112,41 @@ def evaluate_demo(folders: dict[float, Path], reference_dir: Path, scenes: list[
     return {"alignment": alignment, "stratified": stratified, "sr_effect": sr_effect,
             "strata_available": {stratum: len(c) for stratum, c in heldout_captions_by_stratum().items()},
             "metrics": metrics, "extractor": extractor.name}
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """One sweep setting's scores: `alignment` is `stratified_alignment`'s balanced row
+    ({check: (mean, low, high), "n_images", "n_captions"}), `metrics` FID (and precision / recall
+    when the setting has more than `PR_K` images) against all the real renders."""
+
+    setting: dict[str, Any]
+    folder: Path
+    alignment: dict[str, Any]
+    metrics: EvaluationResult
+
+
+def evaluate_sweep(points: list[SweepPoint], reference_dir: Path, scenes: list[dict],
+                   console: Console) -> list[SweepResult]:
+    """Every sweep setting's final images: detector accuracy balanced over the strata with caption-bootstrap
+    intervals (`cascade.eval.heldout.stratified_alignment`) and FID / precision / recall as `evaluate_demo`
+    computes them; `scenes` are the captions the sweep sampled, in order."""
+    extractor, reference = feature_space(reference_dir)
+    results = []
+    for point in points:
+        balanced = stratified_alignment(score_folder(point.folder, scenes))[BALANCED]
+        images = balanced["n_images"]
+        metrics = evaluate_samples(point.folder, reference, extractor, metrics=("fid", "pr") if images > PR_K else ("fid",),
+                                   setting=dict(point.setting), progress=False, pr_k=PR_K)
+        results.append(SweepResult(dict(point.setting), point.folder, balanced, metrics))
+    table = Table(title=f"Settings sweep: {len(scenes)} held-out captions per setting (balanced detector accuracy, "
+                        "95% caption-bootstrap interval; FID against all real renders)")
+    keys = list(points[0].setting) if points else []
+    for column in (*keys, *SWEEP_CHECKS, "FID"):
+        table.add_column(column)
+    for result in results:
+        table.add_row(*[str(value) for value in result.setting.values()],
+                      *[format_interval(result.alignment[check]) for check in SWEEP_CHECKS],
+                      f"{result.metrics.metrics.get('fid', math.nan):.2f}")
+    console.print(table)
+    return results

@@ -1,5 +1,7 @@
 """The demo's HTML / Markdown report: grids per stage, guidance off vs on, the alignment table,
-automatic metrics, training curves and the exact configs used."""
+the settings sweep (a plot of detector accuracy and FID against guidance, and one grid of the
+same captions across every setting), the ablation table, automatic metrics, training curves and
+the exact configs used."""
 
 from __future__ import annotations
 
@@ -12,16 +14,23 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from ..eval import markdown
+from ..eval.plots import labelled_grid, panels_vs_setting
 from ..eval.report import Report, ReportFiles, add_metrics_section
 from ..files.sample_folder import intermediate_dirs, read_metadata
 from .evaluation import (
     ALIGNMENT_CHECKS,
     SR_EFFECT_CHECKS,
+    SWEEP_CHECKS,
+    SweepResult,
     format_difference,
     format_interval,
 )
 
 GRID_CAPTIONS = 12  # captions shown in the grids
+SWEEP_GRID_CAPTIONS = 8  # columns of the grid of the same captions across every setting
+SWEEP_PLOT_PANELS = ("exact", "shape", "count", "fid")
+ABLATION_COMMAND = "cascade ablation --out runs/ablation"
 
 
 def training_curves(run_dir: Path):
@@ -94,8 +103,84 @@ def _add_stratified_alignment(report: Report, plan: dict, evaluation: dict) -> N
                       for label, difference in evaluation["sr_effect"].items()])
 
 
+def first_samples(folder: Path, captions: int) -> list[dict]:
+    """The metadata of the first image (sample index 0) of each of the folder's first `captions`
+    conditions, in condition order."""
+    entries = {entry["condition_index"]: entry for entry in read_metadata(folder)
+               if entry.get("index") == 0 and entry.get("condition_index", captions) < captions}
+    return [entries[index] for index in sorted(entries)]
+
+
+def _format_value(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _setting_label(setting: dict) -> str:
+    return ", ".join(f"{key}={_format_value(value)}" for key, value in setting.items())
+
+
+def add_sweep_section(report: Report, plan: dict, sweep: list[SweepResult], folders: dict[float, Path]) -> Report:
+    """The sweep's table, its plot (balanced exact / shape / count and FID against the first swept
+    setting, one line per combination of the others) and one grid of the same captions in every
+    setting, the main guidance folders included."""
+    report.heading("Settings sweep")
+    axes = list(sweep[0].setting)  # the axes' names, `base.guidance`, `aug_level`, ...
+    report.text(
+        f"The first {plan['sweep_captions']} captions of the held-out set (it is ordered round-robin over the strata), "
+        "one image each, through the whole cascade for every combination of " + " x ".join(axes) + "; every setting "
+        "starts from the same seeds, and every other setting is as in the main run (aug_level without a stage "
+        "is every SR stage's). Detector accuracy is balanced over the strata with 95% caption-bootstrap "
+        "intervals; FID compares each setting's images with the real renders of all held-out captions in the "
+        "random-weight feature space, so with this few images it is noisy and only ranks settings of this run."
+    )
+    metric_keys = [key for key in ("fid", "precision", "recall") if any(key in r.metrics.metrics for r in sweep)]
+    rows = [[*(_format_value(value) for value in result.setting.values()),
+             result.alignment["n_images"], *(format_interval(result.alignment[check]) for check in SWEEP_CHECKS),
+             *(result.metrics.metrics.get(key) for key in metric_keys)] for result in sweep]
+    report.table([*axes, "images", *SWEEP_CHECKS, *(key.upper() if key == "fid" else key for key in metric_keys)], rows,
+                 caption="Balanced detector accuracy [95% interval] and FID / precision / recall per setting")
+    points = [(result.setting, {**{check: result.alignment[check] for check in SWEEP_CHECKS}, **result.metrics.metrics})
+              for result in sweep]
+    figure = panels_vs_setting(points, axes[0], SWEEP_PLOT_PANELS,
+                               {check: f"{check} (balanced, 95% interval)" for check in SWEEP_CHECKS})
+    for panel, axes_of_panel in zip(SWEEP_PLOT_PANELS, figure.axes):
+        if panel in SWEEP_CHECKS:
+            axes_of_panel.set_ylim(-0.02, 1.02)  # accuracies
+    report.figure(figure, f"Balanced exact, shape and count accuracy and FID against {axes[0]}, one line per "
+                  + (" x ".join(axes[1:]) or "setting"), name="sweep")
+    figure.clear()
+    columns = min(SWEEP_GRID_CAPTIONS, plan["sweep_captions"])
+    labelled = [(_setting_label(result.setting), result.folder) for result in sweep]
+    labelled += [(f"main run: guidance {guidance:g}", folder) for guidance, folder in sorted(folders.items())]
+    rows_of_images = [(label, _grid_paths(folder, first_samples(folder, columns))) for label, folder in labelled]
+    captions = [entry["prompt"] for entry in first_samples(sweep[0].folder, columns)]
+    report.figure(labelled_grid(rows_of_images, captions),
+                  f"The same {columns} captions (columns) in every setting (rows): " + "; ".join(captions),
+                  name="sweep-grid")
+    return report
+
+
+def add_ablation_section(report: Report, ablation: Path | None) -> Report:
+    """The ablation command's `ablation.md` (its tables, headings and notes), or how to make one."""
+    report.heading("Ablation")
+    if ablation is None:
+        return report.text(f"No ablation table was found. `{ABLATION_COMMAND}` writes one (ablation.md); the demo "
+                           "then shows it from <out>/../ablation/ablation.md, or from `cascade demo --ablation PATH`.")
+    report.text(f"From {ablation}:")
+    for kind, content in markdown.read_blocks(ablation.read_text(encoding="utf-8")):
+        if kind == "table":
+            headers, rows = content
+            report.table(headers, rows)
+        elif kind == "heading":
+            level, text = content
+            report.heading(text, level=max(3, level + 1))
+        else:
+            report.text(content)
+    return report
+
+
 def write_demo_report(out: Path, *, plan: dict, settings: list[dict], folders: dict[float, Path], evaluation: dict,
-                      timings: dict, fast: bool) -> ReportFiles:
+                      timings: dict, fast: bool, sweep: list[SweepResult], ablation: Path | None) -> ReportFiles:
     report = Report("cascade demo: a tiny text-to-image cascade trained on CPU")
     report.text(
         "A text-conditional base stage (MiniLM text encoder) and two super-resolution stages were trained on the "
@@ -137,6 +222,9 @@ def write_demo_report(out: Path, *, plan: dict, settings: list[dict], folders: d
                           name=f"stage-{stage_dir.name}", columns=min(6, len(captions)) or 1)
     report.image_grid(_grid_paths(folder, entries[strongest]), f"final output (guidance {strongest:g})", captions,
                       name="stage-final", columns=min(6, len(captions)) or 1)
+
+    add_sweep_section(report, plan, sweep, folders)
+    add_ablation_section(report, ablation)
 
     add_metrics_section(report, evaluation["metrics"])
 

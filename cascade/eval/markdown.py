@@ -1,4 +1,5 @@
-"""Small helpers to write Markdown next to the HTML report: escaped text, tables, image links."""
+"""Small helpers to write Markdown next to the HTML report: escaped text, tables, image links; and
+to read back what they write (`read_blocks`: headings, pipe tables and paragraphs)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ _INLINE = re.compile(r"([\\`*_\[\]|~])")
 # A heading or list marker at the start of a line ("# x", "- x", "+ x"), and a numbered item ("3. x").
 _MARKER_START = re.compile(r"^(\s*)([#+-])")
 _NUMBER_START = re.compile(r"^(\s*\d+)([.)])")
+_BACKSLASH_ESCAPE = re.compile(r"\\(.)")
+_UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
+_SEPARATOR_CELL = re.compile(r"^\s*:?-+:?\s*$")
+_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 
 
 def escape(text: object) -> str:
@@ -34,3 +39,60 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def image(alt: str, relative_path: str) -> str:
     return f"![{escape(alt)}]({relative_path})"
+
+
+def unescape(text: str) -> str:
+    """What `escape` was given: backslash escapes dropped, entities (``&amp;``, ``&lt;``) decoded."""
+    return html.unescape(_BACKSLASH_ESCAPE.sub(r"\1", text))
+
+
+def table_cells(line: str) -> list[str]:
+    """The unescaped cells of one pipe-table row (``| a | b\\|c |`` -> ``["a", "b|c"]``)."""
+    inner = line.strip()
+    inner = inner.removeprefix("|")
+    inner = inner[:-1] if inner.endswith("|") and not inner.endswith("\\|") else inner
+    return [unescape(cell.strip()) for cell in _UNESCAPED_PIPE.split(inner)]
+
+
+def _is_separator(line: str) -> bool:
+    cells = _UNESCAPED_PIPE.split(line.strip().strip("|"))
+    return all(_SEPARATOR_CELL.match(cell) for cell in cells)
+
+
+def read_blocks(text: str) -> list[tuple[str, object]]:
+    """A Markdown document as blocks, in order: ``("heading", (level, text))``, ``("table", (headers,
+    rows))`` for each pipe table (a header row, a ``|---|`` row, then its rows), and ``("text", paragraph)``
+    for the rest (lines joined by spaces); text unescaped. `table` followed by `read_blocks` gives back
+    the headers and the cells as `html.format_cell` wrote them."""
+    blocks: list[tuple[str, object]] = []
+    lines = text.splitlines()
+    paragraph: list[str] = []
+
+    def end_paragraph() -> None:
+        if paragraph:
+            blocks.append(("text", unescape(" ".join(paragraph))))
+            paragraph.clear()
+
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        heading = _HEADING.match(line)
+        if line.lstrip().startswith("|") and index + 1 < len(lines) and _is_separator(lines[index + 1]):
+            end_paragraph()
+            headers, rows = table_cells(line), []
+            index += 2
+            while index < len(lines) and lines[index].lstrip().startswith("|"):
+                rows.append(table_cells(lines[index]))
+                index += 1
+            blocks.append(("table", (headers, rows)))
+            continue
+        if heading:
+            end_paragraph()
+            blocks.append(("heading", (len(heading.group(1)), unescape(heading.group(2)))))
+        elif line.strip():
+            paragraph.append(line.strip())
+        else:
+            end_paragraph()
+        index += 1
+    end_paragraph()
+    return blocks
