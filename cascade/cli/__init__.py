@@ -57,6 +57,9 @@ COMMANDS = Group(
                 ),
             },
         ),
+        "ablation": Command(
+            "cascade.cli.ablation:ablation", "the demo base's recipe one change at a time, 3 training seeds, error bars"
+        ),
         "demo": Command(
             "cascade.cli.demo:demo", "train a tiny text-to-image cascade on CPU, sample, evaluate, write a report"
         ),

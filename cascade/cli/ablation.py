@@ -1,0 +1,49 @@
+"""`cascade ablation`: train the demo's base with each recipe for several seeds, score every row."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+from dataclasses import replace
+from pathlib import Path
+
+from ..demo.ablation import FAST_ABLATION, AblationPlan
+from ..demo.ablation import __doc__ as ABLATION_DOC
+
+
+def ablation(argv: list[str]) -> int:
+    """`cascade ablation [--out DIR] [--seeds 0,1,2] [--train-steps N] [--captions N] [--fast]`."""
+    parser = argparse.ArgumentParser(prog="cascade ablation", description=ABLATION_DOC,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/ablation"), help="working and output folder")
+    parser.add_argument("--seeds", default=None, help="training seeds, comma separated (default 0,1,2)")
+    parser.add_argument("--train-steps", type=int, default=None, help="training steps of every run")
+    parser.add_argument("--captions", type=int, default=None, help="distinct held-out captions scored")
+    parser.add_argument("--samples-per-caption", type=int, default=None, help="images per caption and row")
+    parser.add_argument("--fast", action="store_true", help="a few steps of everything (a smoke test)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads: the two training processes get half each (default: the machine's cores)")
+    args = parser.parse_args(argv)
+    plan = FAST_ABLATION if args.fast else AblationPlan()
+    changes = {}
+    if args.seeds is not None:
+        try:
+            changes["seeds"] = tuple(int(value) for value in args.seeds.split(","))
+        except ValueError:
+            parser.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
+    for name in ("train_steps", "captions", "samples_per_caption"):
+        value = getattr(args, name)
+        if value is not None:
+            if value < 1:
+                parser.error(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
+            changes[name] = value
+    plan = replace(plan, **changes)
+    if plan.train_steps % plan.snapshots:
+        parser.error(f"--train-steps: must be a multiple of {plan.snapshots} (post-hoc EMA snapshots), "
+                     f"got {plan.train_steps}")
+    from ..demo.ablation import run_ablation
+
+    command = "cascade ablation " + " ".join(shlex.quote(arg) for arg in argv)
+    run_ablation(args.out, plan, args.threads, command.strip())
+    return 0

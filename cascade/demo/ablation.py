@@ -1,0 +1,372 @@
+"""`cascade ablation`: the recipe of the demo's base stage, one change at a time, with error bars.
+
+Each row is one recipe; every row is scored on the same held-out captions (distinct captions,
+stratified by object count and relation: `cascade.eval.heldout`) with the dataset's detector and
+with FID / precision / recall in the offline feature space, for every training seed. The table
+gives the mean over training seeds and its standard error; a row differs from the baseline when
+the mean of the paired (same seed) differences is more than two standard errors from zero.
+
+Rows that change only how the base samples (time grid, sampler, guidance interval,
+autoguidance, post-hoc EMA) reuse the baseline's trained networks, so the training compute of
+every row is the same: the baseline runs and the sigmoid-weighted runs train for the same steps
+on the same data and seeds. Sampling cost is matched in network evaluations per image (NFE); the
+guidance interval saves evaluations, and the table says how many.
+
+The base is scored at its own resolution (32 px; the detector scores real 32-px renders of these
+captions 0.97 exact, see the table's "real renders" row), which isolates what the recipe changes;
+the demo scores the whole cascade at 128 px.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from ..data.image_io import open_image
+from ..diffusion import in_guidance_interval, sample
+from ..eval.alignment import score
+from ..eval.evaluate import evaluate_samples
+from ..eval.extractors import build_extractor
+from ..eval.features import reference_statistics
+from ..eval.heldout import (
+    BALANCED,
+    ScoredImage,
+    score_folder,
+    stratified_alignment,
+    stratum_of,
+)
+from ..files.atomic import write_text
+from ..files.sample_folder import merge_metadata
+from ..pipeline import Cascade
+from ..pipeline.to_folder import FolderJob, sample_folder
+from ..stages.config import SamplingSettings
+from ..stages.posthoc_ema import SNAPSHOT_DIR, reconstruct
+from . import CONFIG_DIR, DemoPlan, heldout_scenes, write_datasets
+from .evaluation import FEATURE_INPUT_SIZE
+from .training import StageRun, train_concurrently
+
+CHECKS = ("colour", "shape", "count", "relation", "exact")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One recipe: which trained runs (`training`), which weights (`weights`: "ema" is the
+    checkpoint's EMA; "phema:0.1" a post-hoc EMA of sigma_rel 0.1), how the base samples, and
+    an optional guide ("phema:0.05@0.25": the post-hoc EMA of sigma_rel 0.05 at a quarter of
+    training, a weaker version of the same network)."""
+
+    name: str
+    training: str = "min_snr"
+    weights: str = "ema"
+    sampling: dict[str, Any] = field(default_factory=dict)
+    guide: str | None = None
+
+
+@dataclass(frozen=True)
+class AblationPlan:
+    seeds: tuple[int, ...] = (0, 1, 2)
+    train_steps: int = 1200
+    train_images: int = 6000
+    captions: int = 256
+    samples_per_caption: int = 1
+    batch_size: int = 16
+    snapshots: int = 8  # post-hoc EMA snapshots per run (train_steps must be a multiple)
+    sample_batch: int = 64
+
+    @property
+    def dataset_plan(self) -> DemoPlan:
+        return DemoPlan(train_images=self.train_images, val_images=128, heldout_captions=self.captions,
+                        samples_per_caption=self.samples_per_caption)
+
+
+FAST_ABLATION = AblationPlan(seeds=(0, 1), train_steps=16, train_images=128, captions=10, snapshots=4,
+                             sample_batch=16)
+
+# The trainings: the baseline (today's demo base: min-SNR-5 weighting) and the sigmoid weighting.
+TRAININGS: dict[str, tuple[str, ...]] = {
+    "min_snr": (),
+    "sigmoid": ("--model.init_args.loss_weighting", "sigmoid"),
+}
+BASE_SAMPLING = {"sampler": "dpmpp_2m", "steps": 25, "guidance": 3.0, "time_grid": "uniform_t"}
+
+
+def rows() -> list[Row]:
+    """The ablation's rows: the baseline, each change alone, and all of them together."""
+    grid = {**BASE_SAMPLING, "time_grid": "log_snr"}
+    # Kynkaanniemi et al. 2024's interval for EDM2 at 512 px, sigma in (0.28, 2.9], in log-SNR
+    interval = {**BASE_SAMPLING, "guidance_interval": [-2.13, 2.55]}
+    return [
+        Row("baseline (min-SNR, dpmpp_2m uniform t, CFG 3, EMA 0.995)", sampling=BASE_SAMPLING),
+        Row("+ sigmoid weighting", training="sigmoid", sampling=BASE_SAMPLING),
+        Row("+ time grid (log-SNR)", sampling=grid),
+        Row("+ guidance interval", sampling=interval),
+        Row("+ autoguidance", sampling=BASE_SAMPLING, guide="phema:0.05@0.25"),
+        Row("+ post-hoc EMA", weights="phema:0.10", sampling=BASE_SAMPLING),
+        Row("all together", training="sigmoid", weights="phema:0.10", sampling={**grid, **interval},
+            guide="phema:0.05@0.25"),
+    ]
+
+
+def mean_and_standard_error(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (sample std / sqrt(n); 0 for a single value)."""
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    if not finite:
+        return math.nan, math.nan
+    mean = sum(finite) / len(finite)
+    if len(finite) < 2:
+        return mean, 0.0
+    variance = sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)
+    return mean, math.sqrt(variance / len(finite))
+
+
+def training_runs(out: Path, data: dict[str, Path], plan: AblationPlan) -> dict[tuple[str, int], StageRun]:
+    """One `cascade fit` of the demo's base per training recipe and seed, with post-hoc EMA snapshots."""
+    every = max(1, plan.train_steps // plan.snapshots)
+    runs = {}
+    for training, extra in TRAININGS.items():
+        for seed in plan.seeds:
+            overrides = (
+                "--data.init_args.train_shards", str(data["train"]), "--data.init_args.val_shards", str(data["val"]),
+                "--data.init_args.batch_size", str(plan.batch_size),
+                "--data.init_args.val_batch_size", str(2 * plan.batch_size),
+                "--data.init_args.seed", str(seed), "--seed_everything", str(seed),
+                "--trainer.val_check_interval", str(plan.train_steps), "--sample_grid", "null",
+                "--posthoc_ema.snapshot_every_n_steps", str(every), *extra,
+            )
+            runs[training, seed] = StageRun(f"{training}-seed{seed}", CONFIG_DIR / "base.yaml",
+                                            out / "runs" / f"{training}-seed{seed}", plan.train_steps, overrides)
+    return runs
+
+
+def reference_renders(scenes: list[dict], folder: Path, resolution: int) -> Path:
+    """Real renders of the scenes at the base's resolution (rendered at the shards' resolution and
+    downsampled as the loader does), named like the demo's reference set."""
+    from PIL import Image
+
+    from ..data import synthetic
+    from ..data.degrade import downsample
+    from . import SHARD_RESOLUTION
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, scene in enumerate(scenes):
+        target = folder / f"{index:05d}.png"
+        if not target.exists():
+            pixels, _ = synthetic.render_sample(scene["index"], SHARD_RESOLUTION, seed=scene["seed"], split="heldout")
+            downsample(Image.fromarray(pixels), (resolution, resolution)).save(target)
+    return folder
+
+
+def weights_path(run: StageRun, spec: str, plan: AblationPlan) -> Path:
+    """The checkpoint or export a row samples with: "ema" (the run's last checkpoint, Lightning's
+    EMA) or "phema:SIGMA_REL[@FRACTION]" (the post-hoc EMA of that length at that fraction of
+    training, reconstructed once from the run's snapshots and kept as an export)."""
+    if spec == "ema":
+        return run.last_checkpoint
+    kind, _, value = spec.partition(":")
+    if kind != "phema":
+        raise ValueError(f"weights: expected 'ema' or 'phema:SIGMA_REL[@FRACTION]', got {spec!r}")
+    sigma_rel, _, fraction = value.partition("@")
+    step = round(plan.train_steps * float(fraction)) if fraction else None
+    out = run.run_dir / "posthoc" / f"sigma_rel={float(sigma_rel):g}" + ("" if step is None else f"@{step}")
+    if not (out / "config.yaml").exists():
+        reconstruct(run.run_dir / SNAPSHOT_DIR, float(sigma_rel), step=step, out=out)
+    return out
+
+
+def row_settings(row: Row, guide: Path | None) -> SamplingSettings:
+    """The base's sampling settings of a row (its guide, when it has one, by path)."""
+    changes = dict(row.sampling)
+    if guide is not None:
+        changes["guide"] = str(guide)
+    return SamplingSettings(dynamic_threshold=0.995).updated(**changes)
+
+
+def function_evaluations_per_image(cascade: Cascade) -> int:
+    """Network evaluations per image of the base: the sampler's evaluations, each doubled where it
+    is guided (conditional and unconditional rows, or the main model and its guide); the guidance
+    interval decides which are. Counted by running the sampler with a stand-in denoiser."""
+    stage, settings = cascade.stages[0], cascade.settings[0]
+    times: list[torch.Tensor] = []
+
+    def record(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        times.append(t[:1].clone())
+        return torch.zeros_like(x_t)
+
+    sample(record, stage.schedule, (1, 1), sampler=settings.sampler, steps=settings.steps, grid=settings.time_grid,
+           generator=torch.Generator().manual_seed(0))
+    if settings.guidance == 1.0:
+        return len(times)
+    guided = in_guidance_interval(stage.schedule.log_snr_unchecked(torch.cat(times)), settings.guidance_interval)
+    return len(times) + int(guided.sum())
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """One row's samples of one training seed and their scores."""
+
+    row: str
+    seed: int
+    folder: str
+    nfe: int
+    balanced: dict[str, float]
+    strata: dict[str, dict[str, float]]
+    metrics: dict[str, float]
+
+
+def sample_and_score(row: Row, run: StageRun, scenes: list[dict], folder: Path, plan: AblationPlan,
+                     reference, extractor) -> Sampled:
+    """Sample the row's base on the held-out captions into `folder` (resumable) and score it."""
+    guide = weights_path(run, row.guide, plan) if row.guide else None
+    cascade = Cascade.from_paths([weights_path(run, row.weights, plan)], [row_settings(row, guide)])
+    conditions = [(scene["caption"], stratum_of(scene)) for scene in scenes]
+    job = FolderJob(n_per_condition=plan.samples_per_caption, batch_size=plan.sample_batch, seed=0, progress=False)
+    sample_folder(cascade, conditions, job, folder, console=Console(quiet=True))
+    merge_metadata(folder)
+    stratified = stratified_alignment(score_folder(folder, scenes), resamples=200)
+    metrics = evaluate_samples(folder, reference, extractor, metrics=("fid", "pr"), progress=False).metrics
+    return Sampled(row.name, run_seed(run), str(folder), function_evaluations_per_image(cascade),
+                   {check: stratified[BALANCED][check][0] for check in CHECKS},
+                   {name: {check: values[check][0] for check in CHECKS} for name, values in stratified.items()
+                    if name != BALANCED},
+                   {key: float(value) for key, value in metrics.items()})
+
+
+def run_seed(run: StageRun) -> int:
+    return int(run.name.rsplit("seed", 1)[1])
+
+
+def summarise(sampled: list[Sampled], order: list[str]) -> list[dict[str, Any]]:
+    """Per row: mean and standard error over training seeds of every score, and the paired (same
+    seed) difference of each alignment check from the baseline (the first row)."""
+    by_row: dict[str, dict[int, Sampled]] = {}
+    for item in sampled:
+        by_row.setdefault(item.row, {})[item.seed] = item
+    baseline = by_row[order[0]]
+    summary = []
+    for name in order:
+        seeds = by_row[name]
+        entry: dict[str, Any] = {"row": name, "seeds": sorted(seeds), "nfe": max(s.nfe for s in seeds.values())}
+        for check in CHECKS:
+            entry[check] = mean_and_standard_error([s.balanced[check] for s in seeds.values()])
+            entry[f"delta {check}"] = mean_and_standard_error(
+                [s.balanced[check] - baseline[seed].balanced[check] for seed, s in seeds.items() if seed in baseline])
+        for metric in ("fid", "precision", "recall"):
+            entry[metric] = mean_and_standard_error([s.metrics.get(metric, math.nan) for s in seeds.values()])
+        entry["strata"] = {
+            stratum: {check: mean_and_standard_error([s.strata[stratum][check] for s in seeds.values()
+                                                      if stratum in s.strata]) for check in CHECKS}
+            for stratum in next(iter(seeds.values())).strata
+        }
+        summary.append(entry)
+    return summary
+
+
+def _cell(value: tuple[float, float], digits: int = 2) -> str:
+    mean, error = value
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.{digits}f} ± {error:.{digits}f}"
+
+
+def _delta(value: tuple[float, float]) -> str:
+    mean, error = value
+    if math.isnan(mean) or (mean == 0 and error == 0):
+        return "–"
+    marker = " *" if error > 0 and abs(mean) > 2 * error else ""
+    return f"{mean:+.2f} ± {error:.2f}{marker}"
+
+
+def markdown_table(summary: list[dict[str, Any]], plan: AblationPlan, command: str, real: dict[str, float]) -> str:
+    """The ablation table (balanced detector accuracy, FID / precision / recall, NFE) as Markdown."""
+    lines = [
+        (f"Base stage of the demo (32 px), {plan.train_steps} training steps at batch {plan.batch_size} per run, "
+        f"{len(plan.seeds)} training seeds per row ({', '.join(map(str, plan.seeds))}); {plan.captions} distinct "
+        f"held-out captions x {plan.samples_per_caption} sample(s), stratified (`cascade.eval.heldout`). "
+        "Cells: mean over training seeds ± standard error; Δ exact: paired (same seed) difference from the "
+        "baseline, * where it is more than two standard errors from zero. Detector scores are balanced over "
+        "the strata. FID / precision / recall: offline random-weight Inception features against real 32-px "
+        "renders of the same captions. NFE: network evaluations per image."),
+        "",
+        f"Reproduce: `{command}`",
+        "",
+        "| row | colour | shape | count | relation | exact | Δ exact | FID | precision | recall | NFE |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        (f"| real renders (32 px) | {real['colour']:.2f} | {real['shape']:.2f} | {real['count']:.2f} | "
+        f"{real['relation']:.2f} | {real['exact']:.2f} | | | | | |"),
+    ]
+    for entry in summary:
+        lines.append(
+            f"| {entry['row']} | " + " | ".join(_cell(entry[c]) for c in ("colour", "shape", "count", "relation", "exact"))
+            + f" | {_delta(entry['delta exact'])} | {_cell(entry['fid'], 1)} | {_cell(entry['precision'])} | "
+            f"{_cell(entry['recall'])} | {entry['nfe']} |"
+        )
+    lines += ["", "Exact match per stratum (mean ± standard error over training seeds):", ""]
+    strata = list(summary[0]["strata"])
+    lines += ["| row | " + " | ".join(strata) + " |", "|---" * (len(strata) + 1) + "|"]
+    for entry in summary:
+        lines.append(f"| {entry['row']} | " + " | ".join(_cell(entry["strata"][s]["exact"]) for s in strata) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def ema_guidance_rows(sigma_rels: tuple[float, ...] = (0.05, 0.10, 0.20),
+                      guidances: tuple[float, ...] = (2.0, 3.0, 5.0)) -> list[Row]:
+    """The post-hoc EMA length x guidance sweep of the baseline's networks (EDM2, Fig. 5 style)."""
+    return [Row(f"EMA sigma_rel {sigma_rel:g}, guidance {guidance:g}", weights=f"phema:{sigma_rel:g}",
+                sampling={**BASE_SAMPLING, "guidance": guidance})
+            for sigma_rel in sigma_rels for guidance in guidances]
+
+
+def run_ablation(out: Path, plan: AblationPlan, threads: int, command: str, console: Console | None = None) -> Path:
+    """Train, sample, score and tabulate every row into `out` (everything resumes); returns the
+    Markdown table's path (`out/ablation.md`, beside `out/ablation.json`)."""
+    console = console or Console()
+    out.mkdir(parents=True, exist_ok=True)
+    console.rule("ablation 1/4: data")
+    data, _ = write_datasets(out, plan.dataset_plan, console)
+    scenes = heldout_scenes(plan.dataset_plan)
+    reference_dir = reference_renders(scenes, out / "reference32", 32)
+    console.rule("ablation 2/4: training (two processes)")
+    runs = training_runs(out, data, plan)
+    ordered = list(runs.values())
+    lanes = [ordered[0::2], ordered[1::2]]
+    train_concurrently([lane for lane in lanes if lane], max(1, threads // 2), console)
+    console.rule("ablation 3/4: sampling and scoring every row")
+    torch.set_num_threads(threads)
+    extractor = build_extractor("random-inception", random_input_size=FEATURE_INPUT_SIZE, device="cpu")
+    reference, _ = reference_statistics(str(reference_dir), extractor, cache_dir=out / "stats", progress=False)
+    real_scores = [ScoredImage(f"{i:05d}.png", scene,
+                               score(np.asarray(open_image(reference_dir / f"{i:05d}.png").convert("RGB")), scene))
+                   for i, scene in enumerate(scenes)]
+    real = {check: value[0] for check, value in stratified_alignment(real_scores, resamples=200)[BALANCED].items()
+            if check in CHECKS}
+    sampled = []
+    main_rows, sweep_rows = rows(), ema_guidance_rows()
+    for index, row in enumerate(main_rows + sweep_rows):
+        for seed in plan.seeds:
+            folder = out / "samples" / f"row{index:02d}" / f"seed{seed}"
+            result = sample_and_score(row, runs[row.training, seed], scenes, folder, plan, reference, extractor)
+            console.print(f"{row.name} seed {seed}: " + ", ".join(f"{k} {v:.2f}" for k, v in result.balanced.items())
+                          + f", FID {result.metrics.get('fid', math.nan):.1f}", markup=False)
+            sampled.append(result)
+    console.rule("ablation 4/4: the table")
+    summary = summarise(sampled, [row.name for row in main_rows])
+    sweep = summarise([s for s in sampled if s.row in {r.name for r in sweep_rows}], [r.name for r in sweep_rows])
+    text = markdown_table(summary, plan, command, real)
+    text += "\nPost-hoc EMA length x guidance (baseline networks, balanced exact / shape, FID):\n\n"
+    text += "| EMA sigma_rel, guidance | exact | shape | count | FID | NFE |\n|---|---|---|---|---|---|\n"
+    for entry in sweep:
+        text += (f"| {entry['row']} | {_cell(entry['exact'])} | {_cell(entry['shape'])} | {_cell(entry['count'])} | "
+                 f"{_cell(entry['fid'], 1)} | {entry['nfe']} |\n")
+    write_text(out / "ablation.json", json.dumps({"plan": asdict(plan), "rows": [asdict(r) for r in main_rows + sweep_rows],
+                                                  "summary": summary, "sweep": sweep, "real": real,
+                                                  "runs": [asdict(s) for s in sampled]}, indent=1, default=str))
+    write_text(out / "ablation.md", text)
+    console.print(text, markup=False)
+    return out / "ablation.md"
