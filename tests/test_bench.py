@@ -241,6 +241,7 @@ def test_gpu_dry_run_measures_or_skips_every_part_and_tables_them(tmp_path):
     by_part = {part: [r for r in records if r["part"] == part] for part in PARTS}
     assert all(by_part.values()), {part: len(rs) for part, rs in by_part.items()}
     for record in records:
+        assert "error" not in record, record
         assert record.get("skipped") is None or record["skipped"].strip(), record
         assert record["device"].startswith("cpu")
 
@@ -377,3 +378,21 @@ def test_diffusers_peer_is_built_to_our_parameter_count_and_layout(config):
     assert all(w % kwargs["norm_num_groups"] == 0 and w % h == 0 for w, h in zip(widths, kwargs["attention_head_dim"]))
     head_sizes = [w // h for w, h in zip(widths, kwargs["attention_head_dim"])]
     assert all(abs(size - ours.config.head_channels) <= ours.config.head_channels / 4 for size in head_sizes), head_sizes
+
+
+def test_a_failing_measurement_is_recorded_and_the_run_goes_on(tmp_path):
+    from cascade.bench.gpu import JSONL_NAME, MARKDOWN_NAME, GpuBench, GpuBenchPlan
+
+    bench = GpuBench(GpuBenchPlan(stages=()), torch.device("cpu"), tmp_path, budget_s=1000.0, echo=lambda line: None)
+
+    def broken() -> dict:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    assert bench.measured("train_step", "sr256", broken) == []
+    bench.budget.charge("largest_batch", 150.0)  # its whole 15% share
+    assert bench.measured("largest_batch", "sr256", lambda: pytest.fail("must not run")) == []
+    failed, skipped = read_jsonl(tmp_path / JSONL_NAME)
+    assert failed["error"].startswith("OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB (test_bench.py:")
+    assert "part largest_batch used 150 s of its 150 s share" in skipped["skipped"]
+    table = (tmp_path / MARKDOWN_NAME).read_text()
+    assert "| train_step | sr256 | failed | OutOfMemoryError" in table and "| largest_batch | sr256 | skipped |" in table

@@ -21,8 +21,8 @@ Parts, in the order they run (each a share of the budget, see `SHARES`):
 
 Every measurement is one JSON line (the records of `cascade.bench.records`, plus `part`); a
 part or measurement that does not run gets a record with `skipped` saying why (budget spent,
-a package missing, a CUDA-only measurement in a dry run). `gpu-bench.md` is the Markdown
-table of them all.
+a package missing, a CUDA-only measurement in a dry run), one that raises a record with
+`error`. `gpu-bench.md` is the Markdown table of them all, rewritten after every record.
 
 The dry run (`--dry-run`: CPU, tiny configs derived from the same stage YAMLs) runs every part
 with the same functions; only torch.compile, a CUDA-only measurement here, is skipped.
@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import gc
 import json
+import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -177,17 +179,22 @@ class GpuBench:
 
     # ------------------------------------------------------------------ bookkeeping
     def record(self, part: str, record: dict) -> None:
+        """Append the record to the JSON lines and rewrite the table (a run cut short by a
+        timeout keeps everything measured so far)."""
         record = {**record, "part": part, **self.environment}
         self.records.append(record)
         append_jsonl([record], self.jsonl)
-        self.echo(f"[{self.budget.elapsed():6.1f} s] {part}: {summary(record)[1]}")
+        self.write_markdown()
+        self.echo(f"[{self.budget.elapsed():6.1f} s] {part}: {' '.join(summary(record)[1:])}")
 
     def skip(self, part: str, what: str, reason: str) -> None:
         self.record(part, {"benchmark": part, "what": what, "skipped": reason})
 
     def measured(self, part: str, what: str, measure: Callable[[], list[dict] | dict]) -> list[dict]:
         """Run one measurement of `part` if the budget allows (else a skip record), charging its
-        time to the part; errors other than bad input become skip records too."""
+        time to the part. A measurement that raises (out of memory, a compiler error, a bug)
+        becomes a record with `error` (its type, message and the line that raised), so one
+        failing part cannot cost the run the others: a GPU run is not repeated lightly."""
         reason = self.budget.refusal(part)
         if reason is not None:
             self.skip(part, what, reason)
@@ -195,8 +202,11 @@ class GpuBench:
         start = time.monotonic()
         try:
             result = measure()
-        except (ImportError, RuntimeError) as error:
-            self.skip(part, what, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+        except Exception as error:  # noqa: BLE001 - recorded, see the docstring
+            where = traceback.extract_tb(error.__traceback__)[-1]
+            message = str(error).splitlines()[0] if str(error) else ""
+            self.record(part, {"benchmark": part, "what": what, "error": f"{type(error).__name__}: {message} "
+                               f"({Path(where.filename).name}:{where.lineno})"})
             return []
         finally:
             self.budget.charge(part, time.monotonic() - start)
@@ -260,11 +270,8 @@ class GpuBench:
     def loader(self) -> list[dict]:
         from .loader import run_loader_benchmark
 
-        try:
-            records = run_loader_benchmark(str(self.out / "loader-shards"), [self.plan.loader_dataset], ["base64"],
-                                           self.plan.loader_samples)
-        except ValueError as error:  # the photos need scikit-image
-            raise RuntimeError(str(error)) from None
+        with tempfile.TemporaryDirectory(prefix="cascade-gpu-bench-") as workdir:
+            records = run_loader_benchmark(workdir, [self.plan.loader_dataset], ["base64"], self.plan.loader_samples)
         base = [r for r in self.records if r.get("benchmark") == "train_step" and r.get("what") == self.plan.stages[0].name
                 and "images_per_s" in r]
         for record in records:
@@ -289,6 +296,7 @@ def train_step_fits(train: TrainStep, batch: int, resolution: int | None, seed: 
     """Whether one train step at `batch` runs (False on torch.OutOfMemoryError), with the same
     stage, optimiser and settings as `train`."""
     out_of_memory = False
+    train.batch = {}  # the previous probe's batch is freed before this one is made
     try:
         train.batch = training_batch(train.stage, batch, resolution, train.settings, seed)
         train.step()
@@ -352,6 +360,8 @@ def summary(record: dict) -> tuple[str, str, str]:
     what = str(record.get("what", record.get("config", "")))
     if record.get("skipped"):
         return what, "skipped", record["skipped"]
+    if record.get("error"):
+        return what, "failed", record["error"]
     kind = record.get("benchmark")
     if kind == "train_step":
         mfu = record.get("mfu")
