@@ -145,6 +145,31 @@ def test_sync_free_ema_is_the_exponential_moving_average_of_the_steps(trained):
     assert int(ema._average_model.n_averaged) == MAX_STEPS
 
 
+def test_super_resolution_text_training_makes_no_host_sync_between_logging_steps():
+    """The SR stage's own work (low-res upsampling, blur augmentation with probability 0.5,
+    noise-conditioning augmentation, text CFG dropout, masked cross-attention) reads nothing."""
+    torch.manual_seed(0)
+    stage = SuperResStage(
+        unet={**UNET, "image_size": 16, "lowres_channels": 3, "use_aug_cond": True, "text_dim": 16,
+              "cross_attention_resolutions": [8]},
+        image_size=16, lowres_size=8, conditioning="text", text_encoder={"kind": "minilm", "max_length": 4},
+        blur={"probability": 0.5, "sigma_min": 0.4, "sigma_max": 0.6, "kernel_size": 3},
+    )
+    generator = torch.Generator().manual_seed(0)
+    batches = [{"image": torch.rand(2, 3, 16, 16, generator=generator) * 2 - 1,
+                "lowres": torch.rand(2, 3, 8, 8, generator=generator) * 2 - 1,
+                "text_tokens": torch.randn(2, 4, 16, generator=generator),
+                "text_mask": torch.tensor([[True, True, False, False], [True] * 4])} for _ in range(6)]
+    with count_host_syncs() as counter:
+        per_step = SyncsPerStep(counter)
+        trainer = pl.Trainer(accelerator="cpu", max_steps=6, log_every_n_steps=LOG_EVERY, logger=False,
+                             enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
+                             limit_val_batches=0, callbacks=[per_step])
+        trainer.fit(stage, torch.utils.data.DataLoader(batches, batch_size=None))
+    assert {step: len(syncs) for step, syncs in per_step.by_step.items()} == {1: 0, 2: 0, 3: 0, 4: 1, 5: 0, 6: 0}
+    assert per_step.by_step[4][0].where.startswith("cascade/stages/diffusion_stage.py:")  # the NaN/inf check
+
+
 @pytest.fixture(scope="module")
 def sampling_stages():
     torch.manual_seed(0)
