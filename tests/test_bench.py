@@ -396,3 +396,14 @@ def test_a_failing_measurement_is_recorded_and_the_run_goes_on(tmp_path):
     assert "part largest_batch used 150 s of its 150 s share" in skipped["skipped"]
     table = (tmp_path / MARKDOWN_NAME).read_text()
     assert "| train_step | sr256 | failed | OutOfMemoryError" in table and "| largest_batch | sr256 | skipped |" in table
+
+
+def test_gpu_command_refuses_what_it_cannot_run(tmp_path, capsys):
+    out = str(tmp_path / "gpu")
+    assert cascade_main(["bench", "gpu", "--device", "cpu", "--out", out]) == 2
+    assert "--device cpu runs only the tiny configs" in capsys.readouterr().out
+    assert cascade_main(["bench", "gpu", "--dry-run", "--budget-s", "0", "--out", out]) == 2
+    assert "--budget-s must be > 0" in capsys.readouterr().out
+    if not torch.cuda.is_available():
+        assert cascade_main(["bench", "gpu", "--out", out]) == 2
+        assert "CUDA is not available" in capsys.readouterr().out
