@@ -304,7 +304,7 @@ def gpu(argv: list[str]) -> int:
         if args.budget_s <= 0:
             raise ValueError(f"--budget-s must be > 0, got {args.budget_s}")
         records = run_gpu_bench(args.out, args.budget_s, device, tiny=args.tiny or args.dry_run,
-                                configs_dir=args.configs_dir, echo=console.print)
+                                configs_dir=args.configs_dir, echo=lambda line: console.print(line, markup=False))
     except (ValueError, FileNotFoundError) as error:
         console.print(f"[red]cascade bench gpu: {error}[/red]")
         return 2
