@@ -103,15 +103,12 @@ def measure_train_step(
     warmup: int,
     iters: int,
     seed: int = 0,
-    statistics: dict | None = None,
 ) -> dict:
-    """The train-step record of an already built stage (`config` names it in the record).
-    `statistics` (FLOPs and attention kernels of an earlier eager run of the same stage and
-    batch) skips counting them again, e.g. for the compiled run after the eager one."""
+    """The train-step record of an already built stage (`config` names it in the record); FLOPs
+    and attention kernels are counted on an eager step before any torch.compile."""
     device = stage.device
     train = prepare_train_step(stage, batch_size, resolution, settings, seed)
-    if statistics is None:
-        statistics = step_statistics(train.step)
+    statistics = step_statistics(train.step)
     settings.apply_compile(stage.unet)
     reset_peak_memory(device)
     timing = measure(train.step, device, warmup, iters)
