@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import time
 
 import pytest
 import torch
@@ -223,3 +224,186 @@ def test_memory_estimate_grows_with_the_batch_and_finds_a_largest_batch(micro_co
     fit = read_jsonl(out)[-1]
     assert fit["benchmark"] == "memory_largest_batch" and fit["batch"] == 3
     assert fit["estimated_peak_gib"] <= budget < fit["next_batch_gib"]
+
+
+def test_gpu_dry_run_measures_or_skips_every_part_and_tables_them(tmp_path):
+    """`cascade bench gpu --dry-run`: every part on CPU with the tiny configs, through the same
+    functions as on a GPU; torch.compile (CUDA only here) and absent peers are recorded skips."""
+    from cascade.bench.gpu import JSONL_NAME, MARKDOWN_NAME, PARTS
+
+    out = tmp_path / "gpu"
+    cpu_start = time.process_time()
+    assert cascade_main(["bench", "gpu", "--dry-run", "--out", str(out)]) == 0
+    cpu_seconds = time.process_time() - cpu_start
+    assert cpu_seconds < 60, cpu_seconds
+
+    records = read_jsonl(out / JSONL_NAME)
+    by_part = {part: [r for r in records if r["part"] == part] for part in PARTS}
+    assert all(by_part.values()), {part: len(rs) for part, rs in by_part.items()}
+    for record in records:
+        assert "error" not in record, record
+        assert record.get("skipped") is None or record["skipped"].strip(), record
+        assert record["device"].startswith("cpu")
+
+    train = {r["what"]: r for r in by_part["train_step"]}
+    assert sorted(train) == ["base64_text", "sr1024", "sr256"]
+    assert [train[name]["resolution"] for name in ("base64_text", "sr256", "sr1024")] == [8, 32, 32]  # sr1024: crops
+    for record in train.values():
+        assert record["images_per_s"] == pytest.approx(record["batch"] / (record["ms_per_step"] / 1000))
+        assert record["achieved_tflops"] == pytest.approx(record["flops_per_step"] / (record["ms_per_step"] / 1000) / 1e12)
+        assert record["mfu"] is None and "no dense bf16 peak known" in record["mfu_note"]
+    assert train["base64_text"]["attention_kernels"] == {"cpu_flash": 8}  # self + cross at the 4x4 level
+
+    for record in by_part["largest_batch"]:
+        assert record["largest_batch"] == 4 and record["capped"] and record["probes"] == ["2:ok", "4:ok"]
+    assert all("CUDA only" in r["skipped"] for r in by_part["train_step_compiled"])
+
+    peers = {r["peer"].split()[0]: r for r in by_part["peer_train_step"]}
+    assert set(peers) == {"imagen-pytorch", "diffusers"}
+    if importlib.util.find_spec("imagen_pytorch") is None:
+        assert "not installed" in peers["imagen-pytorch"]["skipped"]
+    diffusers = peers["diffusers"]
+    assert diffusers["speedup_vs_peer"] == pytest.approx(diffusers["peer_ms"] / diffusers["ours_ms"])
+    assert diffusers["parameters_matched"]
+
+    (cascade,) = by_part["cascade_sampling"]
+    assert cascade["sizes"] == "8 -> 32 -> 128" and cascade["steps"] == "3/2/2"
+    assert cascade["seconds_per_image"] == pytest.approx(cascade["seconds_per_batch"] / 2)
+
+    for loader in by_part["data_loader"]:
+        assert loader["dataset"] == "photos" and loader["base_images_per_s"] == train["base64_text"]["images_per_s"]
+        assert loader["workers_per_device"] == pytest.approx(loader["base_images_per_s"] / loader["samples_per_s_per_worker"])
+
+    table = (out / MARKDOWN_NAME).read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| part")]
+    assert len(rows) == len(records)
+    assert {row.split(" | ")[0].removeprefix("| ") for row in rows} == set(PARTS)
+
+
+def test_largest_batch_search_finds_the_last_batch_that_fits():
+    from cascade.bench.gpu import BudgetSpent, largest_batch
+
+    def memory_limit(limit: int):
+        return lambda batch: batch <= limit
+
+    grows = largest_batch(memory_limit(37), start=8, cap=1024)
+    assert (grows["largest_batch"], grows["first_failing_batch"], grows["capped"]) == (37, 38, False)
+    assert grows["probes"][:4] == ["8:ok", "16:ok", "32:ok", "64:oom"]
+    shrinks = largest_batch(memory_limit(20), start=64, cap=1024)  # the nominal batch itself does not fit
+    assert (shrinks["largest_batch"], shrinks["first_failing_batch"]) == (20, 21)
+    capped = largest_batch(memory_limit(5000), start=64, cap=100)
+    assert (capped["largest_batch"], capped["capped"], capped["probes"][-1]) == (100, True, "100:ok")
+    assert largest_batch(memory_limit(0), start=4, cap=8)["largest_batch"] == 0
+
+    probes = []
+
+    def budget_runs_out(batch: int) -> bool:
+        probes.append(batch)
+        if len(probes) > 2:
+            raise BudgetSpent
+        return True
+
+    stopped = largest_batch(budget_runs_out, start=8, cap=1024)
+    assert stopped["largest_batch"] == 16 and "lower bound" in stopped["stopped"]
+
+
+def test_a_train_step_that_runs_out_of_memory_does_not_fit(micro_configs, monkeypatch):
+    from cascade.bench.gpu import train_step_fits
+    from cascade.bench.stage_inputs import SpeedSettings, load_stage
+    from cascade.bench.train_step import prepare_train_step
+
+    train = prepare_train_step(load_stage(micro_configs["base"], torch.device("cpu")), 1, None, SpeedSettings())
+    real_step = train.step
+
+    def step_with_a_memory_limit():
+        if train.batch["image"].shape[0] > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_step()
+
+    monkeypatch.setattr(train, "step", step_with_a_memory_limit)
+    assert train_step_fits(train, 3, None, seed=0)
+    assert not train_step_fits(train, 4, None, seed=0)
+    assert train.batch == {} and all(p.grad is None for p in train.stage.unet.parameters())
+
+
+def test_budget_refuses_a_part_whose_share_or_the_total_is_spent(monkeypatch):
+    from cascade.bench import gpu
+
+    now = [0.0]
+    monkeypatch.setattr(gpu.time, "monotonic", lambda: now[0])
+    budget = gpu.Budget(total_s=100.0)
+    assert budget.refusal("train_step") is None
+    budget.charge("train_step", 5.0)  # 5 + 5 <= 12: one more 5 s measurement fits the share
+    assert budget.refusal("train_step") is None
+    budget.charge("train_step", 4.0)  # 9 + 5 > 12
+    assert "part train_step used 9 s of its 12 s share (longest 5 s)" in budget.refusal("train_step")
+    assert budget.refusal("cascade_sampling") is None
+    budget.charge("train_step_compiled", 20.0)
+    now[0] = 85.0  # 85 + 20 > 100: the next compiled step would end past the total
+    assert budget.refusal("cascade_sampling") is None
+    assert "85 s of --budget-s 100 elapsed" in budget.refusal("train_step_compiled")
+    now[0] = 100.0
+    assert "100 s of --budget-s 100 elapsed" in budget.refusal("cascade_sampling")
+
+
+ATTENTION_BLOCKS = {  # levels 64, 32, 16, 8; a CrossAttn block where ours has self- or cross-attention
+    "configs/bench/base64_text_small.yaml": ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "configs/base64_text.yaml": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+}
+
+
+@pytest.mark.parametrize("config", sorted(ATTENTION_BLOCKS))
+def test_diffusers_peer_is_built_to_our_parameter_count_and_layout(config):
+    from cascade.bench.peer import (
+        PARAMETER_TOLERANCE,
+        _diffusers_unet,
+        import_diffusers,
+        matched_diffusers_kwargs,
+    )
+    from cascade.nn import count_parameters
+    from cascade.stages.export import build_stage, read_stage_config
+
+    with torch.device("meta"):
+        ours = build_stage(read_stage_config(config)).unet
+    diffusers = import_diffusers()
+    kwargs = matched_diffusers_kwargs(diffusers, ours.config)
+    peer = _diffusers_unet(diffusers, "meta", kwargs)
+    assert abs(count_parameters(peer) / count_parameters(ours) - 1) <= PARAMETER_TOLERANCE
+    assert kwargs["down_block_types"] == ATTENTION_BLOCKS[config]
+    assert kwargs["up_block_types"] == tuple(b.replace("Down", "Up") for b in reversed(ATTENTION_BLOCKS[config]))
+    assert kwargs["layers_per_block"] == tuple(ours.config.res_blocks_per_level)
+    assert kwargs["cross_attention_dim"] == ours.config.text_dim and kwargs["sample_size"] == 64
+    widths = kwargs["block_out_channels"]
+    assert [w / widths[0] for w in widths] == list(ours.config.channel_mults)
+    assert all(w % kwargs["norm_num_groups"] == 0 and w % h == 0 for w, h in zip(widths, kwargs["attention_head_dim"]))
+    head_sizes = [w // h for w, h in zip(widths, kwargs["attention_head_dim"])]
+    assert all(abs(size - ours.config.head_channels) <= ours.config.head_channels / 4 for size in head_sizes), head_sizes
+
+
+def test_a_failing_measurement_is_recorded_and_the_run_goes_on(tmp_path):
+    from cascade.bench.gpu import JSONL_NAME, MARKDOWN_NAME, GpuBench, GpuBenchPlan
+
+    bench = GpuBench(GpuBenchPlan(stages=()), torch.device("cpu"), tmp_path, budget_s=1000.0, echo=lambda line: None)
+
+    def broken() -> dict:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    assert bench.measured("train_step", "sr256", broken) == []
+    bench.budget.charge("largest_batch", 150.0)  # its whole 15% share
+    assert bench.measured("largest_batch", "sr256", lambda: pytest.fail("must not run")) == []
+    failed, skipped = read_jsonl(tmp_path / JSONL_NAME)
+    assert failed["error"].startswith("OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB (test_bench.py:")
+    assert "part largest_batch used 150 s of its 150 s share" in skipped["skipped"]
+    table = (tmp_path / MARKDOWN_NAME).read_text()
+    assert "| train_step | sr256 | failed | OutOfMemoryError" in table and "| largest_batch | sr256 | skipped |" in table
+
+
+def test_gpu_command_refuses_what_it_cannot_run(tmp_path, capsys):
+    out = str(tmp_path / "gpu")
+    assert cascade_main(["bench", "gpu", "--device", "cpu", "--out", out]) == 2
+    assert "--device cpu runs only the tiny configs" in capsys.readouterr().out
+    assert cascade_main(["bench", "gpu", "--dry-run", "--budget-s", "0", "--out", out]) == 2
+    assert "--budget-s must be > 0" in capsys.readouterr().out
+    if not torch.cuda.is_available():
+        assert cascade_main(["bench", "gpu", "--out", out]) == 2
+        assert "CUDA is not available" in capsys.readouterr().out

@@ -1,4 +1,5 @@
-"""Side by side with imagen-pytorch (the optional `bench` extra), in the same process and harness.
+"""Side by side with imagen-pytorch (the optional `bench` extra) and diffusers'
+`UNet2DConditionModel` (a dev dependency), in the same process and harness.
 
 The peer is imagen-pytorch's `Unet` built to match a text-conditional base stage of ours: same
 resolution, levels and channel multipliers, residual blocks per level, self- and
@@ -14,6 +15,15 @@ and memory format:
 - CFG sampling step: one guided denoiser evaluation, ours through `make_denoiser` (conditional
   and null rows in one batched forward), the peer through its `forward_with_cond_scale` (two
   forwards, as imagen-pytorch samples).
+
+diffusers' `UNet2DConditionModel` (the Stable Diffusion / DeepFloyd IF UNet) is matched the same
+way (`matched_diffusers_kwargs`): levels, channel multipliers, residual blocks per level, a
+cross-attention transformer block (self-attention, cross-attention, feed-forward) at each level
+where ours attends, the same head size, text width and norm groups, and the base width whose
+parameter count is closest to ours. It has no learned null condition: CFG dropout zeroes the
+text tokens of the dropped rows. `run_train_step_peers` times our train step and each
+installed peer's interleaved in one process (peers that are not installed get a record saying
+why).
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from ..stages.base_stage import BaseStage
 from ..stages.diffusion_stage import DiffusionStage
 
 from .flops import count_flops
+from .harness import Timing
 from .harness import measure_interleaved
 from .stage_inputs import SpeedSettings, load_stage, random_condition, text_length
 from .train_step import prepare_train_step
@@ -242,3 +253,174 @@ def run_peer_benchmark(
         record("peer_train_step", train, train_flops),
         {**record("peer_cfg_step", sample, sample_flops), "guidance": guidance},
     ]
+
+
+def import_diffusers() -> ModuleType:
+    """The `diffusers` module; PeerUnavailable when it is missing."""
+    try:
+        import diffusers
+    except ImportError as error:
+        raise PeerUnavailable(
+            f"the diffusers peer needs diffusers, which is not installed ({error}). Install it with: pip install diffusers"
+        ) from error
+    return diffusers
+
+
+def _diffusers_unet(diffusers: ModuleType, device: torch.device | str, kwargs: dict) -> torch.nn.Module:
+    with torch.device(device):
+        return diffusers.UNet2DConditionModel(**kwargs)
+
+
+def matched_diffusers_kwargs(diffusers: ModuleType, config: UNetConfig) -> dict:
+    """`UNet2DConditionModel` arguments matching `config` (see the module docstring). The base
+    width is a multiple of 8 (a multiple of our 32 norm groups steps the count by ~30% at 600M
+    parameters); the norm groups are the largest divisor of it up to ours, and each level's heads
+    (diffusers' `attention_head_dim` is the number of heads) the divisor of its width whose head
+    size is closest to ours."""
+    attends = [r in config.attention_resolutions or r in config.cross_attention_resolutions
+               for r in config.level_resolutions]
+    step = 8
+    kwargs = {
+        "sample_size": config.image_size,
+        "in_channels": config.in_channels,
+        "out_channels": config.out_channels,
+        "down_block_types": tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attends),
+        "up_block_types": tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attends)),
+        "mid_block_type": "UNetMidBlock2DCrossAttn" if attends[-1] else "UNetMidBlock2D",
+        "layers_per_block": tuple(config.res_blocks_per_level),
+        "cross_attention_dim": config.text_dim,
+        "dropout": config.dropout,
+    }
+
+    def with_width(k: int) -> dict:
+        widths = tuple(step * k * m for m in config.channel_mults)
+        groups = max(g for g in range(1, config.norm_groups + 1) if widths[0] % g == 0)
+        return {**kwargs, "block_out_channels": widths, "norm_num_groups": groups,
+                "attention_head_dim": tuple(_heads(w, config.head_channels) for w in widths)}
+
+    with torch.device("meta"):
+        target = count_parameters(UNet(config))
+
+    def count(k: int) -> int:
+        return count_parameters(_diffusers_unet(diffusers, "meta", with_width(k)))
+
+    low, high = 1, max(2, 4 * config.base_channels // step)
+    while low < high:
+        middle = (low + high) // 2
+        if count(middle) < target:
+            low = middle + 1
+        else:
+            high = middle
+    candidates = [k for k in (low - 1, low) if k >= 1]
+    return with_width(min(candidates, key=lambda k: abs(count(k) - target)))
+
+
+def _heads(width: int, head_channels: int) -> int:
+    """The number of heads that divides `width` with a head size closest to `head_channels`."""
+    return min((h for h in range(1, width + 1) if width % h == 0), key=lambda h: abs(width / h - head_channels))
+
+
+class DiffusersPeer:
+    """diffusers' UNet2DConditionModel with a fused AdamW, fed the same batch as our stage."""
+
+    def __init__(self, diffusers: ModuleType, kwargs: dict, stage: DiffusionStage, settings: SpeedSettings):
+        self.unet = _diffusers_unet(diffusers, stage.device, kwargs)
+        settings.apply_memory_format(self.unet)
+        self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=stage.optimizer_config.lr, fused=True)
+        self.stage = stage
+        self.settings = settings
+
+    def train_step(self, batch: dict) -> torch.Tensor:
+        """One optimiser step: the same t, q_sample and loss as ours, timestep 1000 t, the text
+        tokens of a p_uncond share of the rows zeroed (CFG dropout)."""
+        stage, x0 = self.stage, batch["image"]
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.settings.autocast(x0.device):
+            t = torch.rand(x0.shape[0], device=x0.device)
+            noise = torch.randn_like(x0)
+            x_t = q_sample(x0, t, stage.schedule, noise)
+            dropped = torch.rand(x0.shape[0], device=x0.device) < stage.p_uncond
+            tokens = batch["text_tokens"].masked_fill(dropped[:, None, None], 0.0)
+            prediction = self.unet(x_t, 1000.0 * t, encoder_hidden_states=tokens,
+                                   encoder_attention_mask=batch["text_mask"], return_dict=False)[0]
+            loss = diffusion_loss(
+                prediction, x0, noise, t, stage.schedule, stage.target, stage.loss_weighting, stage.min_snr_gamma
+            ).mean()
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+
+PEERS = ("imagen-pytorch", "diffusers")
+
+
+def _build_peer(name: str, stage: DiffusionStage, settings: SpeedSettings, seed: int) -> tuple[object, dict, str]:
+    """(peer model, its constructor arguments, "package version"); PeerUnavailable if absent."""
+    config = stage.unet.config
+    if name == "imagen-pytorch":
+        imagen = import_imagen()
+        kwargs = matched_imagen_kwargs(imagen, config, text_length(stage))
+        torch.manual_seed(seed)
+        return PeerModel(imagen, kwargs, stage, settings), kwargs, f"imagen-pytorch {imagen.__version__}"
+    if name == "diffusers":
+        diffusers = import_diffusers()
+        kwargs = matched_diffusers_kwargs(diffusers, config)
+        torch.manual_seed(seed)
+        return DiffusersPeer(diffusers, kwargs, stage, settings), kwargs, f"diffusers {diffusers.__version__}"
+    raise ValueError(f"unknown peer {name!r}; choose from {PEERS}")
+
+
+def run_train_step_peers(
+    config: str | Path,
+    device: torch.device,
+    settings: SpeedSettings,
+    batch_size: int,
+    warmup: int,
+    iters: int,
+    seed: int = 0,
+    peers: tuple[str, ...] = PEERS,
+) -> list[dict]:
+    """Our train step and each peer's on the same batch, timed interleaved (ours, peer 1, peer
+    2, ours, ...): one "peer_train_step" record per peer, with `skipped` set for a peer whose
+    package is not installed."""
+    stage = load_stage(config, device, seed)
+    if not (isinstance(stage, BaseStage) and stage.conditioning == "text"):
+        raise ValueError(f"{config}: the peer comparison needs a text-conditional base stage")
+    ours = prepare_train_step(stage, batch_size, None, settings, seed)
+    common = {"benchmark": "peer_train_step", "config": str(config), "batch": batch_size,
+              "resolution": stage.image_size, "text_tokens": text_length(stage), **settings.describe(),
+              "ours_parameters_m": count_parameters(stage.unet) / 1e6}
+    fns, built, records = {"ours": ours.step}, {}, {}
+    for name in peers:
+        try:
+            model, kwargs, version = _build_peer(name, stage, settings, seed)
+        except PeerUnavailable as error:
+            records[name] = {**common, "peer": name, "skipped": str(error)}
+            continue
+        built[name] = (model, kwargs, version)
+        fns[name] = lambda model=model: model.train_step(ours.batch)
+    if built:
+        flops = {name: count_flops(fn) for name, fn in fns.items()}
+        timings = measure_interleaved(fns, device, warmup, iters)
+        for name, (model, kwargs, version) in built.items():
+            records[name] = {**common, **_peer_fields(timings["ours"], timings[name], flops["ours"], flops[name]),
+                             "peer": version,
+                             "peer_parameters_m": count_parameters(model.unet) / 1e6,
+                             "parameters_matched": abs(count_parameters(model.unet) / count_parameters(stage.unet) - 1)
+                             <= PARAMETER_TOLERANCE,
+                             "peer_unet_kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()},
+                             "warmup": warmup, "iters": iters}
+    return [records[name] for name in peers]
+
+
+def _peer_fields(ours: Timing, peer: Timing, ours_flops: int, peer_flops: int) -> dict:
+    return {
+        "ours_ms": ours.median_ms,
+        "peer_ms": peer.median_ms,
+        "ours_ms_all": [round(x, 3) for x in ours.times_ms],
+        "peer_ms_all": [round(x, 3) for x in peer.times_ms],
+        "speedup_vs_peer": peer.median_ms / ours.median_ms,
+        "speedup_per_round_median": statistics.median(p / o for o, p in zip(ours.times_ms, peer.times_ms)),
+        "ours_gflops": ours_flops / 1e9,
+        "peer_gflops": peer_flops / 1e9,
+    }

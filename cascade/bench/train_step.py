@@ -22,6 +22,7 @@ from ..stages.optim import build_adamw
 from .flops import count_flops, device_peak, mfu
 from .harness import Timing, measure, peak_memory, reset_peak_memory
 from .kernels import attention_kernels
+from .records import device_name
 from .stage_inputs import SpeedSettings, load_stage, training_batch, without_trainer_warnings
 
 
@@ -73,6 +74,8 @@ def throughput_fields(timing: Timing, batch_size: int, flops: int, device: torch
         "achieved_tflops": flops / (ms / 1000.0) / 1e12,
         "peak_bf16_tflops": None if peak is None else peak[1],
         "mfu": None if peak is None else mfu(flops, ms, peak[1]),
+        "mfu_note": f"against the {peak[0]} dense bf16 peak" if peak else (
+            f"MFU omitted: no dense bf16 peak known for {device_name(device)} (cascade.bench.flops.BF16_PEAK_TFLOPS)"),
     }
 
 
@@ -88,6 +91,22 @@ def run_train_benchmark(
 ) -> dict:
     """Time the train step of one stage config and return its record."""
     stage = load_stage(config, device, seed)
+    return measure_train_step(stage, str(config), settings, batch_size, resolution, warmup, iters, seed)
+
+
+def measure_train_step(
+    stage: DiffusionStage,
+    config: str,
+    settings: SpeedSettings,
+    batch_size: int,
+    resolution: int | None,
+    warmup: int,
+    iters: int,
+    seed: int = 0,
+) -> dict:
+    """The train-step record of an already built stage (`config` names it in the record); FLOPs
+    and attention kernels are counted on an eager step before any torch.compile."""
+    device = stage.device
     train = prepare_train_step(stage, batch_size, resolution, settings, seed)
     statistics = step_statistics(train.step)
     settings.apply_compile(stage.unet)
@@ -96,7 +115,7 @@ def run_train_benchmark(
     memory, memory_kind = peak_memory(device)
     return {
         "benchmark": "train_step",
-        "config": str(config),
+        "config": config,
         "stage": type(stage).__name__,
         "parameters_m": count_parameters(stage.unet) / 1e6,
         "batch": batch_size,
@@ -104,6 +123,7 @@ def run_train_benchmark(
         **settings.describe(),
         **throughput_fields(timing, batch_size, statistics["flops_per_step"], device),
         "gflops_per_step": statistics["flops_per_step"] / 1e9,
+        "flops_per_step": statistics["flops_per_step"],
         "attention_kernels": statistics["attention_kernels"],
         "peak_memory_mib": memory,
         "peak_memory_kind": memory_kind,

@@ -46,6 +46,7 @@ COMMANDS = Group(
                 "peer": Command("cascade.cli.bench:peer", "our train and CFG steps against imagen-pytorch's"),
                 "memory": Command("cascade.cli.bench:memory", "ESTIMATE peak memory with fake tensors"),
                 "all": Command("cascade.cli.bench:run_all", "every benchmark with one set of options"),
+                "gpu": Command("cascade.cli.bench:gpu", "the one prepared GPU run within a wall budget (--dry-run: CPU)"),
             },
         ),
         "data": Group(

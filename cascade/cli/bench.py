@@ -8,6 +8,8 @@
     cascade bench all --base configs/demo/base.yaml --sr configs/demo/sr1.yaml configs/demo/sr2.yaml
     cascade bench memory configs/sr1024.yaml --mode sample --batch 8 --resolution 1024
     cascade bench memory configs/sr1024.yaml --mode train --resolution 256 --fit-gib 80
+    cascade bench gpu --out gpu-bench/                    # the one prepared GPU run (cascade.bench.gpu)
+    cascade bench gpu --dry-run --out /tmp/gpu-dry-run    # the same parts on CPU, tiny configs, seconds
 
 Every command times with one harness (warm-up calls, then the median of --iters calls,
 CUDA-synchronised), prints a table and appends one JSON line per result to --jsonl.
@@ -274,3 +276,37 @@ def run_all(argv: list[str]) -> int:
             run.loader()
 
     return _run(args, every)
+
+
+def gpu(argv: list[str]) -> int:
+    """`cascade bench gpu [--out DIR] [--budget-s S] [--dry-run | --device cpu --tiny]`."""
+    parser = argparse.ArgumentParser(
+        prog="cascade bench gpu",
+        description="Every GPU figure in one run within a wall budget: bf16 train steps (eager and compiled, MFU, "
+                    "attention kernels), largest batches, peers, the cascade, the loader (cascade.bench.gpu).")
+    parser.add_argument("--out", default="gpu-bench", help="folder for gpu-bench.jsonl and gpu-bench.md")
+    parser.add_argument("--budget-s", type=float, default=480.0, help="wall-clock budget of the measurements (s)")
+    parser.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu (with --tiny)")
+    parser.add_argument("--tiny", action="store_true", help="tiny configs derived from the same stage YAMLs")
+    parser.add_argument("--dry-run", action="store_true", help="= --device cpu --tiny: every part in seconds")
+    parser.add_argument("--configs-dir", help="folder with base64_text.yaml, sr256.yaml, sr1024.yaml (default: shipped)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    args = parser.parse_args(argv)
+    console = Console(width=200) if not Console().is_terminal else Console()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from ..bench.gpu import JSONL_NAME, MARKDOWN_NAME, run_gpu_bench
+
+    try:
+        device = torch.device("cpu") if args.dry_run else _device(args.device)
+        if device.type == "cpu" and not (args.tiny or args.dry_run):
+            raise ValueError("--device cpu runs only the tiny configs: add --tiny (or use --dry-run)")
+        if args.budget_s <= 0:
+            raise ValueError(f"--budget-s must be > 0, got {args.budget_s}")
+        records = run_gpu_bench(args.out, args.budget_s, device, tiny=args.tiny or args.dry_run,
+                                configs_dir=args.configs_dir, echo=lambda line: console.print(line, markup=False))
+    except (ValueError, FileNotFoundError) as error:
+        console.print(f"[red]cascade bench gpu: {error}[/red]")
+        return 2
+    console.print(f"{len(records)} record(s) in {args.out}/{JSONL_NAME}; table in {args.out}/{MARKDOWN_NAME}")
+    return 0

@@ -265,7 +265,29 @@ class StepProgressBar(RichProgressBar):
     Lightning's own bar counts the batches of the current epoch against the steps that were left
     when the epoch started: on an endless stream the whole run is one epoch, so a run resumed at
     step 151 of 200 read `200/49` by its end.
+
+    The bar shows `train/loss` (logged without `prog_bar=True`: Lightning turns every progress-bar
+    value into a Python number after every batch, a host sync per step that stalls the GPU's
+    queue), read from the device only on the steps the loggers record (every
+    `trainer.log_every_n_steps`) and outside training; between them it shows the last value read.
     """
+
+    SHOWN_TRAINING_METRICS = ("train/loss",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._shown_metrics: dict[str, Any] = {}
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        every = trainer.log_every_n_steps
+        if not trainer.training or (every > 0 and trainer.global_step % every == 0):
+            shown = super().get_metrics(trainer, pl_module)
+            logged = trainer.callback_metrics
+            for key in self.SHOWN_TRAINING_METRICS:
+                if key in logged:
+                    shown[key] = float(logged[key])
+            self._shown_metrics = shown
+        return self._shown_metrics
 
     @property
     def total_train_batches(self) -> int | float:

@@ -289,7 +289,9 @@ class DiffusionStage(pl.LightningModule):
         t = torch.rand(batch_size, device=x0.device)
         noise = torch.randn_like(x0)
         loss = self.per_sample_loss(x0, t, noise, condition, image_inputs).mean()
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        # Not prog_bar=True: Lightning reads every progress-bar value to the host after every
+        # batch (a sync per step); StepProgressBar shows this value on the logging steps.
+        self.log("train/loss", loss, batch_size=batch_size)
         if "skipped" in batch and (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             # each rank's cumulative counts, summed over ranks; synced only on the steps the loggers record
             counts = {f"data/{key}": batch[key].max().float() for key in ("skipped", "shard_errors") if key in batch}

@@ -10,7 +10,11 @@ training wants on top of `EMAWeightAveraging`:
   diffusion code bases), so short runs are not dominated by the initial weights;
 - the averaging as one fused `torch._foreach_lerp_` per device and dtype, instead of a Python
   loop over parameters;
-- the current decay logged as `ema/decay`.
+- the current decay logged as `ema/decay`;
+- no host sync: `AveragedModel.update_parameters` reads its update count twice per update
+  (`n_averaged == 0`, `n_averaged > 0`) to copy rather than average on the first update; here
+  the host knows which update is the first, so a training step never waits for the GPU
+  (`tests/test_host_syncs.py` counts this).
 """
 
 from __future__ import annotations
@@ -61,9 +65,27 @@ class EMA(WeightAveraging):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        # WeightAveraging.on_train_batch_end with the sync-free update below instead of
+        # AveragedModel.update_parameters (same rule for when to update).
         self._current_decay = self.decay_at(trainer.global_step)
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if trainer.global_step > self._latest_update_step and self.should_update(step_idx=trainer.global_step - 1):
+            self._update_average(pl_module)
+            self._latest_update_step = trainer.global_step
         pl_module.log("ema/decay", self._current_decay)
+
+    def _update_average(self, pl_module: pl.LightningModule) -> None:
+        """One EMA update of the averaged copy towards `pl_module` (parameters and buffers). The
+        first update copies; which one is first is known on the host (`_latest_update_step`, 0
+        until the first update, is part of the callback's checkpointed state)."""
+        average = self._average_model
+        averaged = [a.detach() for a in [*average.module.parameters(), *average.module.buffers()]]
+        current = [c.detach() for c in [*pl_module.parameters(), *pl_module.buffers()]]
+        current = [c.to(a.device) for a, c in zip(averaged, current)]
+        if self._latest_update_step == 0:
+            torch._foreach_copy_(averaged, current)
+        else:
+            self._lerp_towards_current(averaged, current, average.n_averaged)
+        average.n_averaged += 1
 
     def _lerp_towards_current(
         self, averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor
