@@ -184,7 +184,8 @@ def test_guidance_interval_guides_exactly_the_steps_whose_log_snr_lies_in_it():
     inside = [(interval[0] <= value <= interval[1]) for value in stage.schedule.log_snr(times).tolist()]
     assert 0 < sum(inside) < steps, "the interval must cut the grid for this test to mean anything"
     calls = RecordUNetCalls(stage)
-    stage.generate(condition, settings=SamplingSettings("ddim", steps, 3.0, guidance_interval=interval),
+    stage.generate(condition, settings=SamplingSettings("ddim", steps, 3.0, guidance_interval=interval,
+                                                         time_grid="uniform_t"),
                    generator=torch.Generator().manual_seed(0))
     assert rows_per_call(calls) == [6 if guided else 3 for guided in inside]
     torch.testing.assert_close(torch.stack([call["noise_cond"][0] for call in calls.calls]), 1000 * times)

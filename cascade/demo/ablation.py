@@ -72,7 +72,7 @@ class Row:
 @dataclass(frozen=True)
 class AblationPlan:
     seeds: tuple[int, ...] = (0, 1, 2)
-    train_steps: int = 1200
+    train_steps: int = 800
     train_images: int = 6000
     captions: int = 256
     samples_per_caption: int = 1
@@ -83,7 +83,7 @@ class AblationPlan:
     @property
     def dataset_plan(self) -> DemoPlan:
         return DemoPlan(train_images=self.train_images, val_images=128, heldout_captions=self.captions,
-                        samples_per_caption=self.samples_per_caption)
+                        samples_per_caption=self.samples_per_caption, sweep_captions=1)
 
 
 FAST_ABLATION = AblationPlan(seeds=(0, 1), train_steps=16, train_images=128, captions=10, snapshots=4,
@@ -94,7 +94,7 @@ TRAININGS: dict[str, tuple[str, ...]] = {
     "min_snr": (),
     "sigmoid": ("--model.init_args.loss_weighting", "sigmoid"),
 }
-BASE_SAMPLING = {"sampler": "dpmpp_2m", "steps": 25, "guidance": 3.0, "time_grid": "uniform_t"}
+BASE_SAMPLING = {"sampler": "dpmpp_2m", "steps": 20, "guidance": 3.0, "time_grid": "uniform_t"}
 
 
 def rows() -> list[Row]:
@@ -174,7 +174,7 @@ def weights_path(run: StageRun, spec: str, plan: AblationPlan) -> Path:
         raise ValueError(f"weights: expected 'ema' or 'phema:SIGMA_REL[@FRACTION]', got {spec!r}")
     sigma_rel, _, fraction = value.partition("@")
     step = round(plan.train_steps * float(fraction)) if fraction else None
-    out = run.run_dir / "posthoc" / f"sigma_rel={float(sigma_rel):g}" + ("" if step is None else f"@{step}")
+    out = run.run_dir / "posthoc" / (f"sigma_rel={float(sigma_rel):g}" + ("" if step is None else f"@{step}"))
     if not (out / "config.yaml").exists():
         reconstruct(run.run_dir / SNAPSHOT_DIR, float(sigma_rel), step=step, out=out)
     return out
@@ -315,8 +315,8 @@ def markdown_table(summary: list[dict[str, Any]], plan: AblationPlan, command: s
     return "\n".join(lines) + "\n"
 
 
-def ema_guidance_rows(sigma_rels: tuple[float, ...] = (0.05, 0.10, 0.20),
-                      guidances: tuple[float, ...] = (2.0, 3.0, 5.0)) -> list[Row]:
+def ema_guidance_rows(sigma_rels: tuple[float, ...] = (0.05, 0.20),
+                      guidances: tuple[float, ...] = (2.0, 5.0)) -> list[Row]:
     """The post-hoc EMA length x guidance sweep of the baseline's networks (EDM2, Fig. 5 style)."""
     return [Row(f"EMA sigma_rel {sigma_rel:g}, guidance {guidance:g}", weights=f"phema:{sigma_rel:g}",
                 sampling={**BASE_SAMPLING, "guidance": guidance})
