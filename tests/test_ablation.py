@@ -1,0 +1,122 @@
+"""`cascade ablation`: its statistics, its cost accounting and its command line."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cascade.cli import main
+from cascade.demo.ablation import (
+    CHECKS,
+    AblationPlan,
+    Row,
+    Sampled,
+    function_evaluations_per_image,
+    markdown_table,
+    mean_and_standard_error,
+    rows,
+    summarise,
+    weights_path,
+)
+from cascade.demo.training import StageRun
+from cascade.diffusion import in_guidance_interval, time_grid
+from cascade.pipeline import Cascade
+from cascade.stages import BaseStage
+from cascade.stages.config import SamplingSettings
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_mean_and_standard_error_are_the_sample_mean_and_std_over_sqrt_n():
+    mean, error = mean_and_standard_error([1.0, 2.0, 4.0])
+    assert mean == pytest.approx(7 / 3)
+    variance = sum((v - 7 / 3) ** 2 for v in (1.0, 2.0, 4.0)) / 2
+    assert error == pytest.approx(math.sqrt(variance / 3))
+    assert mean_and_standard_error([0.5]) == (0.5, 0.0)
+    assert all(math.isnan(v) for v in mean_and_standard_error([math.nan]))
+
+
+def scored(row: str, seed: int, exact: float) -> Sampled:
+    balanced = {check: exact for check in CHECKS}
+    return Sampled(row, seed, "", 40, balanced, {"1 object": balanced}, {"fid": 10.0 + seed})
+
+
+def test_a_rows_difference_from_the_baseline_is_paired_by_training_seed():
+    """Seed-to-seed spread shared by both rows cancels: the change below is +0.1 on every seed, so
+    its difference has no error although each row's own mean spreads widely over seeds."""
+    sampled = [scored("base", s, e) for s, e in ((0, 0.2), (1, 0.5), (2, 0.8))]
+    sampled += [scored("new", s, e + 0.1) for s, e in ((0, 0.2), (1, 0.5), (2, 0.8))]
+    summary = summarise(sampled, ["base", "new"])
+    assert summary[1]["exact"][0] == pytest.approx(0.6)
+    assert summary[1]["exact"][1] == pytest.approx(0.3 / math.sqrt(3))
+    assert summary[1]["delta exact"] == (pytest.approx(0.1), pytest.approx(0.0, abs=1e-12))
+    assert summary[0]["fid"] == (pytest.approx(11.0), pytest.approx(1 / math.sqrt(3)))
+
+
+def test_the_table_marks_differences_beyond_two_standard_errors_and_names_its_command():
+    sampled = [scored("base", s, 0.2) for s in range(3)] + [scored("big", s, 0.4 + 0.01 * s) for s in range(3)]
+    sampled += [scored("noise", s, 0.2 + (0.1 if s == 0 else -0.05)) for s in range(3)]
+    summary = summarise(sampled, ["base", "big", "noise"])
+    text = markdown_table(summary, AblationPlan(), "cascade ablation --out X",
+                          {check: 1.0 for check in CHECKS})
+    lines = {}  # the first table (the per-stratum table below it repeats the row names)
+    for line in text.splitlines():
+        if line.startswith("| "):
+            lines.setdefault(line.split(" | ")[0].strip("| "), line)
+    assert "+0.21 ± 0.01 *" in lines["big"]
+    assert "*" not in lines["noise"]  # +0.00 +- 0.05: inside two standard errors
+    assert "cascade ablation --out X" in text
+
+
+def test_every_row_differs_from_the_baseline_in_what_its_name_says():
+    baseline, sigmoid, grid, interval, autoguidance, posthoc, together = rows()
+    assert sigmoid.training == "sigmoid" and sigmoid.sampling == baseline.sampling
+    assert grid.sampling["time_grid"] != baseline.sampling["time_grid"]
+    assert interval.sampling["guidance_interval"] is not None and "guidance_interval" not in baseline.sampling
+    assert autoguidance.guide is not None and baseline.guide is None
+    assert posthoc.weights.startswith("phema:") and baseline.weights == "ema"
+    assert (together.training, together.weights, together.guide) == (sigmoid.training, posthoc.weights,
+                                                                       autoguidance.guide)
+    for row in (baseline, grid, interval, autoguidance, posthoc):
+        assert row.training == "min_snr"
+
+
+def test_function_evaluations_count_two_per_guided_step_and_one_per_unguided():
+    stage = BaseStage(unet={"image_size": 16, "base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
+                            "attention_resolutions": [], "norm_groups": 4, "num_classes": 3},
+                      image_size=16, conditioning="class")
+    plain = SamplingSettings("dpmpp_2m", 10, 1.0, time_grid="log_snr")
+    assert function_evaluations_per_image(Cascade([stage], [plain])) == 10
+    assert function_evaluations_per_image(Cascade([stage], [plain.updated(guidance=3.0)])) == 20
+    interval = (-2.0, 3.0)
+    times = time_grid(stage.schedule, 10, "log_snr")[:-1].float()
+    inside = int(in_guidance_interval(stage.schedule.log_snr_unchecked(times), interval).sum())
+    assert 0 < inside < 10
+    with_interval = plain.updated(guidance=3.0, guidance_interval=interval)
+    assert function_evaluations_per_image(Cascade([stage], [with_interval])) == 10 + inside
+    heun = SamplingSettings("heun", 6, 3.0)
+    assert function_evaluations_per_image(Cascade([stage], [heun])) == 2 * (2 * 6 - 1)
+
+
+def test_a_row_naming_unknown_weights_is_refused(tmp_path):
+    run = StageRun("min_snr-seed0", tmp_path / "base.yaml", tmp_path / "run", 8, ())
+    with pytest.raises(ValueError, match="weights: expected 'ema' or 'phema"):
+        weights_path(run, "swa:0.1", AblationPlan())
+    assert weights_path(run, "ema", AblationPlan()) == run.last_checkpoint
+    assert isinstance(Row("x").sampling, dict)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--train-steps", "801"], "--train-steps: must be a multiple of 8"),
+    (["--seeds", "0,a"], "--seeds: expected comma-separated integers"),
+    (["--captions", "0"], "--captions: must be >= 1"),
+])
+def test_bad_flags_are_refused_naming_the_flag_before_anything_runs(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ablation", "--out", str(tmp_path / "out"), *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert torch.get_num_threads() >= 1
