@@ -94,7 +94,7 @@ def test_an_old_style_stage_config_still_builds_and_is_stored_with_todays_keys()
     stored = sr.stage_config()["init_args"]
     assert stored["sampling"] == {"sampler": "ddim", "steps": 7, "guidance": 1.0, "dynamic_threshold": 0.995,
                                   "aug_level": 0.2, "time_grid": None, "guidance_interval": None,
-                                  "guide": None}  # fmt: skip
+                                  "guide": None, "start_log_snr": None}  # fmt: skip
     assert "aug_level" not in stored  # stored once, in sampling
     assert build_stage(sr.stage_config()).sampling == sr.sampling
 

@@ -130,3 +130,43 @@ def test_one_generator_per_row_makes_each_image_independent_of_its_batch():
     together = stage.generate(lowres=lowres, generator=generators([7, 8, 9]))
     alone = stage.generate(lowres=lowres[1:2], generator=generators([8]))
     torch.testing.assert_close(together[1:2], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_sampling_started_at_a_log_snr_begins_from_the_noised_upsampled_lowres_and_spans_the_rest():
+    """SDEdit (Meng et al. 2022): x_{t_s} = alpha_s up(lowres) + sigma_s eps at t_s = t(lambda_s);
+    every step lies in [0, t_s], uniform in log-SNR from lambda_s on the log_snr grid."""
+    from cascade.diffusion import time_grid
+
+    stage = sr_stage(noise_cond="log_snr").eval()
+    calls, forward = [], stage.unet.forward
+
+    def recording_forward(x_t, noise_cond, **kwargs):
+        calls.append({"x_t": x_t.clone(), "noise_cond": noise_cond.clone()})
+        return forward(x_t, noise_cond, **kwargs)
+
+    stage.unet.forward = recording_forward
+    lowres = torch.rand(2, 3, 8, 8) * 2 - 1
+    eps = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    start = 4.0
+    settings = SamplingSettings("dpmpp_2m", 5, time_grid="log_snr", start_log_snr=start)
+    stage.generate(lowres=lowres, settings=settings, x_T=eps.clone())
+    assert len(calls) == 5
+    log_snrs = torch.stack([call["noise_cond"][0] for call in calls])  # noise_cond log_snr: lambda(t_i)
+    torch.testing.assert_close(log_snrs[0], torch.tensor(start), atol=1e-4, rtol=0)
+    assert bool((log_snrs[1:] > log_snrs[:-1]).all())
+    t_start = float(stage.schedule.t_from_log_snr(torch.tensor([start], dtype=torch.float64)))
+    expected = stage.schedule.log_snr_unchecked(time_grid(stage.schedule, 5, "log_snr", t_start)[:-1].float())
+    torch.testing.assert_close(log_snrs, expected)
+    upsampled = stage.upsample_lowres(lowres)
+    alpha, sigma = alpha_from_log_snr(torch.tensor(start)), sigma_from_log_snr(torch.tensor(start))
+    torch.testing.assert_close(calls[0]["x_t"], alpha * upsampled + sigma * eps, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("value", "message"), [(100.0, "log_snr must lie in"), (float("nan"), "finite log-SNR"),
+                                                ("high", "finite log-SNR")])
+def test_a_start_log_snr_outside_the_schedule_is_refused_naming_the_key(value, message):
+    from cascade.stages import StageConfigError
+
+    stage = sr_stage().eval()
+    with pytest.raises(StageConfigError, match=f"sampling.start_log_snr: .*{message}"):
+        stage.generate(lowres=torch.zeros(1, 3, 8, 8), settings=SamplingSettings(steps=2).updated(start_log_snr=value))

@@ -54,6 +54,8 @@ SETTING_TYPES = {
     "aug_level": float,
     "guidance_interval": read_interval,
     "guide": lambda text: None if text.lower() in OFF else text,
+    "start_log_snr": lambda text: None if text.lower() in OFF else float(text),
+    "time_grid": lambda text: None if text.lower() in OFF else text,
 }
 
 
@@ -215,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="base seed; each image's seed derives from it, its condition and its index")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N conditions")
     for flag, help_ in (
-        ("sampler", "ddpm, ddim or dpmpp_2m"),
+        ("sampler", "ddpm, ddim, dpmpp_2m, heun or dpmpp_3m_sde"),
+        ("time-grid", "uniform_t, log_snr or karras, or 'off' (the sampler's default)"),
         ("steps", "denoising steps"),
         ("guidance", "classifier-free guidance scale (1 = plain conditional)"),
         ("dynamic-threshold", "dynamic-thresholding percentile, or 'off' for static clipping"),
@@ -224,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "--guidance-interval=-2:3), or 'off' (every step)")),
         ("guide", ("autoguidance: a weaker model of the stage (.ckpt or export dir) in place of the "
                    "unconditional prediction, or 'off'")),
+        ("start-log-snr", ("SR stages: start from the upsampled low-res noised to this log-SNR (SDEdit), "
+                           "or 'off' (pure noise)")),
     ):
         parser.add_argument(f"--{flag}", default=None,
                             help=f"{help_}: one value, or one per stage (comma list); default: each stage's own")

@@ -41,21 +41,25 @@ def check_grid(grid: str, name: str = "grid") -> None:
         raise ValueError(f"{name} must be one of {GRIDS}, got {grid!r}")
 
 
-def time_grid(schedule: NoiseSchedule, steps: int, grid: str) -> torch.Tensor:
-    """The float64 times t_0 = 1 > ... > t_steps = 0 (shape (steps + 1,)) of `grid` in GRIDS.
+def time_grid(schedule: NoiseSchedule, steps: int, grid: str, t_start: float = 1.0) -> torch.Tensor:
+    """The float64 times t_0 = t_start > ... > t_steps = 0 (shape (steps + 1,)) of `grid` in GRIDS.
 
-    The first point is exactly 1 and the last exactly 0. For "log_snr" and "karras" the points
-    in between are spaced in lambda or sigma = exp(-lambda / 2) and mapped back to t with
-    `NoiseSchedule.t_from_log_snr`.
+    The first point is exactly `t_start` (1: from pure noise; less: a reverse process started
+    from data noised to t_start, as SDEdit, Meng et al. 2022) and the last exactly 0. For
+    "log_snr" and "karras" the points in between are spaced in lambda or sigma = exp(-lambda / 2)
+    from lambda(t_start) and mapped back to t with `NoiseSchedule.t_from_log_snr`.
     """
     check_grid(grid)
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    t_min = grid_t_min(schedule)
+    if not (isinstance(t_start, (int, float)) and not isinstance(t_start, bool) and t_min < t_start <= 1.0):
+        raise ValueError(f"t_start must be in ({t_min:g}, 1], got {t_start!r}")
     if grid == "uniform_t":
-        times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+        times = torch.linspace(float(t_start), 0.0, steps + 1, dtype=torch.float64)
         times[-1] = 0.0
         return times
-    ends = schedule.log_snr_float64(torch.tensor([1.0, grid_t_min(schedule)]))
+    ends = schedule.log_snr_float64(torch.tensor([float(t_start), t_min]))
     lambda_noisiest, lambda_cleanest = ends[0], ends[1]
     ramp = torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
     if grid == "log_snr":
@@ -69,5 +73,5 @@ def time_grid(schedule: NoiseSchedule, steps: int, grid: str) -> torch.Tensor:
         log_snrs = -2.0 * torch.log(sigmas)
     log_snrs = log_snrs.clamp(min=lambda_noisiest, max=lambda_cleanest)  # rounding at the ends
     times = torch.cat([schedule.t_from_log_snr(log_snrs), torch.zeros(1, dtype=torch.float64)])
-    times[0] = 1.0
+    times[0] = float(t_start)
     return times

@@ -87,6 +87,7 @@ def sample(
     churn_sigma_min: float = 0.0,
     churn_sigma_max: float = math.inf,
     churn_noise: float = 1.0,
+    t_start: float = 1.0,
 ) -> torch.Tensor:
     """Draw samples of `shape` by integrating the reverse process over `steps` grid steps
     (`function_evaluations(sampler, steps)` denoiser calls).
@@ -101,7 +102,9 @@ def sample(
     generator: seeds x_T and the per-step noise of ddpm, ddim with eta > 0, dpmpp_3m_sde with
                eta > 0 and heun with churn; a list of one generator per batch row makes each row
                reproducible on its own.
-    x_T: the starting noise (defaults to N(0, I) drawn from `generator`).
+    x_T: the starting noise (defaults to N(0, I) drawn from `generator`); with t_start < 1 the
+         starting point x_{t_start}, e.g. data noised to t_start (SDEdit, Meng et al. 2022).
+    t_start: the time the grid starts from (1: pure noise); the steps span [0, t_start].
     callback: called as callback(i + 1, steps) after step i (a progress bar is the caller's).
     churn, churn_sigma_min, churn_sigma_max, churn_noise: heun only, S_churn, S_tmin, S_tmax and
                S_noise of Karras et al. 2022, Alg. 2 (S_tmin / S_tmax in sigma = exp(-lambda/2)).
@@ -139,7 +142,7 @@ def sample(
         x = x_T.to(device) if device is not None else x_T
 
     # The denoiser and the update formulas see the same float32 t, hence the same lambda.
-    times = time_grid(schedule, steps, grid).float()
+    times = time_grid(schedule, steps, grid, t_start).float()
     log_snrs = schedule.log_snr_unchecked(times)
     if sampler == "heun":
         churn_settings = (churn, churn_sigma_min, churn_sigma_max, churn_noise)

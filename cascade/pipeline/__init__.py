@@ -98,6 +98,10 @@ def check_stage_order(shapes: list[StageShape]) -> None:
                              f"{previous.name(index - 1)} makes {previous.image_size}x{previous.image_size} images")
 
 
+# Settings that only super-resolution stages read; `Cascade.updated` leaves the base's alone.
+SR_ONLY_SETTINGS = ("aug_level", "start_log_snr")
+
+
 class Cascade:
     """A base stage followed by any number of super-resolution stages, each with its sampling
     settings (None: every stage's own `sampling`).
@@ -169,11 +173,11 @@ class Cascade:
 
     def updated(self, stage_index: int | None, **changes: Any) -> Cascade:
         """A copy with `changes` applied to one stage's settings (or every stage's, index None);
-        `aug_level` only reaches super-resolution stages; `guide=PATH` loads that guide (once per
+        `aug_level` and `start_log_snr` only reach super-resolution stages; `guide=PATH` loads that guide (once per
         path). Bad values, and guides that do not fit their stage, raise `StageConfigError`."""
         settings = []
         for index, setting in enumerate(self.settings):
-            applicable = {k: v for k, v in changes.items() if k != "aug_level" or index > 0}
+            applicable = {k: v for k, v in changes.items() if k not in SR_ONLY_SETTINGS or index > 0}
             settings.append(setting.updated(**applicable) if stage_index in (None, index) else setting)
         return self.with_settings(settings)
 

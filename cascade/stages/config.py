@@ -78,6 +78,11 @@ class SamplingSettings:
         checkpoint, a shorter EMA; a `.ckpt` or an export directory), or None. With a guide,
         `guidance` w combines D_guide(x|c) + w (D_main(x|c) - D_guide(x|c)) instead of the
         unconditional prediction; `guidance_interval` applies to it too. A `Cascade` loads it.
+    start_log_snr: super-resolution stages only (base stages ignore it): start the reverse process
+        at this log-SNR from the upsampled low-res input noised to it (SDEdit, Meng et al. 2022),
+        instead of from pure noise at t = 1; the steps span the rest. An SR stage's x0 estimate
+        at high noise can be worse than its own upsampled input (it is for the demo's stages,
+        docs/benchmarks.md), and those steps are then skipped. None: from pure noise.
     """
 
     sampler: str = "dpmpp_2m"
@@ -88,6 +93,7 @@ class SamplingSettings:
     time_grid: str | None = None
     guidance_interval: tuple[float, float] | None = None
     guide: str | None = None
+    start_log_snr: float | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -119,6 +125,9 @@ class SamplingSettings:
                 object.__setattr__(self, "guide", os.fspath(self.guide))
             if not (isinstance(self.guide, str) and self.guide.strip()):
                 problems.append(("guide", f"must be the path of the guide's checkpoint or export, or null, got {self.guide!r}"))
+        start = self.start_log_snr
+        if start is not None and not (_is_number(start) and math.isfinite(start)):
+            problems.append(("start_log_snr", f"must be a finite log-SNR or null (from pure noise), got {start!r}"))
         if problems:
             raise StageConfigError([(f"sampling.{name}", message) for name, message in problems])
 

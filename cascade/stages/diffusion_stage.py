@@ -511,6 +511,18 @@ class DiffusionStage(pl.LightningModule):
 
         return denoise
 
+    def sampling_start(
+        self,
+        shape: tuple[int, ...],
+        lowres: torch.Tensor | None,
+        settings: SamplingSettings,
+        x_T: torch.Tensor | None,
+        generator: Generators,
+    ) -> tuple[float, torch.Tensor | None]:
+        """Where the reverse process starts: (t_start, x_{t_start}); a base stage starts from pure
+        noise at t = 1 (x_T, or None to let the sampler draw it). SR stages may start later."""
+        return 1.0, x_T
+
     def output_shape(self, batch_size: int, lowres: torch.Tensor | None) -> tuple[int, int, int, int]:
         """(B, C, H, W) of generated images: `image_size` square (SR stages: lowres size x factor)."""
         return (batch_size, self.unet.config.out_channels, self.image_size, self.image_size)
@@ -556,6 +568,8 @@ class DiffusionStage(pl.LightningModule):
             guidance_interval=settings.guidance_interval,
             guide=guide,
         )
+        shape = self.output_shape(batch_size, lowres)
+        t_start, x_T = self.sampling_start(shape, lowres, settings, x_T, generator)
         was_training = [(module, module.training) for module in (self, guide) if module is not None]
         for module, _ in was_training:
             module.eval()
@@ -565,7 +579,7 @@ class DiffusionStage(pl.LightningModule):
                 images = sample(
                     denoise,
                     self.schedule,
-                    self.output_shape(batch_size, lowres),
+                    shape,
                     sampler=settings.sampler,
                     steps=settings.steps,
                     generator=generator,
@@ -573,6 +587,7 @@ class DiffusionStage(pl.LightningModule):
                     grid=settings.time_grid,
                     callback=lambda done, total: bar.update(1),
                     device=self.device,
+                    t_start=t_start,
                 )
         finally:
             for module, training in was_training:

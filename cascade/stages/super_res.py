@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..diffusion import Generators, q_sample
+from ..diffusion.grids import grid_t_min
 from ..diffusion.samplers import randn
 from ..nn import UNetConfig
 
@@ -142,6 +143,24 @@ class SuperResStage(DiffusionStage):
         upsampled = self.upsample_lowres(lowres.to(self.device))
         level = torch.full((lowres.shape[0],), level_value, device=self.device)
         return self.augment_lowres(upsampled, level, generator)
+
+    def sampling_start(self, shape, lowres, settings, x_T, generator):
+        """With `settings.start_log_snr` lambda_s: t_start = t(lambda_s) and
+        x_{t_start} = alpha_s up(lowres) + sigma_s eps (SDEdit, Meng et al. 2022, eq. 2, from the
+        plainly upsampled low-res image; eps is x_T, or drawn from `generator`); else pure noise."""
+        if settings.start_log_snr is None:
+            return 1.0, x_T
+        start = torch.tensor([float(settings.start_log_snr)], dtype=torch.float64)
+        try:
+            t_start = float(self.schedule.t_from_log_snr(start))
+        except ValueError as error:
+            raise StageConfigError([("sampling.start_log_snr", str(error))]) from None
+        if t_start <= grid_t_min(self.schedule):
+            raise StageConfigError([("sampling.start_log_snr", f"{settings.start_log_snr} leaves no noise to remove "
+                                     f"(t = {t_start:.3g})")])
+        noise = x_T if x_T is not None else randn(tuple(shape), generator, device=self.device)
+        t = torch.full((shape[0],), t_start, device=self.device)
+        return t_start, q_sample(self.upsample_lowres(lowres.to(self.device)), t, self.schedule, noise.to(self.device))
 
     def output_shape(self, batch_size: int, lowres: torch.Tensor | None) -> tuple[int, int, int, int]:
         """Full size from the low-res input: (B, C, h * scale_factor, w * scale_factor)."""
