@@ -61,6 +61,9 @@ COMMANDS = Group(
         "ablation": Command(
             "cascade.cli.ablation:ablation", "the demo base's recipe one change at a time, 3 training seeds, error bars"
         ),
+        "sr-check": Command(
+            "cascade.cli.sr_check:sr_check", "a super-resolution stage against upsampling its own input (noise levels, settings)"
+        ),
         "demo": Command(
             "cascade.cli.demo:demo", "train a tiny text-to-image cascade on CPU, sample, evaluate, write a report"
         ),
