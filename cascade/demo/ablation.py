@@ -316,7 +316,7 @@ def markdown_table(summary: list[dict[str, Any]], plan: AblationPlan, command: s
 
 
 def ema_guidance_rows(sigma_rels: tuple[float, ...] = (0.05, 0.20),
-                      guidances: tuple[float, ...] = (2.0, 5.0)) -> list[Row]:
+                      guidances: tuple[float, ...] = (3.0,)) -> list[Row]:
     """The post-hoc EMA length x guidance sweep of the baseline's networks (EDM2, Fig. 5 style)."""
     return [Row(f"EMA sigma_rel {sigma_rel:g}, guidance {guidance:g}", weights=f"phema:{sigma_rel:g}",
                 sampling={**BASE_SAMPLING, "guidance": guidance})
