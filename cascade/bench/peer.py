@@ -130,7 +130,36 @@ def matched_imagen_kwargs(imagen: ModuleType, config: UNetConfig, text_tokens: i
     return {"dim": dim, **kwargs}
 
 
-class PeerModel:
+class _PeerTrainStep:
+    """The train step every peer shares with our stage: t ~ U(0, 1), x_t = q_sample, the stage's
+    loss on the peer's prediction (`predict`), one fused AdamW step."""
+
+    unet: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    stage: DiffusionStage
+    settings: SpeedSettings
+
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, batch: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def train_step(self, batch: dict) -> torch.Tensor:
+        """One optimiser step on `batch` with the stage's schedule, target and loss weighting."""
+        stage, x0 = self.stage, batch["image"]
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.settings.autocast(x0.device):
+            t = torch.rand(x0.shape[0], device=x0.device)
+            noise = torch.randn_like(x0)
+            x_t = q_sample(x0, t, stage.schedule, noise)
+            prediction = self.predict(x_t, t, batch)
+            loss = diffusion_loss(
+                prediction, x0, noise, t, stage.schedule, stage.target, stage.loss_weighting, stage.min_snr_gamma
+            ).mean()
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+
+class PeerModel(_PeerTrainStep):
     """imagen-pytorch's Unet with an AdamW, fed the same inputs as our stage."""
 
     def __init__(self, imagen: ModuleType, kwargs: dict, stage: DiffusionStage, settings: SpeedSettings):
@@ -142,23 +171,10 @@ class PeerModel:
         self.stage = stage
         self.settings = settings
 
-    def train_step(self, batch: dict) -> torch.Tensor:
-        """One optimiser step on `batch` with the stage's schedule, target and CFG dropout rate."""
-        stage, x0 = self.stage, batch["image"]
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.settings.autocast(x0.device):
-            t = torch.rand(x0.shape[0], device=x0.device)
-            noise = torch.randn_like(x0)
-            x_t = q_sample(x0, t, stage.schedule, noise)
-            prediction = self.unet(
-                x_t, t, text_embeds=batch["text_tokens"], text_mask=batch["text_mask"], cond_drop_prob=stage.p_uncond
-            )
-            loss = diffusion_loss(
-                prediction, x0, noise, t, stage.schedule, stage.target, stage.loss_weighting, stage.min_snr_gamma
-            ).mean()
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach()
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, batch: dict) -> torch.Tensor:
+        """imagen-pytorch's own CFG dropout (cond_drop_prob = the stage's p_uncond), time t."""
+        return self.unet(x_t, t, text_embeds=batch["text_tokens"], text_mask=batch["text_mask"],
+                         cond_drop_prob=self.stage.p_uncond)
 
     @torch.no_grad()
     def guided_step(self, x_t: torch.Tensor, t: torch.Tensor, tokens, mask, guidance: float) -> torch.Tensor:
@@ -320,7 +336,7 @@ def _heads(width: int, head_channels: int) -> int:
     return min((h for h in range(1, width + 1) if width % h == 0), key=lambda h: abs(width / h - head_channels))
 
 
-class DiffusersPeer:
+class DiffusersPeer(_PeerTrainStep):
     """diffusers' UNet2DConditionModel with a fused AdamW, fed the same batch as our stage."""
 
     def __init__(self, diffusers: ModuleType, kwargs: dict, stage: DiffusionStage, settings: SpeedSettings):
@@ -330,25 +346,12 @@ class DiffusersPeer:
         self.stage = stage
         self.settings = settings
 
-    def train_step(self, batch: dict) -> torch.Tensor:
-        """One optimiser step: the same t, q_sample and loss as ours, timestep 1000 t, the text
-        tokens of a p_uncond share of the rows zeroed (CFG dropout)."""
-        stage, x0 = self.stage, batch["image"]
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.settings.autocast(x0.device):
-            t = torch.rand(x0.shape[0], device=x0.device)
-            noise = torch.randn_like(x0)
-            x_t = q_sample(x0, t, stage.schedule, noise)
-            dropped = torch.rand(x0.shape[0], device=x0.device) < stage.p_uncond
-            tokens = batch["text_tokens"].masked_fill(dropped[:, None, None], 0.0)
-            prediction = self.unet(x_t, 1000.0 * t, encoder_hidden_states=tokens,
-                                   encoder_attention_mask=batch["text_mask"], return_dict=False)[0]
-            loss = diffusion_loss(
-                prediction, x0, noise, t, stage.schedule, stage.target, stage.loss_weighting, stage.min_snr_gamma
-            ).mean()
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach()
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Timestep 1000 t; the text tokens of a p_uncond share of the rows zeroed (CFG dropout)."""
+        dropped = torch.rand(x_t.shape[0], device=x_t.device) < self.stage.p_uncond
+        tokens = batch["text_tokens"].masked_fill(dropped[:, None, None], 0.0)
+        return self.unet(x_t, 1000.0 * t, encoder_hidden_states=tokens,
+                         encoder_attention_mask=batch["text_mask"], return_dict=False)[0]
 
 
 PEERS = ("imagen-pytorch", "diffusers")
