@@ -10,6 +10,7 @@ import torch
 from cascade.cli import main
 from cascade.demo.ablation import (
     CHECKS,
+    TRAININGS,
     AblationPlan,
     Row,
     Sampled,
@@ -71,13 +72,21 @@ def test_the_table_marks_differences_beyond_two_standard_errors_and_names_its_co
 
 
 def test_every_row_differs_from_the_baseline_in_what_its_name_says():
-    baseline, sigmoid, grid, interval, autoguidance, posthoc, together = rows()
-    assert sigmoid.training == "sigmoid" and sigmoid.sampling == baseline.sampling
+    by_key = {row.key: row for row in rows()}
+    assert len(by_key) == len(rows())  # each row samples into a folder of its own
+    baseline, grid, interval = by_key["baseline"], by_key["grid"], by_key["interval"]
+    autoguidance, posthoc, together = by_key["autoguidance"], by_key["phema"], by_key["all"]
+    for key, bias in (("sigmoid", None), ("sigmoid_b0", "0"), ("sigmoid_b2", "2")):
+        row = by_key[key]
+        assert row.sampling == baseline.sampling and row.weights == baseline.weights
+        flags = TRAININGS[row.training]
+        assert flags[:2] == ("--model.init_args.loss_weighting", "sigmoid")
+        assert (flags[3] if bias else None) == bias and f"b = {bias or -3}" in row.name
     assert grid.sampling["time_grid"] != baseline.sampling["time_grid"]
     assert interval.sampling["guidance_interval"] is not None and "guidance_interval" not in baseline.sampling
     assert autoguidance.guide is not None and baseline.guide is None
     assert posthoc.weights.startswith("phema:") and baseline.weights == "ema"
-    assert (together.training, together.weights, together.guide) == (sigmoid.training, posthoc.weights,
+    assert (together.training, together.weights, together.guide) == ("sigmoid", posthoc.weights,
                                                                        autoguidance.guide)
     for row in (baseline, grid, interval, autoguidance, posthoc):
         assert row.training == "min_snr"
@@ -105,7 +114,7 @@ def test_a_row_naming_unknown_weights_is_refused(tmp_path):
     with pytest.raises(ValueError, match="weights: expected 'ema' or 'phema"):
         weights_path(run, "swa:0.1", AblationPlan())
     assert weights_path(run, "ema", AblationPlan()) == run.last_checkpoint
-    assert isinstance(Row("x").sampling, dict)
+    assert isinstance(Row("x", "x").sampling, dict)
 
 
 @pytest.mark.parametrize(("argv", "message"), [

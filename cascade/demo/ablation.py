@@ -60,9 +60,11 @@ class Row:
     """One recipe: which trained runs (`training`), which weights (`weights`: "ema" is the
     checkpoint's EMA; "phema:0.1" a post-hoc EMA of sigma_rel 0.1), how the base samples, and
     an optional guide ("phema:0.05@0.25": the post-hoc EMA of sigma_rel 0.05 at a quarter of
-    training, a weaker version of the same network)."""
+    training, a weaker version of the same network). `key` names the row's sample folder
+    (`samples/<key>/seed<N>`), so adding or reordering rows resumes the others."""
 
     name: str
+    key: str
     training: str = "min_snr"
     weights: str = "ema"
     sampling: dict[str, Any] = field(default_factory=dict)
@@ -89,10 +91,14 @@ class AblationPlan:
 FAST_ABLATION = AblationPlan(seeds=(0, 1), train_steps=16, train_images=128, captions=10, snapshots=4,
                              sample_batch=16)
 
-# The trainings: the baseline (today's demo base: min-SNR-5 weighting) and the sigmoid weighting.
+# The trainings: the baseline (today's demo base: min-SNR-5 weighting) and the sigmoid weighting
+# w(lambda) = sigmoid(b - lambda) at three biases: SiD2's b = -3, and b = 0 and 2, which keep the
+# weight flat up to higher log-SNR (the levels where a 32-px shape's edges are decided).
 TRAININGS: dict[str, tuple[str, ...]] = {
     "min_snr": (),
     "sigmoid": ("--model.init_args.loss_weighting", "sigmoid"),
+    "sigmoid_b0": ("--model.init_args.loss_weighting", "sigmoid", "--model.init_args.sigmoid_bias", "0"),
+    "sigmoid_b2": ("--model.init_args.loss_weighting", "sigmoid", "--model.init_args.sigmoid_bias", "2"),
 }
 BASE_SAMPLING = {"sampler": "dpmpp_2m", "steps": 20, "guidance": 3.0, "time_grid": "uniform_t"}
 
@@ -103,13 +109,15 @@ def rows() -> list[Row]:
     # Kynkaanniemi et al. 2024's interval for EDM2 at 512 px, sigma in (0.28, 2.9], in log-SNR
     interval = {**BASE_SAMPLING, "guidance_interval": [-2.13, 2.55]}
     return [
-        Row("baseline (min-SNR, dpmpp_2m uniform t, CFG 3, EMA 0.995)", sampling=BASE_SAMPLING),
-        Row("+ sigmoid weighting", training="sigmoid", sampling=BASE_SAMPLING),
-        Row("+ time grid (log-SNR)", sampling=grid),
-        Row("+ guidance interval", sampling=interval),
-        Row("+ autoguidance", sampling=BASE_SAMPLING, guide="phema:0.05@0.25"),
-        Row("+ post-hoc EMA", weights="phema:0.10", sampling=BASE_SAMPLING),
-        Row("all together", training="sigmoid", weights="phema:0.10", sampling={**grid, **interval},
+        Row("baseline (min-SNR, dpmpp_2m uniform t, CFG 3, EMA 0.995)", "baseline", sampling=BASE_SAMPLING),
+        Row("+ sigmoid weighting (b = -3)", "sigmoid", training="sigmoid", sampling=BASE_SAMPLING),
+        Row("+ sigmoid weighting (b = 0)", "sigmoid_b0", training="sigmoid_b0", sampling=BASE_SAMPLING),
+        Row("+ sigmoid weighting (b = 2)", "sigmoid_b2", training="sigmoid_b2", sampling=BASE_SAMPLING),
+        Row("+ time grid (log-SNR)", "grid", sampling=grid),
+        Row("+ guidance interval", "interval", sampling=interval),
+        Row("+ autoguidance", "autoguidance", sampling=BASE_SAMPLING, guide="phema:0.05@0.25"),
+        Row("+ post-hoc EMA", "phema", weights="phema:0.10", sampling=BASE_SAMPLING),
+        Row("all together", "all", training="sigmoid", weights="phema:0.10", sampling={**grid, **interval},
             guide="phema:0.05@0.25"),
     ]
 
@@ -318,7 +326,8 @@ def markdown_table(summary: list[dict[str, Any]], plan: AblationPlan, command: s
 def ema_guidance_rows(sigma_rels: tuple[float, ...] = (0.05, 0.20),
                       guidances: tuple[float, ...] = (3.0,)) -> list[Row]:
     """The post-hoc EMA length x guidance sweep of the baseline's networks (EDM2, Fig. 5 style)."""
-    return [Row(f"EMA sigma_rel {sigma_rel:g}, guidance {guidance:g}", weights=f"phema:{sigma_rel:g}",
+    return [Row(f"EMA sigma_rel {sigma_rel:g}, guidance {guidance:g}", f"ema{sigma_rel:g}-guidance{guidance:g}",
+                weights=f"phema:{sigma_rel:g}",
                 sampling={**BASE_SAMPLING, "guidance": guidance})
             for sigma_rel in sigma_rels for guidance in guidances]
 
@@ -348,9 +357,9 @@ def run_ablation(out: Path, plan: AblationPlan, threads: int, command: str, cons
             if check in CHECKS}
     sampled = []
     main_rows, sweep_rows = rows(), ema_guidance_rows()
-    for index, row in enumerate(main_rows + sweep_rows):
+    for row in main_rows + sweep_rows:
         for seed in plan.seeds:
-            folder = out / "samples" / f"row{index:02d}" / f"seed{seed}"
+            folder = out / "samples" / row.key / f"seed{seed}"
             result = sample_and_score(row, runs[row.training, seed], scenes, folder, plan, reference, extractor)
             console.print(f"{row.name} seed {seed}: " + ", ".join(f"{k} {v:.2f}" for k, v in result.balanced.items())
                           + f", FID {result.metrics.get('fid', math.nan):.1f}", markup=False)
