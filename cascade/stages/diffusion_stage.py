@@ -24,6 +24,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities.parsing import collect_init_args
+from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 from ..diffusion import (
@@ -54,6 +55,7 @@ from .config import (
     to_plain,
 )
 from .optim import OptimizerConfig, build_adamw, build_lr_scheduler, check_optimizer_config
+from .sharding import FSDP2Strategy
 
 NOISE_CONDS = ("t1000", "log_snr")
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -312,7 +314,8 @@ class DiffusionStage(pl.LightningModule):
         """Skip the update when the loss or a gradient is NaN/inf, without a host sync.
 
         Gradients are already all-reduced here, so under DDP every rank sees the same norm and
-        takes the same decision. The decision stays on the device: the fused AdamW kernel reads
+        takes the same decision; under FSDP2 (`FSDP2Strategy`) each rank holds a shard of the
+        reduced gradients, and the norm of the DTensors is that of all shards together. The decision stays on the device: the fused AdamW kernel reads
         `found_inf` (the hook torch's GradScaler uses) and leaves every parameter, moment and
         its step count untouched when it is 1; the LR schedule still advances.
         """
@@ -320,6 +323,8 @@ class DiffusionStage(pl.LightningModule):
         if not grads:
             return
         grad_norm = torch.nn.utils.get_total_norm(grads)
+        if isinstance(grad_norm, DTensor):  # FSDP2: the norm of all ranks' shards, replicated
+            grad_norm = grad_norm.full_tensor()
         skipped = (~torch.isfinite(grad_norm)).long()
         optimizer.found_inf = skipped.float()
         total, in_a_row, longest = self._nonfinite.to(grad_norm.device).unbind()
@@ -327,6 +332,14 @@ class DiffusionStage(pl.LightningModule):
         self._nonfinite = torch.stack([total + skipped, in_a_row, torch.maximum(longest, in_a_row)])
         self.log("train/grad_norm", grad_norm)
         self.log("train/nonfinite_steps", self._nonfinite[0].float())
+
+    def configure_model(self) -> None:
+        """Under `cascade.stages.FSDP2Strategy`, shard the UNet (one FSDP2 unit per `UNetBlock`);
+        under any other strategy nothing. Lightning calls it before the strategy wraps the
+        module, possibly more than once (the sharding is done once)."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, FSDP2Strategy):
+            strategy.shard(self)
 
     def on_train_start(self) -> None:
         # A resumed optimiser takes its settings from the checkpoint; one written before the
