@@ -23,6 +23,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.utilities import GradClipAlgorithmType
 from lightning.pytorch.utilities.parsing import collect_init_args
 from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
@@ -332,6 +334,25 @@ class DiffusionStage(pl.LightningModule):
         self._nonfinite = torch.stack([total + skipped, in_a_row, torch.maximum(longest, in_a_row)])
         self.log("train/grad_norm", grad_norm)
         self.log("train/nonfinite_steps", self._nonfinite[0].float())
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip as Lightning does (`trainer.gradient_clip_val`, by norm unless
+        `gradient_clip_algorithm: value`), also under `precision: bf16-mixed`: there Lightning's
+        `MixedPrecision.clip_gradients` refuses any optimiser that unscales gradients itself (the
+        fused AdamW: "does not allow for gradient clipping because it performs unscaling of
+        gradients internally"), though bf16 autocast has no loss scaler and nothing to unscale.
+        With DTensor gradients (FSDP2) `clip_grad_norm_` takes the norm over all ranks' shards."""
+        plugin = self.trainer.precision_plugin
+        if not gradient_clip_val or getattr(plugin, "scaler", True) is not None:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        algorithm = GradClipAlgorithmType(gradient_clip_algorithm or GradClipAlgorithmType.NORM)
+        Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)
 
     def configure_model(self) -> None:
         """Under `cascade.stages.FSDP2Strategy`, shard the UNet (one FSDP2 unit per `UNetBlock`);
