@@ -171,7 +171,8 @@ def test_configs_give_the_guidance_scale_under_todays_key_or_the_older_one(write
 
 
 STAGE_CONFIGS = sorted([*CONFIGS.glob("*.yaml"), *CONFIGS.glob("demo/*.yaml")])  # full run configs
-SHIPPED_CONFIGS = sorted(CONFIGS.rglob("*.yaml"))
+STRATEGY_CONFIGS = sorted(CONFIGS.glob("strategy/*.yaml"))  # added with a second -c to a stage's config
+SHIPPED_CONFIGS = sorted(set(CONFIGS.rglob("*.yaml")) - set(STRATEGY_CONFIGS))
 
 
 class ParsedConfig(Exception):
@@ -224,6 +225,20 @@ def test_shipped_configs_state_only_what_is_particular_to_the_stage(path):
     assert not {"logger", "callbacks", "default_root_dir"} & set(config.get("trainer", {}))
     assert "image_size" not in config["model"]["init_args"]["unet"]
     assert not {"resolution", "lowres_resolution"} & set(config.get("data", {}).get("init_args", {}))
+
+
+@pytest.mark.parametrize("stage", ["base64_text.yaml", "sr1024.yaml"])
+def test_the_fsdp_config_shards_a_big_stage_and_changes_nothing_else(stage, tmp_path):
+    alone = parse_fit(["-c", str(CONFIGS / stage), "--run-dir", str(tmp_path)])
+    sharded = parse_fit(["-c", str(CONFIGS / stage), "-c", str(CONFIGS / "strategy" / "fsdp.yaml"),
+                         "--run-dir", str(tmp_path)])
+    assert [path.name for path in STRATEGY_CONFIGS] == ["fsdp.yaml"]
+    assert alone.trainer.strategy.class_path == "lightning.pytorch.strategies.DDPStrategy"
+    assert sharded.trainer.strategy.class_path == "cascade.stages.FSDP2Strategy"
+    assert sharded.trainer.strategy.init_args.param_dtype == "bfloat16"
+    assert sharded.trainer.precision == alone.trainer.precision == "bf16-mixed"  # what param_dtype bfloat16 needs
+    assert alone.sample_grid is not None and sharded.sample_grid is None and sharded.posthoc_ema is None
+    assert sharded.model == alone.model and sharded.data == alone.data and sharded.ema == alone.ema
 
 
 @pytest.mark.parametrize(

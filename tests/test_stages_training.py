@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -61,6 +62,32 @@ def test_fit_writes_checkpoints_logs_and_sample_grid(write_stage_config, tmp_pat
     assert len(series(rows, "train/loss")) == 4
     decays = list(series(rows, "ema/decay").values())
     assert decays == sorted(decays) and decays[0] < 0.99  # warm-up towards the configured decay
+
+
+class RecordClippedNorms(Callback):
+    """After each optimiser step, the total norm of the gradients the step used (Lightning zeroes
+    them only before the next backward), beside the unclipped norm the stage logged."""
+
+    norms: ClassVar[list[float]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        RecordClippedNorms.norms.append(float(torch.nn.utils.get_total_norm(grads)))
+
+
+def test_bf16_mixed_clips_the_fused_adamw_gradients_to_gradient_clip_val(write_stage_config):
+    # Lightning's MixedPrecision refuses to clip for the fused AdamW (it unscales by itself); with
+    # bf16 there is no scaler, and DiffusionStage.configure_gradient_clipping clips.
+    clip = 1e-3
+    config, run_dir = write_stage_config(max_steps=2, val_every=2)
+    callback = f"--trainer.callbacks+={__name__}.RecordClippedNorms"
+    RecordClippedNorms.norms = []
+    assert fit_main(["-c", str(config), "--trainer.precision=bf16-mixed", f"--trainer.gradient_clip_val={clip}",
+                     callback]) == 0
+    unclipped = list(series(read_metrics(run_dir), "train/grad_norm").values())
+    assert len(unclipped) == len(RecordClippedNorms.norms) == 2 and min(unclipped) > 10 * clip
+    # clip_grad_norm_ scales by clip / (norm + 1e-6): the norm after it is clip up to float32 rounding.
+    assert RecordClippedNorms.norms == pytest.approx([clip] * 2, rel=1e-4)
 
 
 class RecordStartWeights(Callback):

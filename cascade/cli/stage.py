@@ -66,6 +66,7 @@ from ..stages import (
     EMA,
     AtomicCheckpointIO,
     DiffusionStage,
+    FSDP2Strategy,
     NonFiniteLossError,
     PostHocEMA,
     SampleGrid,
@@ -221,6 +222,8 @@ class CascadeCLI(LightningCLI):
             for key, section in sections.items()
             if callback.state_key == section.state_key
         ]
+        if isinstance(config.trainer.strategy, FSDP2Strategy):
+            problems += sharding_problems(config.trainer.strategy, config, sections, self.model)
         if problems:
             raise ConfigError(problems)
         bar = []
@@ -240,6 +243,30 @@ class CascadeCLI(LightningCLI):
         """Start from the checkpoint `resume_path` picks."""
         config = self.config_init["fit"]
         config.ckpt_path = resume_path(config.ckpt_path, self.ckpt_path_stated, config.run_dir)
+
+
+def sharding_problems(
+    strategy: FSDP2Strategy, config: Any, sections: dict[str, Callback], model: DiffusionStage
+) -> list[tuple[str, str]]:
+    """(key, message) for settings that do not work when the UNet is sharded (`FSDP2Strategy`):
+    every rank holds only a shard of the weights, so whatever reads or runs the whole model on
+    one rank, or keeps a copy elsewhere, is refused before training starts."""
+    problems = strategy.strategy_problems(config.trainer.precision)
+    ema = sections.get("ema")
+    if isinstance(ema, EMA) and ema._device is not None:
+        message = "must be null with FSDP2Strategy: the EMA copy is sharded like the model, on its devices"
+        problems.append(("ema.device", message))
+    if "sample_grid" in sections:
+        message = ("not supported with FSDP2Strategy (it samples on rank 0 alone, a sharded model needs every "
+                   "rank): set sample_grid: null")
+        problems.append(("sample_grid", message))
+    if "posthoc_ema" in sections:
+        message = "not supported with FSDP2Strategy (its profiles would hold rank 0's shards only): set posthoc_ema: null"
+        problems.append(("posthoc_ema", message))
+    if model.compile_unet is not None:
+        message = "must be null with FSDP2Strategy (the UNet is compiled before it is sharded; untested together)"
+        problems.append(("model.init_args.compile_unet", message))
+    return problems
 
 
 def last_checkpoint(run_dir: str) -> Path:

@@ -1,6 +1,6 @@
 """Lightning stages of the cascade: the shared `DiffusionStage`, `BaseStage` and `SuperResStage`,
 their callbacks (`EMA`, `PostHocEMA`, `SampleGrid`, `TrainingSpeed`, `ProgressLines`, `StepProgressBar`,
-`SaveOnInterrupt`), and loading trained stages for inference.
+`SaveOnInterrupt`), FSDP2 sharding (`FSDP2Strategy`), and loading trained stages for inference.
 
     from cascade.stages import load_stage
     base = load_stage("runs/base/export")              # an export directory or a .ckpt file
@@ -18,6 +18,7 @@ from .ema import EMA
 from .export import export_stage, load_checkpoint, load_exported, load_stage
 from .optim import OptimizerConfig
 from .posthoc_ema import PostHocEMA
+from .sharding import FSDP2Strategy
 from .super_res import BlurConfig, SuperResStage
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "BlurConfig",
     "Condition",
     "DiffusionStage",
+    "FSDP2Strategy",
     "NonFiniteLossError",
     "OptimizerConfig",
     "PostHocEMA",

@@ -23,7 +23,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.utilities import GradClipAlgorithmType
 from lightning.pytorch.utilities.parsing import collect_init_args
+from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 from ..diffusion import (
@@ -54,6 +57,7 @@ from .config import (
     to_plain,
 )
 from .optim import OptimizerConfig, build_adamw, build_lr_scheduler, check_optimizer_config
+from .sharding import FSDP2Strategy
 
 NOISE_CONDS = ("t1000", "log_snr")
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -312,7 +316,8 @@ class DiffusionStage(pl.LightningModule):
         """Skip the update when the loss or a gradient is NaN/inf, without a host sync.
 
         Gradients are already all-reduced here, so under DDP every rank sees the same norm and
-        takes the same decision. The decision stays on the device: the fused AdamW kernel reads
+        takes the same decision; under FSDP2 (`FSDP2Strategy`) each rank holds a shard of the
+        reduced gradients, and the norm of the DTensors is that of all shards together. The decision stays on the device: the fused AdamW kernel reads
         `found_inf` (the hook torch's GradScaler uses) and leaves every parameter, moment and
         its step count untouched when it is 1; the LR schedule still advances.
         """
@@ -320,6 +325,8 @@ class DiffusionStage(pl.LightningModule):
         if not grads:
             return
         grad_norm = torch.nn.utils.get_total_norm(grads)
+        if isinstance(grad_norm, DTensor):  # FSDP2: the norm of all ranks' shards, replicated
+            grad_norm = grad_norm.full_tensor()
         skipped = (~torch.isfinite(grad_norm)).long()
         optimizer.found_inf = skipped.float()
         total, in_a_row, longest = self._nonfinite.to(grad_norm.device).unbind()
@@ -327,6 +334,33 @@ class DiffusionStage(pl.LightningModule):
         self._nonfinite = torch.stack([total + skipped, in_a_row, torch.maximum(longest, in_a_row)])
         self.log("train/grad_norm", grad_norm)
         self.log("train/nonfinite_steps", self._nonfinite[0].float())
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip as Lightning does (`trainer.gradient_clip_val`, by norm unless
+        `gradient_clip_algorithm: value`), also under `precision: bf16-mixed`: there Lightning's
+        `MixedPrecision.clip_gradients` refuses any optimiser that unscales gradients itself (the
+        fused AdamW: "does not allow for gradient clipping because it performs unscaling of
+        gradients internally"), though bf16 autocast has no loss scaler and nothing to unscale.
+        With DTensor gradients (FSDP2) `clip_grad_norm_` takes the norm over all ranks' shards."""
+        plugin = self.trainer.precision_plugin
+        if not gradient_clip_val or getattr(plugin, "scaler", True) is not None:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        algorithm = GradClipAlgorithmType(gradient_clip_algorithm or GradClipAlgorithmType.NORM)
+        Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)
+
+    def configure_model(self) -> None:
+        """Under `cascade.stages.FSDP2Strategy`, shard the UNet (one FSDP2 unit per `UNetBlock`);
+        under any other strategy nothing. Lightning calls it before the strategy wraps the
+        module, possibly more than once (the sharding is done once)."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, FSDP2Strategy):
+            strategy.shard(self)
 
     def on_train_start(self) -> None:
         # A resumed optimiser takes its settings from the checkpoint; one written before the

@@ -14,7 +14,16 @@ training wants on top of `EMAWeightAveraging`:
 - no host sync: `AveragedModel.update_parameters` reads its update count twice per update
   (`n_averaged == 0`, `n_averaged > 0`) to copy rather than average on the first update; here
   the host knows which update is the first, so a training step never waits for the GPU
-  (`tests/test_host_syncs.py` counts this).
+  (`tests/test_host_syncs.py` counts this);
+- training under FSDP2 (`cascade.stages.FSDP2Strategy`), which `WeightAveraging` does not
+  support: its `setup` calls `configure_model` (which shards the module) and then deep-copies the
+  module into an `AveragedModel`, and FSDP2 refuses to be copied ("AssertionError: FSDP does not
+  support deepcopy. Please use state dict for serialization.", torch/distributed/fsdp/
+  _fully_shard/_fully_shard.py:300). Here the copy is made before the module is sharded and is
+  then sharded the same way, so each rank averages its own shard of every tensor with the
+  matching shard of the live weights (the same elements: one average, held in pieces). In a
+  checkpoint the average is gathered to its full state (`state_dict`, as without sharding), and
+  on resume each rank takes its shards back from the full state.
 """
 
 from __future__ import annotations
@@ -24,6 +33,15 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
+from torch.optim.swa_utils import AveragedModel
+
+from .sharding import (
+    FSDP2Strategy,
+    full_state_dict,
+    is_sharded,
+    load_full_state_dict,
+    local_tensor,
+)
 
 
 class EMA(WeightAveraging):
@@ -53,6 +71,48 @@ class EMA(WeightAveraging):
         self.update_every_n_steps = update_every_n_steps
         self._current_decay = decay
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """`WeightAveraging.setup` with the copy made before sharding: under `FSDP2Strategy` the
+        averaged copy is sharded like the module (see the module docstring); otherwise as
+        Lightning's (which calls `configure_model` first: a no-op for a stage outside FSDP2)."""
+        if stage != "fit":
+            return
+        strategy = trainer.strategy
+        if not isinstance(strategy, FSDP2Strategy):
+            super().setup(trainer, pl_module, stage)
+            return
+        self._average_model = AveragedModel(
+            model=pl_module, device=self._device or pl_module.device, use_buffers=self._use_buffers, **self._kwargs
+        )
+        strategy.shard(self._average_model.module)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """As `WeightAveraging`: the average in `state_dict`, the live weights in
+        `current_model_state`; a sharded average is first gathered to its full state (rank 0)."""
+        average = self._average_model
+        if average is None or not is_sharded(average.module):
+            super().on_save_checkpoint(trainer, pl_module, checkpoint)
+            return
+        checkpoint["current_model_state"] = checkpoint["state_dict"]
+        checkpoint["state_dict"] = full_state_dict(average.module)
+        checkpoint["averaging_state"] = {"n_averaged": average.n_averaged.detach().cpu()}
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """As `WeightAveraging`, for a sharded module: `ModelParallelStrategy.load_checkpoint` has
+        already loaded the checkpoint's `state_dict` (the average) into the module and removed it
+        from `checkpoint`, so the average takes its shards from the module, then the module its
+        live weights from `current_model_state` (every rank holds the full checkpoint)."""
+        average = self._average_model
+        if average is None or not is_sharded(average.module):
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
+            return
+        module_state = [local_tensor(t.detach()) for t in [*pl_module.parameters(), *pl_module.buffers()]]
+        averaged = [local_tensor(t.detach()) for t in [*average.module.parameters(), *average.module.buffers()]]
+        torch._foreach_copy_(averaged, module_state)
+        if "current_model_state" in checkpoint:
+            load_full_state_dict(pl_module, checkpoint["current_model_state"])
+            average.n_averaged.copy_(checkpoint["averaging_state"]["n_averaged"])
+
     def decay_at(self, step: int) -> float:
         """The decay used for the update after `step` optimiser steps."""
         if not self.warmup:
@@ -78,8 +138,9 @@ class EMA(WeightAveraging):
         first update copies; which one is first is known on the host (`_latest_update_step`, 0
         until the first update, is part of the callback's checkpointed state)."""
         average = self._average_model
-        averaged = [a.detach() for a in [*average.module.parameters(), *average.module.buffers()]]
-        current = [c.detach() for c in [*pl_module.parameters(), *pl_module.buffers()]]
+        # Under FSDP2 both are sharded alike: each rank averages its own shards.
+        averaged = [local_tensor(a.detach()) for a in [*average.module.parameters(), *average.module.buffers()]]
+        current = [local_tensor(c.detach()) for c in [*pl_module.parameters(), *pl_module.buffers()]]
         current = [c.to(a.device) for a, c in zip(averaged, current)]
         if self._latest_update_step == 0:
             torch._foreach_copy_(averaged, current)
