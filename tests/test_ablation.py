@@ -10,6 +10,7 @@ import torch
 from cascade.cli import main
 from cascade.demo.ablation import (
     CHECKS,
+    FAST_ABLATION,
     TRAININGS,
     AblationPlan,
     Row,
@@ -19,6 +20,7 @@ from cascade.demo.ablation import (
     mean_and_standard_error,
     rows,
     summarise,
+    training_runs,
     weights_path,
 )
 from cascade.demo.training import StageRun
@@ -107,6 +109,18 @@ def test_function_evaluations_count_two_per_guided_step_and_one_per_unguided():
     assert function_evaluations_per_image(Cascade([stage], [with_interval])) == 10 + inside
     heun = SamplingSettings("heun", 6, 3.0)
     assert function_evaluations_per_image(Cascade([stage], [heun])) == 2 * (2 * 6 - 1)
+
+
+def test_each_training_run_records_its_seed_and_trains_with_it(tmp_path):
+    """The run record holds the training seed (read back by the table, not parsed from the run's
+    name), and its `cascade fit` command sets seed_everything and the data order from it, once."""
+    runs = training_runs(tmp_path, {"train": tmp_path / "train", "val": tmp_path / "val"}, FAST_ABLATION)
+    assert sorted(runs) == sorted((training, seed) for training in TRAININGS for seed in FAST_ABLATION.seeds)
+    for (training, seed), run in runs.items():
+        argv = run.command()
+        assert run.seed == seed and run.name == f"{training}-seed{seed}"
+        for flag in ("--seed_everything", "--data.init_args.seed"):
+            assert argv.count(flag) == 1 and argv[argv.index(flag) + 1] == str(seed)
 
 
 def test_a_row_naming_unknown_weights_is_refused(tmp_path):

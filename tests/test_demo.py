@@ -177,9 +177,10 @@ def test_the_sweep_samples_every_combination_into_its_own_folder_with_its_settin
     settings stay, the folder names parse back to the values, and every setting starts from the same seeds."""
     from test_pipeline import tiny_stages
 
-    from cascade.demo.sweep import SweepAxis, sample_sweep
+    from cascade.demo.sweep import sample_sweep
     from cascade.eval.sweeps import discover_sample_sets
     from cascade.pipeline import Cascade
+    from cascade.pipeline.sweep import SweepAxis
     from cascade.pipeline.to_folder import FolderJob
     from cascade.stages import SamplingSettings
 
@@ -209,7 +210,7 @@ def test_the_sweep_samples_every_combination_into_its_own_folder_with_its_settin
 
 
 def test_a_sweep_axis_with_a_bad_value_names_the_key():
-    from cascade.demo.sweep import SweepAxis
+    from cascade.pipeline.sweep import SweepAxis
     from cascade.stages import StageConfigError
 
     with pytest.raises(StageConfigError, match="sampling.aug_level"):

@@ -204,10 +204,23 @@ def test_stages_and_cascade_add_no_host_sync_to_the_samplers(sampling_stages, sa
         assert outside == [], counter.summary(outside)
 
 
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp_2m", "heun", "dpmpp_3m_sde"])
+def test_samplers_read_the_host_time_grid_once_per_call_not_per_step(sampling_stages, sampler):
+    """`sample` reads its (host) time grid into Python floats once per call: twice the steps make
+    the same reads, apart from the ancestral step's `float(c) > 0` (ddpm only: one per step)."""
+    few, many = (_sampling_syncs(sampling_stages, sampler, steps) for steps in (3, 6))
+    for short, long in zip(few, many):
+        short_steps, long_steps = ([sync for sync in counter.syncs if sync.where.endswith("in _ancestral_step")]
+                                   for counter in (short, long))
+        assert len(long_steps) == 2 * len(short_steps) and (len(short_steps) > 0) == (sampler == "ddpm")
+        assert [sync for sync in long.syncs if sync not in long_steps] == \
+               [sync for sync in short.syncs if sync not in short_steps], long.summary()
+
+
 @pytest.mark.xfail(strict=True, reason=(
-    "cascade/diffusion: the time grid is a host (CPU) tensor read per step (`float(times[i])`, "
-    "`float(c) > 0` of ancestral steps, t_from_log_snr's bisection bounds) - reads, not device syncs, on "
-    "a GPU; the one device sync is `torch.isfinite(x_T).all()` once per sample() given x_T"))
+    "cascade/diffusion, once per sample() call: reading the host (CPU) time grid (`times.tolist()`) and "
+    "t_from_log_snr's range checks - reads, not device syncs, on a GPU; per step: ddpm's `float(c) > 0`; "
+    "the one device sync is `torch.isfinite(x_T).all()` once per sample() given x_T"))
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp_2m"])
 def test_sampling_steps_make_no_host_sync(sampling_stages, sampler):
     for counter in _sampling_syncs(sampling_stages, sampler, 3):

@@ -23,12 +23,12 @@ from cascade.stages.super_res import SuperResStage
 
 
 def tiny_unet(image_size, lowres=False, text=False):
-    return dict(
-        image_size=image_size, base_channels=8, channel_mults=[1, 2], num_res_blocks=1,
-        attention_resolutions=[image_size // 2], cross_attention_resolutions=[image_size // 2] if text else [],
-        head_channels=8, norm_groups=4, num_classes=0 if text else 3, text_dim=384 if text else 0,
-        lowres_channels=3 if lowres else 0, use_aug_cond=lowres,
-    )
+    return {
+        "image_size": image_size, "base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
+        "attention_resolutions": [image_size // 2], "cross_attention_resolutions": [image_size // 2] if text else [],
+        "head_channels": 8, "norm_groups": 4, "num_classes": 0 if text else 3, "text_dim": 384 if text else 0,
+        "lowres_channels": 3 if lowres else 0, "use_aug_cond": lowres,
+    }
 
 
 def randomise_output_layers(stage, seed):
@@ -289,6 +289,28 @@ def test_a_sweep_key_naming_a_stage_changes_that_stage_only_and_the_flags_set_th
 
 def _fail_if_loaded(path, device="cpu"):
     pytest.fail(f"a checkpoint was loaded ({path}) before the command line was checked")
+
+
+def test_stage_shapes_are_read_through_the_export_reader(tmp_path):
+    """StageShape.read takes what `load_stage` takes (an export or a .ckpt) and refuses what it
+    refuses (an export of another format version, a checkpoint without a cascade stage)."""
+    import yaml
+
+    from cascade.pipeline import StageShape
+
+    stages = tiny_stages()
+    exports = write_exports(stages, tmp_path)
+    checkpoint = tmp_path / "sr.ckpt"
+    torch.save({"cascade_stage": stages[1].stage_config(), "state_dict": stages[1].state_dict()}, checkpoint)
+    assert StageShape.read(exports[0]) == StageShape(exports[0], False, 16, None)
+    assert StageShape.read(checkpoint) == StageShape(str(checkpoint), True, 32, 16)
+    config = tmp_path / "stage0" / "config.yaml"
+    config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "format_version": 2}))
+    with pytest.raises(ValueError, match="config.yaml: unsupported format_version 2"):
+        StageShape.read(exports[0])
+    torch.save({"state_dict": {}}, checkpoint)
+    with pytest.raises(ValueError, match="sr.ckpt was not written by a cascade stage"):
+        StageShape.read(checkpoint)
 
 
 def test_settings_and_the_stage_order_are_checked_before_any_checkpoint_is_loaded(exports, tmp_path, capsys,

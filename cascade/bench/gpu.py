@@ -46,7 +46,7 @@ from ..resources import shipped
 from ..stages.export import read_stage_config
 from .records import append_jsonl, environment
 from .stage_inputs import SpeedSettings, load_stage, training_batch
-from .train_step import TrainStep, measure_train_step, prepare_train_step
+from .train_step import TrainStep, prepare_train_step, run_train_benchmark
 
 PARTS = ("train_step", "largest_batch", "peer_train_step", "cascade_sampling", "data_loader", "train_step_compiled")
 # Share of the budget each part may spend (see `Budget`). torch.compile runs last and may use
@@ -237,9 +237,8 @@ class GpuBench:
         return self.records
 
     def train_step(self, run: StageRun, settings: SpeedSettings) -> dict:
-        stage = load_stage(run.config, self.device, self.plan.seed)
-        return measure_train_step(stage, run.config, settings, run.batch, run.resolution, self.plan.warmup,
-                                  self.plan.iters, self.plan.seed)
+        return run_train_benchmark(run.config, self.device, settings, run.batch, run.resolution, self.plan.warmup,
+                                   self.plan.iters, self.plan.seed)
 
     def largest_batch(self, run: StageRun) -> dict:
         stage = load_stage(run.config, self.device, self.plan.seed)

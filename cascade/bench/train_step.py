@@ -9,21 +9,25 @@ Gradient clipping and EMA (trainer settings) are not part of it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from ..nn import count_parameters
 from ..stages.diffusion_stage import DiffusionStage
 from ..stages.optim import build_adamw
-
 from .flops import count_flops, device_peak, mfu
 from .harness import Timing, measure, peak_memory, reset_peak_memory
 from .kernels import attention_kernels
 from .records import device_name
-from .stage_inputs import SpeedSettings, load_stage, training_batch, without_trainer_warnings
+from .stage_inputs import (
+    SpeedSettings,
+    load_stage,
+    training_batch,
+    without_trainer_warnings,
+)
 
 
 @dataclass
@@ -89,24 +93,10 @@ def run_train_benchmark(
     iters: int,
     seed: int = 0,
 ) -> dict:
-    """Time the train step of one stage config and return its record."""
-    stage = load_stage(config, device, seed)
-    return measure_train_step(stage, str(config), settings, batch_size, resolution, warmup, iters, seed)
-
-
-def measure_train_step(
-    stage: DiffusionStage,
-    config: str,
-    settings: SpeedSettings,
-    batch_size: int,
-    resolution: int | None,
-    warmup: int,
-    iters: int,
-    seed: int = 0,
-) -> dict:
-    """The train-step record of an already built stage (`config` names it in the record); FLOPs
+    """Time the train step of one stage config (built on `device`) and return its record; FLOPs
     and attention kernels are counted on an eager step before any torch.compile."""
-    device = stage.device
+    stage = load_stage(config, device, seed)
+    device = stage.device  # as the stage reports it ("cuda" -> "cuda:0")
     train = prepare_train_step(stage, batch_size, resolution, settings, seed)
     statistics = step_statistics(train.step)
     settings.apply_compile(stage.unet)
@@ -115,7 +105,7 @@ def measure_train_step(
     memory, memory_kind = peak_memory(device)
     return {
         "benchmark": "train_step",
-        "config": config,
+        "config": str(config),
         "stage": type(stage).__name__,
         "parameters_m": count_parameters(stage.unet) / 1e6,
         "batch": batch_size,

@@ -16,10 +16,8 @@ rank with no overlap and no gaps.
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,49 +27,9 @@ from rich.markup import escape
 from ..data.prompt_sets import read_prompt_set
 from ..files.sample_folder import merge_metadata, rank_and_world_size
 from ..pipeline import Cascade, StageShape, check_stage_order
+from ..pipeline.sweep import SETTING_TYPES, SweepAxis, stage_name, sweep_points, variant
 from ..pipeline.to_folder import FolderJob, barrier_if_distributed, sample_folder
 from ..stages.config import SamplingSettings, StageConfigError
-
-OFF = ("off", "none")
-
-
-def read_interval(text: str) -> tuple[float, float] | None:
-    """A guidance interval from text: 'LO:HI' (log-SNR) -> (LO, HI); 'off' -> None."""
-    if text.lower() in OFF:
-        return None
-    low, separator, high = text.partition(":")
-    if not separator:
-        raise ValueError(f"expected LO:HI (log-SNR) or off, got {text!r}")
-    return (float(low), float(high))
-
-
-# The `SamplingSettings` fields a flag or a sweep sets, and how each is read from text.
-SETTING_TYPES = {
-    "sampler": str,
-    "steps": int,
-    "guidance": float,
-    "dynamic_threshold": lambda text: None if text.lower() in OFF else float(text),
-    "aug_level": float,
-    "guidance_interval": read_interval,
-    "guide": lambda text: None if text.lower() in OFF else text,
-    "start_log_snr": lambda text: None if text.lower() in OFF else float(text),
-    "time_grid": lambda text: None if text.lower() in OFF else text,
-}
-
-
-def folder_value(value: object) -> str:
-    """How a swept value is written in a sub-folder name: an interval as LO:HI, a guide's path
-    with '/', ',' and '=' as '_' (a folder name holds no path and splits on ',' and '=')."""
-    if isinstance(value, tuple):
-        return ":".join(str(end) for end in value)
-    if isinstance(value, str):
-        return value.strip("/").replace("/", "_").replace(",", "_").replace("=", "_")
-    return str(value)
-
-
-def stage_names(num_stages: int) -> list[str]:
-    """How a sweep key names a stage: `base` for stage 0, then `sr1`, `sr2`, ..."""
-    return ["base"] + [f"sr{index}" for index in range(1, num_stages)]
 
 
 def flag_name(key: str) -> str:
@@ -106,27 +64,16 @@ def parse_per_stage(flag: str, text: str | None, num_stages: int) -> list | None
     return [checked_value(flag, value, f"{flag_name(flag)}: stage {index}") for index, value in enumerate(values)]
 
 
-@dataclass(frozen=True)
-class Sweep:
-    """One `--sweep`: a setting, the stage it changes (None: every stage), and its values.
-    `name` is its key as written in the sub-folder names: `guidance` or `base.guidance`."""
-
-    key: str
-    stage: int | None
-    values: list
-    name: str
-
-
-def parse_sweeps(sweeps: list[str], num_stages: int, flags: dict[str, list] | None = None) -> list[Sweep]:
-    """['base.guidance=1,3', 'aug_level=0,0.1'] -> a `Sweep` each, its values checked.
+def parse_sweeps(sweeps: list[str], num_stages: int, flags: dict[str, list] | None = None) -> list[SweepAxis]:
+    """['base.guidance=1,3', 'aug_level=0,0.1'] -> a `SweepAxis` each, its values checked.
 
     A key names a stage (`base.guidance`, `sr1.aug_level`, or by index `0.guidance`) or, plain,
     every stage. A plain key for a setting a flag also gives (`--guidance 5,1,1`) would drop the
     flag's values, a key naming a stage the cascade does not have or a base augmentation level
     would change nothing, and two sweeps of one stage's setting would overlap: each is an error
     naming the flag."""
-    names = stage_names(num_stages)
-    parsed: list[Sweep] = []
+    names = [stage_name(index) for index in range(num_stages)]
+    parsed: list[SweepAxis] = []
     for sweep in sweeps:
         key, separator, values = sweep.partition("=")
         stage_text, dot, key = key.strip().replace("-", "_").rpartition(".")
@@ -149,7 +96,7 @@ def parse_sweeps(sweeps: list[str], num_stages: int, flags: dict[str, list] | No
         except ValueError as error:
             raise ValueError(f"--sweep {sweep!r}: {error}") from None
         checked = [checked_value(key, value, f"--sweep {name}={value}") for value in parsed_values]
-        parsed.append(Sweep(key, stage, checked, name))
+        parsed.append(SweepAxis(key, tuple(checked), stage))
     return parsed
 
 
@@ -172,21 +119,15 @@ def per_stage_flags(args: argparse.Namespace, num_stages: int) -> dict[str, list
     return {key: values for key, values in flags.items() if values is not None}
 
 
-def sweep_variants(cascade: Cascade, flags: dict[str, list], sweeps: list[Sweep], out: Path) -> list[tuple[Path, Cascade]]:
+def sweep_variants(cascade: Cascade, flags: dict[str, list], sweeps: list[SweepAxis],
+                   out: Path) -> list[tuple[Path, Cascade]]:
     """(folder, cascade) for every combination of the sweeps, the flags applied to each first
     (a stage's sweep then replaces that stage's flag value). A combination's folder is named by
-    its sweeps, `base.guidance=3.0,sr1.aug_level=0.1/`; `out` itself without sweeps."""
+    its sweeps, `base.guidance=3.0,sr1.aug_level=0.1/` (`sweep_points`); `out` itself without sweeps."""
     for key, values in flags.items():
         for index, value in enumerate(values):
             cascade = cascade.updated(index, **{key: value})
-    variants = []
-    for combination in itertools.product(*[[(sweep, value) for value in sweep.values] for sweep in sweeps]):
-        variant = cascade
-        for sweep, value in combination:
-            variant = variant.updated(sweep.stage, **{sweep.key: value})
-        folder = out / ",".join(f"{sweep.name}={folder_value(value)}" for sweep, value in combination) if combination else out
-        variants.append((folder, variant))
-    return variants
+    return [(point.folder, variant(cascade, sweeps, point.setting)) for point in sweep_points(sweeps, out)]
 
 
 def read_conditions(args: argparse.Namespace) -> list[tuple[str | int, str | None]]:
@@ -272,8 +213,8 @@ def sample(argv: list[str]) -> int:
     job = FolderJob(args.n_per_condition, args.batch_size, args.seed, args.keep_intermediate, not args.no_progress)
     started = time.perf_counter()
     folders = []
-    for folder, variant in variants:
-        written = sample_folder(variant, conditions, job, folder, rank, world_size, console)
+    for folder, swept in variants:
+        written = sample_folder(swept, conditions, job, folder, rank, world_size, console)
         console.print(f"rank {rank}: {folder}: wrote {written} images", markup=False)
         folders.append(folder)
     barrier_if_distributed(world_size)

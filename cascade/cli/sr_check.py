@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .sample import SETTING_TYPES
+from ..pipeline.sweep import SETTING_TYPES
 
 
 def read_setting(text: str) -> dict:

@@ -30,12 +30,13 @@ from rich.console import Console
 
 from ..files.sample_folder import merge_metadata
 from ..pipeline import Cascade
+from ..pipeline.sweep import SweepAxis
 from ..pipeline.to_folder import FolderJob, sample_folder
 from ..resources import shipped
 from ..stages.config import SamplingSettings
 from .evaluation import evaluate_demo, evaluate_sweep
 from .report import write_demo_report
-from .sweep import SweepAxis, sample_sweep
+from .sweep import sample_sweep
 from .timings import StepTimes
 from .training import StageRun, StageTrainingError, train_concurrently
 

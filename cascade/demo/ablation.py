@@ -144,12 +144,12 @@ def training_runs(out: Path, data: dict[str, Path], plan: AblationPlan) -> dict[
                 "--data.init_args.train_shards", str(data["train"]), "--data.init_args.val_shards", str(data["val"]),
                 "--data.init_args.batch_size", str(plan.batch_size),
                 "--data.init_args.val_batch_size", str(2 * plan.batch_size),
-                "--data.init_args.seed", str(seed), "--seed_everything", str(seed),
                 "--trainer.val_check_interval", str(plan.train_steps), "--sample_grid", "null",
                 "--posthoc_ema.snapshot_every_n_steps", str(every), *extra,
             )
             runs[training, seed] = StageRun(f"{training}-seed{seed}", CONFIG_DIR / "base.yaml",
-                                            out / "runs" / f"{training}-seed{seed}", plan.train_steps, overrides)
+                                            out / "runs" / f"{training}-seed{seed}", plan.train_steps, overrides,
+                                            seed)
     return runs
 
 
@@ -239,15 +239,11 @@ def sample_and_score(row: Row, run: StageRun, scenes: list[dict], folder: Path, 
     merge_metadata(folder)
     stratified = stratified_alignment(score_folder(folder, scenes), resamples=200)
     metrics = evaluate_samples(folder, reference, extractor, metrics=("fid", "pr"), progress=False).metrics
-    return Sampled(row.name, run_seed(run), str(folder), function_evaluations_per_image(cascade),
+    return Sampled(row.name, run.seed, str(folder), function_evaluations_per_image(cascade),
                    {check: stratified[BALANCED][check][0] for check in CHECKS},
                    {name: {check: values[check][0] for check in CHECKS} for name, values in stratified.items()
                     if name != BALANCED},
                    {key: float(value) for key, value in metrics.items()})
-
-
-def run_seed(run: StageRun) -> int:
-    return int(run.name.rsplit("seed", 1)[1])
 
 
 def summarise(sampled: list[Sampled], order: list[str]) -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ from ..eval.heldout import (
 )
 from ..eval.results import EvaluationResult
 from ..files.sample_folder import intermediate_dirs
-from .sweep import SweepPoint
+from ..pipeline.sweep import SweepPoint
 
 ALIGNMENT_CHECKS = CHECKS
 SR_EFFECT_CHECKS = ("exact", "shape", "count", "relation")  # final stage minus base stage, balanced

@@ -26,7 +26,7 @@ from ..data import synthetic
 from ..data.degrade import downsample
 from ..diffusion import alpha_from_log_snr, predicted_x0, sigma_from_log_snr
 from ..eval.heldout import heldout_caption_set
-from ..stages import SamplingSettings, SuperResStage
+from ..stages import Condition, SamplingSettings, SuperResStage
 from . import SHARD_RESOLUTION
 
 LOG_SNRS = (10.0, 8.0, 6.0, 4.0, 2.0, 0.0, -2.0)
@@ -50,14 +50,20 @@ def real_pairs(stage: SuperResStage, captions: int) -> tuple[list[dict], torch.T
     return scenes, torch.stack(high), torch.stack(low)
 
 
+def scene_condition(stage: SuperResStage, scenes: list[dict]) -> Condition:
+    """The stage's condition for the scenes: their captions for a text stage, else none."""
+    if stage.conditioning == "text":
+        return stage.make_condition(prompts=[scene["caption"] for scene in scenes])
+    return stage.make_condition()
+
+
 @torch.no_grad()
 def x0_errors(stage: SuperResStage, scenes: list[dict], x0: torch.Tensor, lowres: torch.Tensor,
               log_snrs: Sequence[float] = LOG_SNRS, seed: int = 0) -> list[dict[str, float]]:
     """Per log-SNR: the mean squared error of the stage's x0 estimate, of the noisy image itself
     (x_t / alpha) and of the upsampled clean low-res input, all against the real x0."""
     stage.eval()
-    condition = stage.make_condition(prompts=[scene["caption"] for scene in scenes]) \
-        if stage.conditioning == "text" else stage.make_condition()
+    condition = scene_condition(stage, scenes)
     generators = [torch.Generator().manual_seed(seed + i) for i in range(len(scenes))]
     inputs = stage.sampling_inputs(lowres, 0.0, generators)
     upsampled_error = float(((stage.upsample_lowres(lowres) - x0) ** 2).mean())
@@ -87,8 +93,7 @@ def sampling_errors(stage: SuperResStage, scenes: list[dict], x0: torch.Tensor, 
                     settings: Sequence[SamplingSettings], seed: int = 0) -> list[dict[str, Any]]:
     """Per setting: images sampled from the real low-res input, their MSE to the real renders and
     their high-frequency energy relative to the real renders' (median over images)."""
-    condition = stage.make_condition(prompts=[scene["caption"] for scene in scenes]) \
-        if stage.conditioning == "text" else stage.make_condition()
+    condition = scene_condition(stage, scenes)
     real = high_frequency_energy(x0)
     rows = []
     for setting in settings:

@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 STEP_LINE = re.compile(r"^step (\d+)/\d+")
 # Seconds between plain progress lines when the console is not a terminal (a log file, CI),
@@ -32,13 +38,16 @@ HEARTBEAT_SECONDS = 60.0
 
 @dataclass(frozen=True)
 class StageRun:
-    """One `cascade fit` of a demo stage: its config, run directory and step count."""
+    """One `cascade fit` of a demo stage: its config, run directory and step count, and the
+    training seed (`seed_everything` and the data order) when the run sets one (None: the
+    config's)."""
 
     name: str
     config: Path
     run_dir: Path
     steps: int
     overrides: tuple[str, ...]
+    seed: int | None = None
 
     @property
     def last_checkpoint(self) -> Path:
@@ -57,7 +66,10 @@ class StageRun:
     def command(self) -> list[str]:
         argv = [sys.executable, "-m", "cascade", "fit", "-c", str(self.config), "--run-dir", str(self.run_dir),
                 "--trainer.max_steps", str(self.steps), "--trainer.enable_progress_bar", "false",
-                "--trainer.callbacks+=cascade.stages.ProgressLines", *self.overrides]
+                "--trainer.callbacks+=cascade.stages.ProgressLines"]
+        if self.seed is not None:
+            argv += ["--data.init_args.seed", str(self.seed), "--seed_everything", str(self.seed)]
+        argv += self.overrides
         if self.last_checkpoint.exists():  # an interrupted demo resumes where the stage stopped
             argv += ["--ckpt_path", str(self.last_checkpoint)]
         return argv

@@ -144,14 +144,16 @@ def sample(
     # The denoiser and the update formulas see the same float32 t, hence the same lambda.
     times = time_grid(schedule, steps, grid, t_start).float()
     log_snrs = schedule.log_snr_unchecked(times)
+    # The grid lives on the host: read it into Python floats once, not one element per step.
+    t_values = times.tolist()
     if sampler == "heun":
         churn_settings = (churn, churn_sigma_min, churn_sigma_max, churn_noise)
-        return _heun(denoise, schedule, x, times, log_snrs, churn_settings, generator, callback)
+        return _heun(denoise, schedule, x, t_values, log_snrs, churn_settings, generator, callback)
 
     previous_x0: list[torch.Tensor] = []  # newest first
     previous_h: list[torch.Tensor] = []
     for i in range(steps):
-        t_batch = torch.full((shape[0],), float(times[i]), device=x.device)
+        t_batch = torch.full((shape[0],), t_values[i], device=x.device)
         x0_hat = denoise(x, t_batch)
         lambda_s, lambda_t = log_snrs[i], log_snrs[i + 1]
         last = i == steps - 1
@@ -283,7 +285,7 @@ def _heun(
     denoise: Denoiser,
     schedule: NoiseSchedule,
     x: torch.Tensor,
-    times: torch.Tensor,
+    t_values: list[float],
     log_snrs: torch.Tensor,
     churn_settings: tuple[float, float, float, float],
     generator: Generators,
@@ -295,31 +297,34 @@ def _heun(
     s(t) = alpha) the ODE is dx~/dsigma = (x~ - D(x~; sigma)) / sigma, D the x0 estimate.
     Churn (Alg. 2) raises sigma_i to sigma_hat = sigma_i (1 + gamma_i), clamped to the schedule's
     sigma at t = 1 (the denoiser knows no noisier t), and adds the matching fresh noise.
+    `t_values`: the time grid as Python floats (read from the host once per `sample` call).
     """
     s_churn, s_tmin, s_tmax, s_noise = churn_settings
-    steps = len(times) - 1
+    steps = len(t_values) - 1
     batch = x.shape[0]
     sigmas = torch.exp(-0.5 * log_snrs)  # sigma~ = sigma / alpha; exp(-inf) = 0 at t = 0 on the linear schedule
+    sigma_values = sigmas.tolist()  # the churn's host-side tests, read once
     alphas = alpha_from_log_snr(log_snrs)
     log_snr_noisiest = float(schedule.log_snr_float64(torch.tensor(1.0)))
     x_tilde = x / alphas[0]
     for i in range(steps):
-        t_i, sigma_i = times[i], sigmas[i]
+        sigma_i = sigmas[i]
         # Alg. 2, line 4: gamma_i = min(S_churn / N, sqrt(2) - 1) if S_tmin <= sigma_i <= S_tmax, else 0.
-        gamma = min(s_churn / steps, math.sqrt(2.0) - 1.0) if s_tmin <= float(sigma_i) <= s_tmax else 0.0
-        t_hat, sigma_hat, alpha_hat = t_i, sigma_i, alphas[i]
+        gamma = min(s_churn / steps, math.sqrt(2.0) - 1.0) if s_tmin <= sigma_values[i] <= s_tmax else 0.0
+        t_hat, sigma_hat, alpha_hat = t_values[i], sigma_i, alphas[i]
         if gamma > 0:
             # Alg. 2, line 5: sigma_hat = sigma_i + gamma_i sigma_i (kept within the schedule).
-            log_snr_target = max(-2.0 * math.log(float(sigma_i) * (1.0 + gamma)), log_snr_noisiest)
+            log_snr_target = max(-2.0 * math.log(sigma_values[i] * (1.0 + gamma)), log_snr_noisiest)
             log_snr_hat = torch.tensor(log_snr_target, dtype=torch.float64)
-            t_hat = schedule.t_from_log_snr(log_snr_hat).float()
-            log_snr_hat = schedule.log_snr_unchecked(t_hat)
+            t_hat_tensor = schedule.t_from_log_snr(log_snr_hat).float()
+            t_hat = float(t_hat_tensor)
+            log_snr_hat = schedule.log_snr_unchecked(t_hat_tensor)
             sigma_hat, alpha_hat = torch.exp(-0.5 * log_snr_hat), alpha_from_log_snr(log_snr_hat)
             # Alg. 2, line 6: x^_i = x_i + sqrt(sigma_hat^2 - sigma_i^2) eps, eps ~ N(0, S_noise^2 I).
             noise = randn(tuple(x_tilde.shape), generator, device=x_tilde.device, dtype=x_tilde.dtype)
             x_tilde = x_tilde + (sigma_hat**2 - sigma_i**2).clamp(min=0).sqrt() * s_noise * noise
         # Alg. 1, line 4 / Alg. 2, line 7: d_i = (x^_i - D(x^_i; sigma_hat)) / sigma_hat.
-        x0_hat = denoise(alpha_hat * x_tilde, torch.full((batch,), float(t_hat), device=x_tilde.device))
+        x0_hat = denoise(alpha_hat * x_tilde, torch.full((batch,), t_hat, device=x_tilde.device))
         d = (x_tilde - x0_hat) / sigma_hat
         # Alg. 1, line 5 / Alg. 2, line 8: Euler step x_{i+1} = x^_i + (sigma_{i+1} - sigma_hat) d_i.
         step = sigmas[i + 1] - sigma_hat
@@ -327,7 +332,7 @@ def _heun(
         if i < steps - 1:
             # Alg. 1, lines 6-8 (sigma_{i+1} != 0): the 2nd-order correction with the slope at
             # x_{i+1}, d' = (x_{i+1} - D(x_{i+1}; sigma_{i+1})) / sigma_{i+1}, averaged with d_i.
-            t_next = torch.full((batch,), float(times[i + 1]), device=x_tilde.device)
+            t_next = torch.full((batch,), t_values[i + 1], device=x_tilde.device)
             x0_next = denoise(alphas[i + 1] * x_next, t_next)
             d_next = (x_next - x0_next) / sigmas[i + 1]
             x_next = x_tilde + step * 0.5 * (d + d_next)

@@ -14,20 +14,18 @@ from __future__ import annotations
 
 import inspect
 import itertools
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from ..diffusion.samplers import randn
 from ..stages.conditioning import Condition
 from ..stages.config import SamplingSettings, StageConfigError
 from ..stages.diffusion_stage import DiffusionStage
-from ..stages.export import CONFIG_FILE, load_stage, resolve_stage_class
+from ..stages.export import load_stage, resolve_stage_class, stored_stage_config
 from ..stages.super_res import SuperResStage
 
 StageEnd = Callable[[int, torch.Tensor], None]
@@ -51,21 +49,10 @@ class StageShape:
     @classmethod
     def read(cls, path: str | Path) -> StageShape:
         """The shape of the stage in an export directory (its config.yaml) or a `.ckpt` (its
-        `cascade_stage` entry, memory-mapped): no weights are read and no network is built, so a
-        wrong order is found before anything is loaded. ValueError naming the file when it holds
-        no cascade stage."""
-        path = Path(path)
-        try:
-            if path.is_dir():
-                config = yaml.safe_load((path / CONFIG_FILE).read_text())
-            else:
-                checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-                config = checkpoint.get("cascade_stage") if isinstance(checkpoint, dict) else None
-        except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, yaml.YAMLError) as error:
-            raise ValueError(f"{path}: cannot be read as a cascade stage ({type(error).__name__}: {error})") from None
-        if not (isinstance(config, dict) and isinstance(config.get("class_path"), str)
-                and isinstance(config.get("init_args"), dict)):
-            raise ValueError(f"{path}: holds no cascade stage (no class_path and init_args)")
+        `cascade_stage` entry, memory-mapped), read by `cascade.stages.export.stored_stage_config`:
+        no weights are read and no network is built, so a wrong order is found before anything is
+        loaded. ValueError naming the file when it holds no cascade stage."""
+        config = stored_stage_config(path)
         try:
             stage_class, init_args = resolve_stage_class(config["class_path"]), config["init_args"]
         except ValueError as error:

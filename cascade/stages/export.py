@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ def resolve_stage_class(class_path: str) -> type[DiffusionStage]:
         raise ValueError(f"refusing to import stage class {class_path!r}: only cascade.* stages can be loaded")
     cls = getattr(importlib.import_module(module_name), class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, DiffusionStage)):
-        raise ValueError(f"{class_path!r} is not a DiffusionStage subclass")
+        raise ValueError(f"{class_path!r} is not a DiffusionStage subclass")  # noqa: TRY004 - a file's content, which callers catch as ValueError
     return cls
 
 
@@ -55,13 +56,13 @@ def stage_config_of(config: Any) -> dict[str, Any]:
     not state it, is the stage's, as `cascade fit` links it. ValueError without a `model:` mapping."""
     model = config.get("model") if isinstance(config, dict) else None
     if not isinstance(model, dict):
-        raise ValueError("no `model:` section")
+        raise ValueError("no `model:` section")  # noqa: TRY004 - a file's content, which callers catch as ValueError
     if "init_args" in model:
         init_args = model["init_args"] or {}
     else:
         init_args = {key: value for key, value in model.items() if key != "class_path"}
     if not isinstance(init_args, dict):
-        raise ValueError("`model.init_args` is not a mapping")
+        raise ValueError("`model.init_args` is not a mapping")  # noqa: TRY004 - a file's content, which callers catch as ValueError
     init_args = dict(init_args)
     unet = init_args.get("unet")
     if isinstance(unet, dict) and "image_size" not in unet:
@@ -87,12 +88,38 @@ def read_stage_config(path: str | Path) -> dict[str, Any]:
     return stage_config
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A Lightning checkpoint written by a cascade stage, loaded with weights_only=True."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if "cascade_stage" not in checkpoint:
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """A Lightning checkpoint written by a cascade stage, loaded with weights_only=True
+    (`mmap`: its tensors memory-mapped, not read, for a caller that needs only its entries)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    if not isinstance(checkpoint, dict) or "cascade_stage" not in checkpoint:
         raise ValueError(f"{path} was not written by a cascade stage (no 'cascade_stage' entry)")
     return checkpoint
+
+
+def read_export_config(directory: str | Path) -> dict[str, Any]:
+    """The `config.yaml` of an export directory (safe YAML), its format_version checked."""
+    config = yaml.safe_load((Path(directory) / CONFIG_FILE).read_text())
+    version = config.get("format_version") if isinstance(config, dict) else None
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{Path(directory) / CONFIG_FILE}: unsupported format_version {version!r}")
+    return config
+
+
+def stored_stage_config(path: str | Path) -> dict[str, Any]:
+    """{"class_path", "init_args", ...} of the stage stored at `path` without reading its weights:
+    an export directory's `config.yaml` (`read_export_config`) or a `.ckpt`'s `cascade_stage`
+    entry (`read_checkpoint`, memory-mapped). ValueError naming the file when it cannot be read
+    or holds no stage."""
+    path = Path(path)
+    try:
+        config = read_export_config(path) if path.is_dir() else read_checkpoint(path, mmap=True)["cascade_stage"]
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, yaml.YAMLError) as error:
+        raise ValueError(f"{path}: cannot be read as a cascade stage ({type(error).__name__}: {error})") from None
+    if not (isinstance(config, dict) and isinstance(config.get("class_path"), str)
+            and isinstance(config.get("init_args"), dict)):
+        raise ValueError(f"{path}: holds no cascade stage (no class_path and init_args)")  # noqa: TRY004 - a file's content, which callers catch as ValueError
+    return config
 
 
 def export_stage(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
@@ -132,10 +159,7 @@ def write_export(unet_state: dict[str, torch.Tensor], stage_config: dict[str, An
 def load_exported(directory: str | Path, device: str | torch.device = "cpu") -> DiffusionStage:
     """The stage in `directory` (from `export_stage`), in eval mode on `device`. No pickle."""
     directory = Path(directory)
-    config = yaml.safe_load((directory / CONFIG_FILE).read_text())
-    if config.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{directory / CONFIG_FILE}: unsupported format_version {config.get('format_version')!r}")
-    stage = build_stage(config)
+    stage = build_stage(read_export_config(directory))
     stage.unet.load_state_dict(load_file(str(directory / WEIGHTS_FILE)), strict=True)
     return stage.to(device).eval()
 
