@@ -5,11 +5,15 @@ blocks; UBlock = residual blocks, then upsample)."""
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from cascade.bench.flops import count_flops
+from cascade.bench.stage_inputs import DEFAULT_TEXT_LENGTH
+from cascade.cli.model_info import forward_flops, model_info, stage_unet_of
 from cascade.nn import UNet, UNetConfig, count_parameters
 from cascade.nn.attention import AttentionBlock
 from cascade.nn.resblock import Downsample, ResBlock, Upsample
@@ -203,3 +207,53 @@ def test_efficient_order_needs_sides_divisible_by_two_to_the_levels():
 def test_bad_block_order_raises_one_line_naming_the_key():
     with pytest.raises(ValueError, match=r"^invalid UNetConfig: unet.block_order must be one of \('adm', 'efficient'\), got 'imagen'$"):
         small_config(block_order="imagen")
+
+
+# ---- `cascade model-info` ------------------------------------------------------------------
+
+
+def write_stage(path, block_order: str, text_encoder: dict | None = None) -> str:
+    unet = {"base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1, "attention_resolutions": [],
+            "norm_groups": 8, "block_order": block_order}
+    init_args = {"image_size": 16, "unet": unet}
+    if text_encoder is not None:
+        init_args["text_encoder"] = text_encoder
+    path.write_text(yaml.safe_dump({"model": {"class_path": "cascade.stages.BaseStage", "init_args": init_args}}))
+    return str(path)
+
+
+def test_model_info_prints_block_order_and_the_closed_form_forward_gflop(tmp_path, capsys):
+    """The rows of the two orders of one network: their block order, the parameters (the
+    efficient one has the two extra resampling convs, 2 x (9 * 16^2 + 16)) and the FLOPs of one
+    batch-1 forward at image_size, the closed-form sums of the test above (28.23 M and 8.55 M)."""
+    paths = [write_stage(tmp_path / f"{order}.yaml", order) for order in ("adm", "efficient")]
+    assert model_info(paths) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "BaseStage" in line]
+    cells = [[cell.strip() for cell in row.split("│")[1:-1]] for row in rows]
+    assert [row[5:] for row in cells] == [["adm", "0.2 M", "0.028"], ["efficient", "0.2 M", "0.009"]]
+    for order, expected in (("adm", 28_227_584), ("efficient", 8_550_400)):
+        with torch.device("meta"):
+            assert forward_flops(UNet(small_config(block_order=order))) == expected
+    with torch.device("meta"):
+        extra = count_parameters(UNet(small_config(block_order="efficient"))) - count_parameters(UNet(small_config()))
+    assert extra == 2 * (9 * 16**2 + 16)
+
+
+def test_model_info_counts_text_tokens_of_the_stages_max_length(tmp_path):
+    """Text enters the FLOPs through cross-attention: the key/value projections and the
+    attention products grow linearly with the number of tokens, so the forward FLOPs are affine
+    in the text length and the config's max_length (else DEFAULT_TEXT_LENGTH) is the one used."""
+    text = {"text_dim": 8, "cross_attention_resolutions": [8]}
+    stated = tmp_path / "stated.yaml"
+    stated.write_text(yaml.safe_dump({"model": {"class_path": "cascade.stages.BaseStage", "init_args": {
+        "image_size": 16, "text_encoder": {"kind": "minilm", "max_length": 7},
+        "unet": {"base_channels": 16, "channel_mults": [1, 2], "attention_resolutions": [], "norm_groups": 8,
+                 "head_channels": 8, **text}}}}))
+    _, config, length = stage_unet_of(stated)
+    assert length == 7
+    _, _, default = stage_unet_of(Path(write_stage(tmp_path / "plain.yaml", "adm")))
+    assert default == DEFAULT_TEXT_LENGTH
+    with torch.device("meta"):
+        unet = UNet(config)
+        flops = [forward_flops(unet, n) for n in (4, 7, 10)]
+    assert flops[2] - flops[1] == flops[1] - flops[0] > 0
