@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from cascade.bench import flops
-from cascade.cli import main as cascade_main
 from cascade.bench.harness import measure_interleaved
+from cascade.cli import main as cascade_main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -190,6 +190,39 @@ def test_peer_runs_when_imagen_pytorch_is_installed(micro_configs, tmp_path):
         assert record["peer"].startswith("imagen-pytorch")
     assert train["peer_unet_kwargs"]["max_text_len"] == 8 and train["peer_unet_kwargs"]["text_embed_dim"] == 16
     assert train["peer_unet_kwargs"]["layer_cross_attns"] == [False, True]
+    assert "memory_efficient" not in train["peer_unet_kwargs"]
+    assert cascade_main(["bench", "peer", micro_configs["base"], *FAST, "--peer-memory-efficient",
+                         "--jsonl", str(out)]) == 0
+    train = read_jsonl(out)[2]
+    assert train["peer_unet_kwargs"]["memory_efficient"] is True and train["peer_ms"] > 0
+
+
+def test_peer_memory_efficient_flag_reaches_every_imagen_unet_the_matching_builds(micro_configs, tmp_path, monkeypatch):
+    """`--peer-memory-efficient` builds imagen-pytorch's Unet with memory_efficient=True (its
+    Efficient U-Net block order): checked with a stand-in module whose Unet records its arguments
+    and fails the timed run once built."""
+    import types
+
+    from cascade.bench.peer import PeerUnavailable
+
+    built: list[dict] = []
+
+    class RecordingUnet(torch.nn.Module):
+        def __init__(self, dim: int, **kwargs):
+            super().__init__()
+            built.append(kwargs)
+            self.weight = torch.nn.Parameter(torch.zeros(dim, dim))
+            if torch.empty(0).device.type != "meta":  # the peer itself, after the meta-device matching
+                raise PeerUnavailable("stand-in imagen-pytorch: built")
+
+    stand_in = types.ModuleType("imagen_pytorch")
+    stand_in.Unet, stand_in.__version__ = RecordingUnet, "0"
+    monkeypatch.setitem(sys.modules, "imagen_pytorch", stand_in)
+    for flag, expected in (([], None), (["--peer-memory-efficient"], True)):
+        built.clear()
+        assert cascade_main(["bench", "peer", micro_configs["base"], *FAST, *flag,
+                             "--jsonl", str(tmp_path / "r.jsonl")]) == 1
+        assert len(built) > 2 and all(kwargs.get("memory_efficient") is expected for kwargs in built)
 
 
 def test_loader_benchmark_reports_the_data_package_measurement(tmp_path, monkeypatch):

@@ -41,10 +41,8 @@ from ..diffusion import diffusion_loss, q_sample
 from ..nn import UNet, UNetConfig, count_parameters
 from ..stages.base_stage import BaseStage
 from ..stages.diffusion_stage import DiffusionStage
-
 from .flops import count_flops
-from .harness import Timing
-from .harness import measure_interleaved
+from .harness import Timing, measure_interleaved
 from .stage_inputs import SpeedSettings, load_stage, random_condition, text_length
 from .train_step import prepare_train_step
 
@@ -88,15 +86,23 @@ def import_imagen() -> ModuleType:
 
 
 def _imagen_unet(imagen: ModuleType, device: torch.device | str, **kwargs) -> torch.nn.Module:
-    with contextlib.redirect_stdout(io.StringIO()):  # its advice to use a wider base, printed once
-        with torch.device(device):
-            return imagen.Unet(**kwargs)
+    # redirect: its advice to use a wider base, printed once
+    with contextlib.redirect_stdout(io.StringIO()), torch.device(device):
+        return imagen.Unet(**kwargs)
 
 
-def matched_imagen_kwargs(imagen: ModuleType, config: UNetConfig, text_tokens: int) -> dict:
+def matched_imagen_kwargs(
+    imagen: ModuleType, config: UNetConfig, text_tokens: int, memory_efficient: bool = False
+) -> dict:
     """imagen-pytorch `Unet` arguments matching `config` (see the module docstring); the base
     width `dim` is the multiple of 8 (its GroupNorms have 8 groups) whose parameter count is
-    closest to ours. Tiny models may miss PARAMETER_TOLERANCE: the records show the ratio."""
+    closest to ours. Tiny models may miss PARAMETER_TOLERANCE: the records show the ratio.
+
+    `memory_efficient` builds its Unet with `memory_efficient=True`, imagen-pytorch's form of
+    the Efficient U-Net block order (Saharia et al. 2022, appendix B.1: each level downsamples
+    before its blocks), the peer of our `block_order: "efficient"`; it also adds one residual
+    block at full resolution after its first convolution. Its attention flags are per level, so
+    they follow ours level by level (`config.level_resolutions`) in either order."""
     deepest = config.level_channels[-1]
     heads = config.heads_for(deepest)
     kwargs = {
@@ -112,6 +118,8 @@ def matched_imagen_kwargs(imagen: ModuleType, config: UNetConfig, text_tokens: i
         "channels": config.in_channels,
         "dropout": config.dropout,
     }
+    if memory_efficient:
+        kwargs["memory_efficient"] = True
     with torch.device("meta"):
         target = count_parameters(UNet(config))
 
@@ -191,14 +199,16 @@ def run_peer_benchmark(
     warmup: int,
     iters: int,
     seed: int = 0,
+    peer_memory_efficient: bool = False,
 ) -> list[dict]:
-    """Our stage vs the matched imagen-pytorch Unet: a train-step and a CFG-step record."""
+    """Our stage vs the matched imagen-pytorch Unet: a train-step and a CFG-step record.
+    `peer_memory_efficient`: build the peer with imagen-pytorch's `memory_efficient=True`."""
     imagen = import_imagen()
     stage = load_stage(config, device, seed)
     if not (isinstance(stage, BaseStage) and stage.conditioning == "text"):
         raise ValueError(f"{config}: the peer comparison needs a text-conditional base stage")
     length = text_length(stage)
-    kwargs = matched_imagen_kwargs(imagen, stage.unet.config, length)
+    kwargs = matched_imagen_kwargs(imagen, stage.unet.config, length, peer_memory_efficient)
     torch.manual_seed(seed)
     peer = PeerModel(imagen, kwargs, stage, settings)
     ours = prepare_train_step(stage, batch_size, None, settings, seed)

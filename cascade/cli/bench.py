@@ -24,10 +24,9 @@ import argparse
 import torch
 from rich.console import Console
 
-from ..diffusion import SAMPLERS
-
 from ..bench.records import append_jsonl, environment, print_table
 from ..bench.stage_inputs import SpeedSettings
+from ..diffusion import SAMPLERS
 
 DEFAULT_JSONL = "bench-results.jsonl"
 
@@ -156,13 +155,14 @@ class BenchRun:
             records = [estimate_peak(c, mode, batch, resolution) for c in configs]
         self.emit("ESTIMATED peak tensor memory (fake tensors, eager, bf16 autocast)", records, MEMORY_COLUMNS)
 
-    def peer(self, config: str, batch: int, guidance: float) -> bool:
+    def peer(self, config: str, batch: int, guidance: float, memory_efficient: bool = False) -> bool:
         """Run the peer comparison; False (with a message) when imagen-pytorch is missing."""
         from ..bench.peer import PeerUnavailable, run_peer_benchmark
 
         a = self.args
         try:
-            records = run_peer_benchmark(config, self.device, self.settings, batch, guidance, a.warmup, a.iters, a.seed)
+            records = run_peer_benchmark(config, self.device, self.settings, batch, guidance, a.warmup, a.iters, a.seed,
+                                         memory_efficient)
         except PeerUnavailable as error:
             self.console.print(f"[yellow]peer comparison skipped: {error}[/yellow]")
             return False
@@ -178,7 +178,7 @@ class BenchRun:
         return True
 
 
-def _run(args: argparse.Namespace, benchmark) -> int:  # noqa: ANN001 - benchmark: BenchRun -> bool | None
+def _run(args: argparse.Namespace, benchmark) -> int:
     """Set threads, run `benchmark(BenchRun)`; input errors print one line and return 2."""
     console = Console(width=200) if not Console().is_terminal else Console()
     if getattr(args, "threads", None):
@@ -233,13 +233,17 @@ def loader(argv: list[str]) -> int:
 
 
 def peer(argv: list[str]) -> int:
-    """`cascade bench peer CONFIG [--batch N] [--guidance W]`: ours against imagen-pytorch."""
+    """`cascade bench peer CONFIG [--batch N] [--guidance W] [--peer-memory-efficient]`: ours
+    against imagen-pytorch."""
     parser = _parser("peer", "Our train / CFG step against imagen-pytorch's at matched size.")
     parser.add_argument("config", help="a text-conditional base stage config")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--peer-memory-efficient", action="store_true",
+                        help="build imagen-pytorch's Unet with memory_efficient=True (its Efficient U-Net block "
+                             "order, the peer of unet.block_order: efficient)")
     args = parser.parse_args(argv)
-    return _run(args, lambda run: run.peer(args.config, args.batch, args.guidance))
+    return _run(args, lambda run: run.peer(args.config, args.batch, args.guidance, args.peer_memory_efficient))
 
 
 def memory(argv: list[str]) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 TIME_EMBEDDINGS = ("sinusoidal", "fourier")
+BLOCK_ORDERS = ("adm", "efficient")
 
 
 @dataclass
@@ -24,19 +25,21 @@ class UNetConfig:
     Fields:
         image_size: side of the training images, in pixels (SR: the output side). Only used to
             turn `attention_resolutions` / `cross_attention_resolutions` into levels of the
-            UNet; the network accepts any size divisible by 2**(len(channel_mults)-1), and
+            UNet; the network accepts any size divisible by `downsampling_factor`
+            (2**(len(channel_mults)-1) for "adm", 2**len(channel_mults) for "efficient"), and
             attention stays at the same levels (e.g. SR trained on crops, sampled full size).
         in_channels: channels of the noisy image x_t (3 for RGB).
         out_channels: channels of the prediction (3 for eps / v / x0 of an RGB image).
         base_channels: width of the first level; level i has base_channels * channel_mults[i].
         channel_mults: width multiplier per level, highest resolution first. The number of
-            levels is len(channel_mults); each level but the last halves the resolution.
+            levels is len(channel_mults); see block_order for where the resolution halves.
         num_res_blocks: residual blocks per level on the way down (the way up has one more,
             as in ADM). An int for every level, or one int per level: Efficient U-Net puts
             more blocks at low resolution, e.g. [2, 4, 8, 8].
         attention_resolutions: resolutions (pixels, relative to image_size) with
             multi-head self-attention after every residual block. Empty = none (Efficient
-            U-Net at 1024 px).
+            U-Net at 1024 px). A resolution names the level whose residual blocks run at it
+            (`level_resolutions`, which depends on block_order); one no level has is an error.
         cross_attention_resolutions: resolutions with cross-attention from image tokens to
             the text tokens (Imagen). Needs text_dim > 0.
         num_heads: attention heads per attention layer (used when head_channels is 0).
@@ -48,6 +51,22 @@ class UNetConfig:
             connections; Efficient U-Net uses 1/sqrt(2) = 0.7071.
         resblock_updown: down/upsample with residual blocks (BigGAN style, as in ADM) instead
             of a strided convolution / nearest-upsample + convolution.
+        block_order: where each level resamples. "adm" (ADM, Dhariwal & Nichol 2021): level l's
+            blocks run at image_size / 2**l, every level but the last ends with a downsample
+            and every up level but the top ends with an upsample. "efficient" (Imagen's
+            Efficient U-Net, Saharia et al. 2022, appendix B.1 and Figs. A.28-A.30: the DBlock
+            downsamples before its residual blocks, the UBlock upsamples after them): every
+            level starts with a downsample and every up level ends with an upsample, so level
+            l's blocks run at image_size / 2**(l+1), a quarter of the pixels of the "adm"
+            order, and inputs must be divisible by 2**levels. conv_in and conv_out stay at full
+            resolution. The skip connections pair up level by level as in "adm": an up level
+            reads, last first, the outputs of its down level's residual blocks and the output
+            that entered them (the downsample's, which in "adm" is conv_in's for level 0), all
+            at the level's resolution (imagen-pytorch's `memory_efficient` pairs them the same
+            way, without a skip from conv_in). Same widths and skip widths as "adm", so the
+            parameters are those of "adm" plus one more resampling layer each way, at the top
+            level: a 3x3 conv base_channels -> base_channels down and level_channels[0] ->
+            level_channels[0] up (or the two BigGAN residual blocks with resblock_updown).
         num_classes: number of class labels (0 = not class-conditional). The embedding table
             has num_classes + 1 rows; the last one is the learned null class (Ho & Salimans
             2022, "Classifier-Free Diffusion Guidance").
@@ -93,6 +112,7 @@ class UNetConfig:
     time_embedding: str = "sinusoidal"
     fourier_scale: float = 16.0
     gradient_checkpointing: bool = False
+    block_order: str = "adm"
 
     def __post_init__(self) -> None:
         self.channel_mults = tuple(self.channel_mults)
@@ -115,8 +135,17 @@ class UNetConfig:
 
     @property
     def level_resolutions(self) -> list[int]:
-        """Feature-map side of every level for an image_size input, highest first."""
-        return [self.image_size // 2**level for level in range(self.num_levels)]
+        """Feature-map side at which every level's residual and attention blocks run for an
+        image_size input, highest first: image_size / 2**l ("adm") or image_size / 2**(l+1)
+        ("efficient", Saharia et al. 2022, appendix B.1)."""
+        shift = 1 if self.block_order == "efficient" else 0
+        return [self.image_size // 2 ** (level + shift) for level in range(self.num_levels)]
+
+    @property
+    def downsampling_factor(self) -> int:
+        """Ratio of the input side to the lowest level's side: 2**(levels-1) ("adm") or
+        2**levels ("efficient"); input sides must be divisible by it."""
+        return 2 ** (self.num_levels - (0 if self.block_order == "efficient" else 1))
 
     @property
     def res_blocks_per_level(self) -> list[int]:
@@ -150,12 +179,15 @@ class UNetConfig:
             errors.append(f"channel_mults must be non-empty positive ints, got {self.channel_mults}")
         if self.base_channels <= 0:
             errors.append(f"base_channels must be positive, got {self.base_channels}")
+        if self.block_order not in BLOCK_ORDERS:
+            errors.append(f"unet.block_order must be one of {BLOCK_ORDERS}, got {self.block_order!r}")
         if errors:
             raise ValueError("invalid UNetConfig: " + "; ".join(errors))
 
-        factor = 2 ** (self.num_levels - 1)
+        factor = self.downsampling_factor
         if self.image_size % factor:
-            errors.append(f"image_size {self.image_size} is not divisible by 2**(levels-1) = {factor}")
+            exponent = "levels" if self.block_order == "efficient" else "(levels-1)"
+            errors.append(f"image_size {self.image_size} is not divisible by 2**{exponent} = {factor}")
         blocks = self.res_blocks_per_level
         if len(blocks) != self.num_levels or any(b < 1 for b in blocks):
             errors.append(

@@ -5,6 +5,15 @@ with the Efficient U-Net options of Imagen (Saharia et al. 2022, appendix B.1: m
 blocks at low resolution, skip connections scaled by 1/sqrt(2), no self-attention at high
 resolution) and text conditioning as in GLIDE (Nichol et al. 2021) and Imagen.
 
+Block order (`UNetConfig.block_order`): "adm" runs each level's residual blocks at the level's
+input resolution and then downsamples (up levels: blocks, then upsample); "efficient" is the
+DBlock / UBlock order of Imagen's Efficient U-Net (Saharia et al. 2022, appendix B.1, Figs.
+A.28-A.30): each down level downsamples first and runs its blocks at the reduced resolution,
+each up level runs its blocks and then upsamples. With the same widths and blocks the two
+orders have the same parameters but one resampling layer each way, and the "efficient" order's
+blocks see a quarter of the pixels, so a forward costs about a quarter of the FLOPs. Skip
+connections pair up level by level in both orders (see `UNetConfig`).
+
 Conditioning:
 - one vector per example, the sum of the noise-level embedding, the SR augmentation-level
   embedding, the class embedding and the pooled text, drives every residual block's
@@ -124,20 +133,32 @@ class UNet(nn.Module):
         input_channels = config.in_channels + config.lowres_channels
         self.conv_in = nn.Conv2d(input_channels, config.base_channels, 3, padding=1)
 
+        def downsample(channels: int) -> nn.Module:
+            return res_block(channels, channels, "down") if config.resblock_updown else Downsample(channels)
+
+        def upsample(channels: int) -> nn.Module:
+            return res_block(channels, channels, "up") if config.resblock_updown else Upsample(channels)
+
+        # Skip connections, level by level: the feature map entering a level's residual blocks
+        # (adm: conv_in's output or the previous level's downsample; efficient: the level's own
+        # downsample) and each block's output. Up level l reads them last first.
+        efficient = config.block_order == "efficient"
         channels = config.base_channels
-        skip_channels = [channels]
+        skip_channels = [] if efficient else [channels]
         self.down_blocks = nn.ModuleList()
         last_level = config.num_levels - 1
         for level, (width, resolution, blocks) in enumerate(
             zip(config.level_channels, config.level_resolutions, config.res_blocks_per_level)
         ):
+            if efficient:  # Imagen DBlock: downsample, then the blocks at the reduced resolution
+                self.down_blocks.append(UNetBlock([downsample(channels)]))
+                skip_channels.append(channels)
             for _ in range(blocks):
                 self.down_blocks.append(UNetBlock([res_block(channels, width), *attention_layers(width, resolution)]))
                 channels = width
                 skip_channels.append(channels)
-            if level != last_level:
-                downsample = res_block(channels, channels, "down") if config.resblock_updown else Downsample(channels)
-                self.down_blocks.append(UNetBlock([downsample]))
+            if not efficient and level != last_level:
+                self.down_blocks.append(UNetBlock([downsample(channels)]))
                 skip_channels.append(channels)
 
         self.middle_block = UNetBlock(
@@ -156,8 +177,8 @@ class UNet(nn.Module):
             for index in range(blocks + 1):
                 layers = [res_block(channels + skip_channels.pop(), width), *attention_layers(width, resolution)]
                 channels = width
-                if level != 0 and index == blocks:
-                    layers.append(res_block(channels, channels, "up") if config.resblock_updown else Upsample(channels))
+                if index == blocks and (efficient or level != 0):  # Imagen UBlock: upsample last
+                    layers.append(upsample(channels))
                 self.up_blocks.append(UNetBlock(layers))
 
         self.norm_out = GroupNorm32(config.norm_groups, channels)
@@ -177,7 +198,8 @@ class UNet(nn.Module):
         """Predict the stage's target (eps, v or x0) for x_t.
 
         Args:
-            x_t: (B, in_channels, H, W) noisy image; H and W divisible by 2**(levels-1).
+            x_t: (B, in_channels, H, W) noisy image; H and W divisible by
+                `config.downsampling_factor` (2**(levels-1), or 2**levels for "efficient").
             noise_cond: (B,) float noise level (1000*t or log-SNR; the stage decides).
             class_labels: (B,) long in [0, num_classes); None = every row uses the null class.
             text_tokens: (B, L, text_dim) float; None = every row uses the null text.
@@ -225,7 +247,7 @@ class UNet(nn.Module):
 
         h = x_t if lowres is None else torch.cat([x_t, lowres.to(x_t.dtype)], dim=1)
         h = self.conv_in(h)
-        skips = [h]
+        skips = [h] if self.config.block_order == "adm" else []
         for block in self.down_blocks:
             h = self._run(block, h, embedding, context, context_mask)
             skips.append(h)
@@ -269,7 +291,7 @@ class UNet(nn.Module):
         if x_t.ndim != 4 or x_t.shape[1] != config.in_channels:
             raise ValueError(f"x_t must be (B, {config.in_channels}, H, W), got {tuple(x_t.shape)}")
         batch, _, height, width = x_t.shape
-        factor = 2 ** (config.num_levels - 1)
+        factor = config.downsampling_factor
         if height % factor or width % factor:
             raise ValueError(f"x_t height and width must be divisible by {factor}, got {height}x{width}")
 
