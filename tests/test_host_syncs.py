@@ -8,6 +8,8 @@ them; these tests find them on the CPU with the same dispatch-level view.
 
 from __future__ import annotations
 
+import warnings
+
 import lightning.pytorch as pl
 import numpy as np
 import pytest
@@ -102,8 +104,11 @@ def trained(tmp_path_factory):
             default_root_dir=run_dir, logger=CSVLogger(run_dir),
             callbacks=[per_step, weights, ema, TrainingSpeed(), StepProgressBar(), ProgressLines(), LearningRateMonitor()],
         )
-        trainer.fit(stage, torch.utils.data.DataLoader(batches, batch_size=None))
-    return {"per_step": per_step.by_step, "counter": counter, "weights": weights.weights, "ema": ema}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(stage, torch.utils.data.DataLoader(batches, batch_size=None))
+    return {"per_step": per_step.by_step, "counter": counter, "weights": weights.weights, "ema": ema,
+            "warnings": [str(warning.message) for warning in caught]}
 
 
 def test_training_steps_that_log_nothing_make_no_host_sync(trained):
@@ -129,6 +134,12 @@ def test_logging_steps_read_only_the_logged_values(trained):
         assert ours == {("cascade/stages/callbacks.py", "get_metrics"),  # StepProgressBar's loss
                         ("cascade/stages/callbacks.py", "on_train_batch_end"),  # ProgressLines' loss
                         ("cascade/stages/diffusion_stage.py", "on_train_batch_end")}  # the NaN/inf check
+
+
+def test_ema_outside_sharding_does_not_warn_that_weight_averaging_cannot_shard(trained):
+    """The stage overrides `configure_model` (for FSDP2 only); Lightning's `WeightAveraging.setup`
+    would warn about sharding on every unsharded run, so `EMA.setup` builds the average itself."""
+    assert not [message for message in trained["warnings"] if "WeightAveraging" in message]
 
 
 def test_sync_free_ema_is_the_exponential_moving_average_of_the_steps(trained):

@@ -73,18 +73,16 @@ class EMA(WeightAveraging):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """`WeightAveraging.setup` with the copy made before sharding: under `FSDP2Strategy` the
-        averaged copy is sharded like the module (see the module docstring); otherwise as
-        Lightning's (which calls `configure_model` first: a no-op for a stage outside FSDP2)."""
+        averaged copy is then sharded like the module (see the module docstring). Lightning's own
+        `setup` is not called: it would call the stage's `configure_model` (a no-op outside FSDP2)
+        and warn that the stage overrides it, which is only news under sharding."""
         if stage != "fit":
-            return
-        strategy = trainer.strategy
-        if not isinstance(strategy, FSDP2Strategy):
-            super().setup(trainer, pl_module, stage)
             return
         self._average_model = AveragedModel(
             model=pl_module, device=self._device or pl_module.device, use_buffers=self._use_buffers, **self._kwargs
         )
-        strategy.shard(self._average_model.module)
+        if isinstance(trainer.strategy, FSDP2Strategy):
+            trainer.strategy.shard(self._average_model.module)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         """As `WeightAveraging`: the average in `state_dict`, the live weights in
