@@ -32,6 +32,7 @@ import contextlib
 import io
 import statistics
 import warnings
+from abc import ABC, abstractmethod
 from pathlib import Path
 from types import ModuleType
 
@@ -138,17 +139,18 @@ def matched_imagen_kwargs(
     return {"dim": dim, **kwargs}
 
 
-class _PeerTrainStep:
+class _PeerTrainStep(ABC):
     """The train step every peer shares with our stage: t ~ U(0, 1), x_t = q_sample, the stage's
-    loss on the peer's prediction (`predict`), one fused AdamW step."""
+    loss on the peer's prediction (`predict`, which each peer defines), one fused AdamW step."""
 
     unet: torch.nn.Module
     optimizer: torch.optim.Optimizer
     stage: DiffusionStage
     settings: SpeedSettings
 
+    @abstractmethod
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, batch: dict) -> torch.Tensor:
-        raise NotImplementedError
+        """The peer network's prediction of the stage's target for x_t at time t."""
 
     def train_step(self, batch: dict) -> torch.Tensor:
         """One optimiser step on `batch` with the stage's schedule, target and loss weighting."""
