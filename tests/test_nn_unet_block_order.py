@@ -18,13 +18,7 @@ from cascade.nn import UNet, UNetConfig, count_parameters
 from cascade.nn.attention import AttentionBlock
 from cascade.nn.resblock import Downsample, ResBlock, Upsample
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_config(**overrides) -> UNetConfig:
