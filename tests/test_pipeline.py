@@ -385,3 +385,32 @@ def test_two_ranks_split_the_work_with_no_overlap_and_no_gaps(exports, tmp_path)
     lines = read_lines(tmp_path)
     assert len(lines) == 18 and len({line["file"] for line in lines}) == 18
     assert "wrote 9 images" in outputs[0] and "wrote 9 images" in outputs[1]
+
+
+def test_local_ranks_split_every_folder_and_draw_the_images_one_process_draws(exports, tmp_path, one_torch_thread):
+    """Two one-thread processes fill a folder between them with the images (and metadata) that this
+    process draws alone, up to the rounding of batch-size-dependent CPU kernels; a rerun writes nothing."""
+    from cascade.files.sample_folder import merge_metadata
+    from cascade.pipeline.to_folder import FolderJob, LocalRanks, sample_folder
+
+    cascade = Cascade.from_paths(exports, SETTINGS)
+    conditions = [(label, None) for label in (0, 1, 2)]
+    job = FolderJob(n_per_condition=2, batch_size=4, progress=False)
+    sample_folder(cascade, conditions, job, tmp_path / "one", console=None)
+    with LocalRanks(2) as ranks:
+        assert ranks.fill(cascade, conditions, job, tmp_path / "two") == 6
+        assert ranks.fill(cascade, conditions, job, tmp_path / "two") == 0
+    for folder in ("one", "two"):
+        merge_metadata(tmp_path / folder)
+    one, two = read_lines(tmp_path / "one"), read_lines(tmp_path / "two")
+    assert one == two and len(one) == 6
+    for line in one:
+        a, b = (np.asarray(Image.open(tmp_path / run / line["file"]), dtype=np.int16) for run in ("one", "two"))
+        assert np.abs(a - b).max() <= 1, line["file"]
+
+
+def test_local_ranks_refuse_zero_processes():
+    from cascade.pipeline.to_folder import LocalRanks
+
+    with pytest.raises(ValueError, match="processes must be >= 1"):
+        LocalRanks(0)

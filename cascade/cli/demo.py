@@ -19,8 +19,9 @@ def demo(argv: list[str]) -> int:
     parser.add_argument("--fast", action="store_true", help="a few steps of everything (a smoke test, for CI)")
     parser.add_argument("--base-steps", type=int, default=None, help="override the base stage's training steps")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="torch threads: the two training processes get half each, sampling and "
-                             "evaluation all of them (default: the machine's cores)")
+                        help="cores to use: the two training processes get half each, sampling runs in this "
+                             "many processes of one torch thread, evaluation in this one (default: the "
+                             "machine's cores)")
     parser.add_argument("--ablation", type=Path, default=None,
                         help="the ablation table (ablation.md of `cascade ablation --out DIR`) to show in the report "
                              "(default: OUT/../ablation/ablation.md when it exists)")

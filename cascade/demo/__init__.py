@@ -31,7 +31,7 @@ from rich.console import Console
 from ..files.sample_folder import merge_metadata
 from ..pipeline import Cascade
 from ..pipeline.sweep import SweepAxis
-from ..pipeline.to_folder import FolderJob, sample_folder
+from ..pipeline.to_folder import FolderJob, LocalRanks
 from ..resources import shipped
 from ..stages.config import SamplingSettings
 from .evaluation import evaluate_demo, evaluate_sweep
@@ -152,15 +152,16 @@ def stage_runs(out: Path, data: dict[str, Path], plan: DemoPlan) -> list[StageRu
 
 
 def sample_heldout(cascade: Cascade, scenes: list[dict], out: Path, plan: DemoPlan,
-                   console: Console) -> tuple[dict[float, Path], int]:
+                   console: Console, ranks: LocalRanks | None = None) -> tuple[dict[float, Path], int]:
     """Held-out captions through the cascade with the base stage's guidance at 1 (off) and plan.guidance:
-    the folder of each guidance scale, and how many images this call wrote (0: all were there)."""
+    the folder of each guidance scale, and how many images this call wrote (0: all were there).
+    `ranks`: the processes that sample (None: this one)."""
     conditions = [(scene["caption"], None) for scene in scenes]
     job = FolderJob(n_per_condition=plan.samples_per_caption, batch_size=plan.batch_size, keep_intermediate=True)
     folders, written = {}, 0
     for guidance in (1.0, plan.guidance):
         folder = out / "samples" / f"guidance={guidance:g}"
-        written += sample_folder(cascade.updated(0, guidance=guidance), conditions, job, folder, console=console)
+        written += (ranks or LocalRanks(1)).fill(cascade.updated(0, guidance=guidance), conditions, job, folder, console)
         merge_metadata(folder)
         folders[guidance] = folder
     return folders, written
@@ -178,12 +179,12 @@ def ablation_table(out: Path, given: Path | None) -> Path | None:
 
 
 def sample_heldout_sweep(cascade: Cascade, scenes: list[dict], out: Path, plan: DemoPlan,
-                         console: Console) -> tuple[list, int]:
+                         console: Console, ranks: LocalRanks | None = None) -> tuple[list, int]:
     """The first `plan.sweep_captions` held-out captions, one image each, for every combination of
     `plan.sweep` into `out/samples/sweep/<setting>/`: the sweep's points and how many images this call wrote."""
     conditions = [(scene["caption"], None) for scene in scenes[:plan.sweep_captions]]
     job = FolderJob(n_per_condition=1, batch_size=plan.batch_size)
-    return sample_sweep(cascade, plan.sweep, conditions, out / "samples" / "sweep", job, console)
+    return sample_sweep(cascade, plan.sweep, conditions, out / "samples" / "sweep", job, console, ranks)
 
 
 def run_demo(out: Path, plan: DemoPlan, threads: int, fast: bool = False, ablation: Path | None = None) -> int:
@@ -229,13 +230,14 @@ def run_demo(out: Path, plan: DemoPlan, threads: int, fast: bool = False, ablati
     ]
     cascade = Cascade.from_paths(checkpoints, settings)
     scenes = heldout_scenes(plan)
-    folders, written = sample_heldout(cascade, scenes, out, plan, console)
-    if written:
-        times.record("sampling", time.perf_counter() - begun)
-    begun = time.perf_counter()
-    points, written = sample_heldout_sweep(cascade, scenes, out, plan, console)
-    if written:
-        times.record("sweep sampling", time.perf_counter() - begun)
+    with LocalRanks(threads) as ranks:  # one sampling process per core, one torch thread each
+        folders, written = sample_heldout(cascade, scenes, out, plan, console, ranks)
+        if written:
+            times.record("sampling", time.perf_counter() - begun)
+        begun = time.perf_counter()
+        points, written = sample_heldout_sweep(cascade, scenes, out, plan, console, ranks)
+        if written:
+            times.record("sweep sampling", time.perf_counter() - begun)
     step("4/5 evaluating alignment and FID / precision / recall")
     begun = time.perf_counter()
     evaluation = evaluate_demo(folders, data["reference"], scenes, console)

@@ -22,16 +22,19 @@ from rich.console import Console
 from ..files.sample_folder import merge_metadata
 from ..pipeline import Cascade
 from ..pipeline.sweep import SweepAxis, SweepPoint, sweep_points, variant
-from ..pipeline.to_folder import FolderJob, sample_folder
+from ..pipeline.to_folder import FolderJob, LocalRanks
 
 
 def sample_sweep(cascade: Cascade, axes: tuple[SweepAxis, ...], conditions: list[tuple[str | int, str | None]],
-                 root: Path, job: FolderJob, console: Console) -> tuple[list[SweepPoint], int]:
+                 root: Path, job: FolderJob, console: Console,
+                 ranks: LocalRanks | None = None) -> tuple[list[SweepPoint], int]:
     """Every combination's samples of `conditions` into its own folder under `root` (resuming what is
     there; folder names with short numbers, `sweep_points(..., short=True)`): the combinations, and
-    how many images this call wrote (0: all were there)."""
+    how many images this call wrote (0: all were there). `ranks`: the processes that sample (None:
+    this one)."""
     points, written = sweep_points(axes, root, short=True), 0
+    ranks = ranks or LocalRanks(1)
     for point in points:
-        written += sample_folder(variant(cascade, axes, point.setting), conditions, job, point.folder, console=console)
+        written += ranks.fill(variant(cascade, axes, point.setting), conditions, job, point.folder, console)
         merge_metadata(point.folder)
     return points, written

@@ -2,14 +2,19 @@
 
 `sample_folder` writes this rank's missing images of one folder in the sample-folder format of
 `cascade.files.sample_folder` (one PNG per image, one metadata line per image, every stage's
-output under `intermediate/` when asked); rerunning it skips what is done.
+output under `intermediate/` when asked); rerunning it skips what is done. `LocalRanks` runs the
+ranks as local processes of one torch thread each (on a small CPU they beat one process's threads).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from multiprocessing import get_context
 from pathlib import Path
+
+import torch
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -87,6 +92,64 @@ def sample_folder(cascade: Cascade, conditions, job: FolderJob, folder: Path, ra
                 write_image(folder, item.name, outputs[-1][row], metadata)
             progress.advance(task, len(batch))
     return len(todo)
+
+
+class LocalRanks:
+    """`processes` local sampling processes of one torch thread each; `fill` splits a folder between
+    them as the ranks of a `processes`-way job (`shard_for_rank`), so each draws half (a third, ...)
+    of every folder. On a small CPU this beats one process with as many threads: the small
+    convolutions of a tiny cascade scale badly over threads (docs/benchmarks.md, "Sampling in
+    processes"). An image does not depend on the rank that draws it: its seed is its own
+    (`WorkItem.seed`) and each seed's image is independent of its batch.
+
+    Use as a context manager. Each process loads a cascade's checkpoints once (by their paths,
+    `Cascade.sources`) and applies each folder's settings to them. With `processes` 1, or for a
+    cascade not loaded from files, `fill` samples in this process.
+    """
+
+    def __init__(self, processes: int):
+        if processes < 1:
+            raise ValueError(f"processes must be >= 1, got {processes}")
+        self.processes = processes
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> LocalRanks:
+        if self.processes > 1:
+            self._pool = ProcessPoolExecutor(self.processes, mp_context=get_context("spawn"),
+                                             initializer=torch.set_num_threads, initargs=(1,))
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def fill(self, cascade: Cascade, conditions, job: FolderJob, folder: Path, console: Console | None = None) -> int:
+        """Every missing image of `folder` (as `sample_folder` with one rank); returns how many were written.
+        The caller merges the folder's metadata (`merge_metadata`) afterwards, as after any ranks."""
+        if self._pool is None or not all(cascade.sources):
+            return sample_folder(cascade, conditions, job, folder, console=console)
+        quiet = replace(job, progress=False)
+        futures = [self._pool.submit(_fill_rank, list(cascade.sources), list(cascade.settings), conditions, quiet,
+                                     folder, rank, self.processes) for rank in range(self.processes)]
+        written = sum(future.result() for future in futures)
+        (console or Console(stderr=True, soft_wrap=True)).print(
+            f"{folder}: wrote {written} images in {self.processes} processes", markup=False)
+        return written
+
+
+_LOADED: dict[tuple[str, ...], Cascade] = {}  # a LocalRanks process's cascades, by their checkpoint paths
+
+
+def _fill_rank(sources: list[str], settings: list, conditions, job: FolderJob, folder: Path, rank: int,
+               world_size: int) -> int:
+    """One rank of `LocalRanks.fill`, in a pool process: the cascade at `sources` with `settings`."""
+    key = tuple(sources)
+    if key not in _LOADED:
+        _LOADED[key] = Cascade.from_paths(sources)
+    loaded = _LOADED[key]
+    cascade = Cascade(loaded.stages, settings, loaded.sources, loaded.guides)
+    return sample_folder(cascade, conditions, job, folder, rank, world_size, console=Console(quiet=True))
 
 
 def _source_hash(source: str) -> str | None:
