@@ -13,9 +13,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Self
 
 import torch
-
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -113,7 +113,7 @@ class LocalRanks:
         self.processes = processes
         self._pool: ProcessPoolExecutor | None = None
 
-    def __enter__(self) -> LocalRanks:
+    def __enter__(self) -> Self:
         if self.processes > 1:
             self._pool = ProcessPoolExecutor(self.processes, mp_context=get_context("spawn"),
                                              initializer=torch.set_num_threads, initargs=(1,))
