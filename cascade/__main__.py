@@ -4,4 +4,5 @@ import sys
 
 from .cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not in the processes multiprocessing spawns (they import this module)
+    sys.exit(main())

@@ -134,7 +134,7 @@ def test_a_rerun_keeps_the_recorded_times_of_the_steps_it_skips(tmp_path, monkey
         time.sleep(0.05)
         return result
 
-    def write_datasets(out, plan, console):
+    def write_datasets(out, plan, console, workers=0):
         paths = {"train": out / "train", "val": out / "val", "reference": out / "reference"}
         return work((paths, False), (paths, True))
 
@@ -363,3 +363,26 @@ def test_the_sweep_section_tabulates_plots_and_grids_every_setting_with_the_same
             expected = tuple(round((value + 1) * 127.5) for value in (shade, -1.0 + column * 0.5, -1.0))
             pixel = grid.getpixel((label_width + column * tile + tile // 2, header + row * tile + tile // 2))
             assert all(abs(a - b) <= 1 for a, b in zip(pixel, expected)), (row, column, pixel, expected)
+
+
+def test_the_full_demo_samples_the_held_out_set_guided_only_and_the_fast_one_also_unguided(tmp_path):
+    """The full run leaves guidance 1 to the sweep (its 15-minute budget); --fast keeps both folders."""
+    from cascade import demo
+
+    asked = []
+
+    class Cascade:
+        def updated(self, stage, guidance):
+            asked.append((stage, guidance))
+            return self
+
+    class Ranks:
+        def fill(self, cascade, conditions, job, folder, console):
+            folder.mkdir(parents=True)
+            return 0
+
+    for name, plan, expected in (("full", demo.FULL, [3.0]), ("fast", demo.FAST, [1.0, 3.0])):
+        asked.clear()
+        folders, written = demo.sample_heldout(Cascade(), [{"caption": "a red circle"}], tmp_path / name, plan,
+                                               Console(file=io.StringIO()), Ranks())
+        assert asked == [(0, guidance) for guidance in expected] and sorted(folders) == expected and written == 0

@@ -55,10 +55,14 @@ class DemoPlan:
     heldout_captions: int = 128  # distinct, balanced over the strata (`cascade.eval.heldout`)
     samples_per_caption: int = 2  # seeds per caption: intervals resample captions, not images
     # The base trains alone in one process while sr1 then sr2 train in another: about the same
-    # wall time on one core each (~4 steps/s for each of these configs).
-    train_steps: tuple[int, int, int] = (2000, 1000, 1000)
+    # wall time on one core each (on the 2-core Intel Xeon VM: base ~2.3, sr1 ~2.5, sr2 ~2.9
+    # steps/s). Sized so the whole demo takes at most 15 minutes there (docs/benchmarks.md).
+    train_steps: tuple[int, int, int] = (1200, 600, 600)
     validations: int = 4  # per stage, evenly spaced; the last one at the final step saves last.ckpt
     guidance: float = 3.0  # the base stage's guidance "on"; the SR stages sample unguided
+    # Also sample the held-out set with the base unguided (guidance 1). Off in the full run to keep
+    # it within 15 minutes on 2 cores: the sweep compares guidance 1 / 3 / 5 on its captions anyway.
+    heldout_unguided: bool = False
     # The SR stages start from their upsampled input noised to log-SNR 6 (SDEdit): their x0
     # estimates at higher noise are worse than that input (docs/benchmarks.md), so 5 steps from
     # there beat 10-25 from pure noise.
@@ -91,15 +95,16 @@ class DemoPlan:
 
 FULL = DemoPlan()
 FAST = DemoPlan(
-    train_images=128, val_images=32, heldout_captions=6, samples_per_caption=1,
+    train_images=128, val_images=32, heldout_captions=6, samples_per_caption=1, heldout_unguided=True,
     train_steps=(8, 4, 4), validations=2, sampling_steps=(4, 3, 3),
     sweep_captions=2, sweep=(SweepAxis("guidance", (1.0, 3.0), stage=0), SweepAxis("aug_level", (0.0, 0.3))),
 )
 
 
-def write_datasets(out: Path, plan: DemoPlan, console: Console) -> tuple[dict[str, Path], bool]:
+def write_datasets(out: Path, plan: DemoPlan, console: Console, workers: int = 0) -> tuple[dict[str, Path], bool]:
     """Train / val shards at SHARD_RESOLUTION (each stage resizes) and held-out reference renders:
-    their paths, and whether anything was written (False when an earlier run wrote them all)."""
+    their paths, and whether anything was written (False when an earlier run wrote them all).
+    `workers` > 0: render and encode the shards' images in that many processes (same shards)."""
     from PIL import Image
 
     from ..data.sources import SyntheticSource
@@ -111,7 +116,7 @@ def write_datasets(out: Path, plan: DemoPlan, console: Console) -> tuple[dict[st
     for split_name, count, seed in (("train", plan.train_images, 0), ("val", plan.val_images, 1)):
         summary = write_shards(
             SyntheticSource(count=count, resolution=SHARD_RESOLUTION, seed=seed, split="train"),
-            str(paths[split_name]), max_samples=1000, progress=True,
+            str(paths[split_name]), max_samples=1000, workers=workers, progress=True,
         )
         wrote = wrote or summary.resumed_shards < len(summary.shards)
         console.print(f"shards/{split_name}: {summary.samples} samples in {len(summary.shards)} shards")
@@ -153,13 +158,14 @@ def stage_runs(out: Path, data: dict[str, Path], plan: DemoPlan) -> list[StageRu
 
 def sample_heldout(cascade: Cascade, scenes: list[dict], out: Path, plan: DemoPlan,
                    console: Console, ranks: LocalRanks | None = None) -> tuple[dict[float, Path], int]:
-    """Held-out captions through the cascade with the base stage's guidance at 1 (off) and plan.guidance:
-    the folder of each guidance scale, and how many images this call wrote (0: all were there).
+    """Held-out captions through the cascade with the base stage's guidance at plan.guidance (and at 1, off,
+    when plan.heldout_unguided): the folder of each guidance scale, and how many images this call wrote
+    (0: all were there).
     `ranks`: the processes that sample (None: this one)."""
     conditions = [(scene["caption"], None) for scene in scenes]
     job = FolderJob(n_per_condition=plan.samples_per_caption, batch_size=plan.batch_size, keep_intermediate=True)
     folders, written = {}, 0
-    for guidance in (1.0, plan.guidance):
+    for guidance in ((1.0,) if plan.heldout_unguided else ()) + (plan.guidance,):
         folder = out / "samples" / f"guidance={guidance:g}"
         written += (ranks or LocalRanks(1)).fill(cascade.updated(0, guidance=guidance), conditions, job, folder, console)
         merge_metadata(folder)
@@ -205,7 +211,7 @@ def run_demo(out: Path, plan: DemoPlan, threads: int, fast: bool = False, ablati
         console.print(f"cascade demo: {error}", style="red", markup=False)
         return 1
     step("1/5 writing the synthetic captioned dataset")
-    data, wrote = write_datasets(out, plan, console)
+    data, wrote = write_datasets(out, plan, console, workers=threads if threads > 1 else 0)
     if wrote:
         times.record("data", time.perf_counter() - started)
     step("2/5 training: base | sr1 then sr2, in two processes")

@@ -185,7 +185,8 @@ def write_demo_report(out: Path, *, plan: dict, settings: list[dict], folders: d
     report.text(
         "A text-conditional base stage (MiniLM text encoder) and two super-resolution stages were trained on the "
         "built-in synthetic captioned dataset (coloured shapes), then the cascade generated images for held-out "
-        "captions, which never occur in training, with classifier-free guidance off (scale 1) and on."
+        "captions, which never occur in training (base guidance: "
+        + ", ".join(f"{g:g}" for g in sorted(folders)) + "; the sweep below compares more settings)."
     )
     if fast:
         report.note("This is a --fast smoke run: a few training steps per stage, so the images are not meaningful.")
@@ -209,10 +210,12 @@ def write_demo_report(out: Path, *, plan: dict, settings: list[dict], folders: d
     guidance_values = sorted(folders)
     entries = {g: read_metadata(folders[g])[:GRID_CAPTIONS] for g in guidance_values}
     captions = [entry["prompt"] for entry in entries[guidance_values[0]]]
-    report.heading("Guidance off vs on")
-    side_by_side = [path for pair in zip(*[_grid_paths(folders[g], entries[g]) for g in guidance_values]) for path in pair]
-    report.image_grid(side_by_side, "Each caption: " + " | ".join(f"guidance {g:g}" for g in guidance_values),
-                      captions, name="guidance-side-by-side", columns=2 * min(4, len(captions)) or 2)
+    if len(guidance_values) > 1:  # else the sweep's grid shows the guidance settings side by side
+        report.heading("Guidance off vs on")
+        side_by_side = [path for pair in zip(*[_grid_paths(folders[g], entries[g]) for g in guidance_values])
+                        for path in pair]
+        report.image_grid(side_by_side, "Each caption: " + " | ".join(f"guidance {g:g}" for g in guidance_values),
+                          captions, name="guidance-side-by-side", columns=2 * min(4, len(captions)) or 2)
 
     report.heading("Every stage of the cascade")
     strongest = guidance_values[-1]
