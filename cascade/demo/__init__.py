@@ -55,8 +55,8 @@ class DemoPlan:
     heldout_captions: int = 128  # distinct, balanced over the strata (`cascade.eval.heldout`)
     samples_per_caption: int = 2  # seeds per caption: intervals resample captions, not images
     # The base trains alone in one process while sr1 then sr2 train in another: about the same
-    # wall time on one core each (on the 2-core Intel Xeon VM: base ~2.3, sr1 ~2.5, sr2 ~2.9
-    # steps/s). Sized so the whole demo takes at most 15 minutes there (docs/benchmarks.md).
+    # wall time on one core each (on the 2-core Intel Xeon VM: base 1.7-2.0, sr1 ~2.5, sr2 ~2.9
+    # steps/s). Sized for a 15-minute demo there; measured 15:27 and 16:50 (docs/benchmarks.md).
     train_steps: tuple[int, int, int] = (1200, 600, 600)
     validations: int = 4  # per stage, evenly spaced; the last one at the final step saves last.ckpt
     guidance: float = 3.0  # the base stage's guidance "on"; the SR stages sample unguided
@@ -160,14 +160,14 @@ def sample_heldout(cascade: Cascade, scenes: list[dict], out: Path, plan: DemoPl
                    console: Console, ranks: LocalRanks | None = None) -> tuple[dict[float, Path], int]:
     """Held-out captions through the cascade with the base stage's guidance at plan.guidance (and at 1, off,
     when plan.heldout_unguided): the folder of each guidance scale, and how many images this call wrote
-    (0: all were there).
-    `ranks`: the processes that sample (None: this one)."""
+    (0: all were there). `ranks`: the processes that sample (None: this one)."""
     conditions = [(scene["caption"], None) for scene in scenes]
     job = FolderJob(n_per_condition=plan.samples_per_caption, batch_size=plan.batch_size, keep_intermediate=True)
     folders, written = {}, 0
+    ranks = ranks or LocalRanks(1)
     for guidance in ((1.0,) if plan.heldout_unguided else ()) + (plan.guidance,):
         folder = out / "samples" / f"guidance={guidance:g}"
-        written += (ranks or LocalRanks(1)).fill(cascade.updated(0, guidance=guidance), conditions, job, folder, console)
+        written += ranks.fill(cascade.updated(0, guidance=guidance), conditions, job, folder, console)
         merge_metadata(folder)
         folders[guidance] = folder
     return folders, written
