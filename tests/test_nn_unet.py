@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from cascade.nn import UNet, UNetConfig, compile_static
+from cascade.nn.unet import coordinate_grid
 from cascade.cli.model_info import model_info
 from cascade.stages.export import stage_config_of
 
@@ -113,6 +114,36 @@ def test_fresh_network_outputs_zero():
     """ADM initialisation: the output convolution starts at zero."""
     unet = build(nonzero_output=False, **TEXT_CONFIG)
     assert not unet(**inputs(unet)).any()
+
+
+# ---- absolute position (CoordConv) -----------------------------------------------------------
+
+
+def test_coordinate_grid_runs_from_minus_one_to_one_across_each_axis():
+    grid = coordinate_grid(torch.zeros(2, 3, 4, 5))
+    assert grid.shape == (2, 2, 4, 5)
+    torch.testing.assert_close(grid[1, 0], torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0]).expand(4, 5))  # x: along width
+    torch.testing.assert_close(grid[0, 1], torch.tensor([-1.0, -1 / 3, 1 / 3, 1.0])[:, None].expand(4, 5))  # y: down
+
+
+@pytest.mark.parametrize("overrides", [TEXT_CONFIG, SR_CONFIG])
+def test_coordinate_channels_are_the_input_layers_extra_channels_and_nothing_else(overrides):
+    """A UNet with coordinate channels is exactly the same UNet with two more input channels fed
+    the coordinate grid; without them (the default) the input layer is what it always was."""
+    with_coordinates = build(coordinate_channels=True, **overrides).eval()
+    plain = build(**overrides).eval()
+    assert plain.conv_in.in_channels == 3 + plain.config.lowres_channels
+    assert with_coordinates.conv_in.in_channels == plain.conv_in.in_channels + 2
+    widened = build(in_channels=3 + 2, out_channels=3, **{**overrides, "lowres_channels": 0}).eval()
+    if overrides is SR_CONFIG:  # the low-res image sits between x_t and the coordinates
+        widened = build(in_channels=3, out_channels=3, **{**overrides, "lowres_channels": 3 + 2}).eval()
+    widened.load_state_dict(with_coordinates.state_dict())
+    values = inputs(with_coordinates, 2, 16, 8)
+    grid = coordinate_grid(values["x_t"])
+    with torch.no_grad():
+        expected = widened(**({**values, "x_t": torch.cat([values["x_t"], grid], 1)} if overrides is TEXT_CONFIG
+                              else {**values, "lowres": torch.cat([values["lowres"], grid], 1)}))
+        torch.testing.assert_close(with_coordinates(**values), expected)
 
 
 # ---- conditioning is used ------------------------------------------------------------------

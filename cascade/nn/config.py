@@ -77,6 +77,14 @@ class UNetConfig:
             self-attention layer (GLIDE, Nichol et al. 2021). Needs text_dim > 0.
         lowres_channels: channels of the low-resolution conditioning image concatenated to
             x_t (3 for super-resolution stages, 0 for a base stage).
+        coordinate_channels: append two channels holding each pixel's x and y coordinate,
+            linearly from -1 to 1 across the image, to the UNet's input (CoordConv, Liu et al.
+            2018, "An Intriguing Failing of Convolutional Neural Networks and the CoordConv
+            Solution"). Convolutions and attention are otherwise blind to absolute position
+            (they see it only through zero padding), so a caption's "left of" / "above" cannot be
+            tied to a place; the coordinates let cross-attention queries carry it. For a base
+            stage sampled at its training size (an SR stage trained on crops would see crop
+            coordinates; leave it off there).
         use_aug_cond: embed the noise-augmentation level of the low-res image (Ho et al. 2021
             "Cascaded Diffusion Models", Imagen) and add it to the conditioning vector.
         time_embedding: features of the noise level before its MLP: "sinusoidal" (ADM /
@@ -109,6 +117,7 @@ class UNetConfig:
     text_concat_to_self_attn: bool = False
     lowres_channels: int = 0
     use_aug_cond: bool = False
+    coordinate_channels: bool = False
     time_embedding: str = "sinusoidal"
     fourier_scale: float = 16.0
     gradient_checkpointing: bool = False

@@ -54,6 +54,17 @@ def compile_static(module: nn.Module, mode: str = "default") -> nn.Module:
     return module
 
 
+def coordinate_grid(x: torch.Tensor) -> torch.Tensor:
+    """(B, 2, H, W) of x's batch size, size, dtype and device: channel 0 is each pixel's x
+    coordinate and channel 1 its y, from -1 (left / top pixel centre) to 1 (right / bottom)
+    (CoordConv, Liu et al. 2018; `UNetConfig.coordinate_channels`)."""
+    batch, _, height, width = x.shape
+    ys = torch.linspace(-1.0, 1.0, height, device=x.device, dtype=x.dtype)
+    xs = torch.linspace(-1.0, 1.0, width, device=x.device, dtype=x.dtype)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))  # (2, H, W): x varies along W
+    return grid.expand(batch, -1, -1, -1)
+
+
 def count_parameters(module: nn.Module) -> int:
     """How many numbers `module`'s parameters hold (also for a module built on the meta device,
     which allocates nothing)."""
@@ -130,7 +141,7 @@ class UNet(nn.Module):
                 in_channels, out_channels, embedding_channels, config.norm_groups, config.dropout, resample
             )
 
-        input_channels = config.in_channels + config.lowres_channels
+        input_channels = config.in_channels + config.lowres_channels + (2 if config.coordinate_channels else 0)
         self.conv_in = nn.Conv2d(input_channels, config.base_channels, 3, padding=1)
 
         def downsample(channels: int) -> nn.Module:
@@ -246,6 +257,8 @@ class UNet(nn.Module):
             embedding = embedding + pooled
 
         h = x_t if lowres is None else torch.cat([x_t, lowres.to(x_t.dtype)], dim=1)
+        if self.config.coordinate_channels:
+            h = torch.cat([h, coordinate_grid(h)], dim=1)
         h = self.conv_in(h)
         skips = [h] if self.config.block_order == "adm" else []
         for block in self.down_blocks:
