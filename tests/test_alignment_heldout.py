@@ -14,6 +14,7 @@ from cascade.eval.heldout import (
     ScoredImage,
     heldout_caption_set,
     heldout_captions_by_stratum,
+    images_per_caption,
     paired_difference,
     score_folder,
     stratified_alignment,
@@ -102,6 +103,20 @@ def _scored(stratum_rates, captions_per_stratum, images_per_caption, rng):
                 scores["relation_ok"] = ok if relation else None
                 scored.append(ScoredImage(f"{c:05d}_{k:03d}.png", scene, scores))
     return scored
+
+
+def test_small_strata_draw_more_seeds_per_caption_so_every_stratum_has_its_images():
+    scenes = heldout_caption_set(128)
+    counts = images_per_caption(scenes, per_caption=2, per_stratum=16)
+    images = {stratum: 0 for stratum in STRATA}
+    for scene, count in zip(scenes, counts):
+        images[stratum_of(scene)] += count
+    # 1, 4 and 2 held-out captions: 16 seeds, 4 and 8 of each; the large strata keep 2 per caption
+    assert images == {"1 object": 16, "2 objects, no relation": 16, "2 objects, relation": 122,
+                      "3 objects, no relation": 16, "3 objects, relation": 120}
+    assert images_per_caption(scenes, per_caption=3, per_stratum=0) == (3,) * 128
+    with pytest.raises(ValueError, match="per_caption must be >= 1"):
+        images_per_caption(scenes, per_caption=0, per_stratum=16)
 
 
 def test_caption_bootstrap_intervals_cover_the_true_rates_at_the_nominal_level():

@@ -5,11 +5,13 @@ import json
 import re
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 from rich.console import Console
 
 from cascade.demo.training import StageRun, StageTrainingError, train_concurrently
+from cascade.eval.heldout import stratum_of
 
 
 @pytest.mark.slow
@@ -34,9 +36,13 @@ def test_demo_fast_trains_samples_evaluates_and_writes_the_report(tmp_path):
     for guidance in ("1", "3"):
         folder = out / "samples" / f"guidance={guidance}"
         lines = (folder / "metadata.jsonl").read_text().splitlines()
-        assert len(lines) == 6
+        # one image per caption, two of a caption that is its stratum's only one (images_per_stratum=2)
+        per_caption = Counter(json.loads(line)["prompt"] for line in lines)
+        assert per_caption == {scene["caption"]: 2 if n == 1 else 1 for scene, n in
+                               zip(scenes, (Counter(map(stratum_of, scenes))[stratum_of(s)] for s in scenes))}
+        assert len(lines) == 10
         assert json.loads(lines[0])["stages"][2]["image_size"] == 128
-        assert len(list((folder / "intermediate" / "stage0_32px").glob("*.png"))) == 6
+        assert len(list((folder / "intermediate" / "stage0_32px").glob("*.png"))) == 10
 
     for stage in ("base", "sr1", "sr2"):  # trained in their own processes, two at a time
         assert "training ended at step" in (out / "runs" / stage / "train.log").read_text()
@@ -383,6 +389,6 @@ def test_the_full_demo_samples_the_held_out_set_guided_only_and_the_fast_one_als
 
     for name, plan, expected in (("full", demo.FULL, [3.0]), ("fast", demo.FAST, [1.0, 3.0])):
         asked.clear()
-        folders, written = demo.sample_heldout(Cascade(), [{"caption": "a red circle"}], tmp_path / name, plan,
+        folders, written = demo.sample_heldout(Cascade(), demo.heldout_scenes(demo.FAST)[:1], tmp_path / name, plan,
                                                Console(file=io.StringIO()), Ranks())
         assert asked == [(0, guidance) for guidance in expected] and sorted(folders) == expected and written == 0

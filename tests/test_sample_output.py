@@ -39,6 +39,18 @@ def test_seed_depends_on_condition_and_index_only():
     assert items[0].seed(0) != items[0].seed(1)
 
 
+def test_a_count_per_condition_draws_that_many_images_of_each_with_the_same_seeds_as_a_flat_count():
+    items = work_items(CONDITIONS, per_condition=(1, 3, 2))
+    assert [item.name for item in items] == ["00000_000", "00001_000", "00001_001", "00001_002", "00002_000",
+                                             "00002_001"]
+    flat = {item.name: item.seed(0) for item in work_items(CONDITIONS, per_condition=3)}
+    assert all(flat[item.name] == item.seed(0) for item in items)  # more seeds of a caption keep the first ones
+    with pytest.raises(ValueError, match="--n-per-condition: 2 counts for 3 conditions"):
+        work_items(CONDITIONS, per_condition=(1, 2))
+    with pytest.raises(ValueError, match="--n-per-condition must be >= 1"):
+        work_items(CONDITIONS, per_condition=(1, 0, 2))
+
+
 def test_rank_from_torchrun_or_slurm_environment(monkeypatch):
     for key in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
         monkeypatch.delenv(key, raising=False)

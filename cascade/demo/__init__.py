@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from ..eval.heldout import images_per_caption
 from ..files.sample_folder import merge_metadata
 from ..pipeline import Cascade
 from ..pipeline.sweep import SweepAxis
@@ -54,6 +55,9 @@ class DemoPlan:
     val_images: int = 128
     heldout_captions: int = 128  # distinct, balanced over the strata (`cascade.eval.heldout`)
     samples_per_caption: int = 2  # seeds per caption: intervals resample captions, not images
+    # ... and more in the strata of few held-out captions (1, 4 and 2 of them), so that each stratum,
+    # a fifth of the balanced score, has at least this many images (`images_per_caption`)
+    images_per_stratum: int = 16
     # The base trains alone in one process while sr1 then sr2 train in another: about the same
     # wall time on one core each (on the 2-core Intel Xeon VM: base 1.7-2.0, sr1 ~2.5, sr2 ~2.9
     # steps/s). Sized for a 15-minute demo there; measured 15:27 and 16:50 (docs/benchmarks.md).
@@ -95,7 +99,8 @@ class DemoPlan:
 
 FULL = DemoPlan()
 FAST = DemoPlan(
-    train_images=128, val_images=32, heldout_captions=6, samples_per_caption=1, heldout_unguided=True,
+    train_images=128, val_images=32, heldout_captions=6, samples_per_caption=1, images_per_stratum=2,
+    heldout_unguided=True,
     train_steps=(8, 4, 4), validations=2, sampling_steps=(4, 3, 3),
     sweep_captions=2, sweep=(SweepAxis("guidance", (1.0, 3.0), stage=0), SweepAxis("aug_level", (0.0, 0.3))),
 )
@@ -162,7 +167,8 @@ def sample_heldout(cascade: Cascade, scenes: list[dict], out: Path, plan: DemoPl
     when plan.heldout_unguided): the folder of each guidance scale, and how many images this call wrote
     (0: all were there). `ranks`: the processes that sample (None: this one)."""
     conditions = [(scene["caption"], None) for scene in scenes]
-    job = FolderJob(n_per_condition=plan.samples_per_caption, batch_size=plan.batch_size, keep_intermediate=True)
+    counts = images_per_caption(scenes, plan.samples_per_caption, plan.images_per_stratum)
+    job = FolderJob(n_per_condition=counts, batch_size=plan.batch_size, keep_intermediate=True)
     folders, written = {}, 0
     ranks = ranks or LocalRanks(1)
     for guidance in ((1.0,) if plan.heldout_unguided else ()) + (plan.guidance,):

@@ -77,7 +77,8 @@ def _add_stratified_alignment(report: Report, plan: dict, evaluation: dict) -> N
     available = evaluation["strata_available"]
     report.text(
         f"The held-out set is {plan['heldout_captions']} distinct held-out captions, {plan['samples_per_caption']} "
-        "image(s) each (different seeds), balanced over five strata by object count and relation "
+        f"image(s) each (different seeds; more in a stratum of few captions, so that every stratum has at least "
+        f"{plan.get('images_per_stratum', 0)} images), balanced over five strata by object count and relation "
         "(cascade.eval.heldout): each stratum gets an equal share, and a stratum with fewer held-out captions gives "
         "all it has. The held-out split holds " + ", ".join(f"{n} {stratum!r}" for stratum, n in available.items())
         + " distinct captions. Intervals are 95% percentile-bootstrap intervals that resample captions (all images "
@@ -208,7 +209,10 @@ def write_demo_report(out: Path, *, plan: dict, settings: list[dict], folders: d
     _add_stratified_alignment(report, plan, evaluation)
 
     guidance_values = sorted(folders)
-    entries = {g: read_metadata(folders[g])[:GRID_CAPTIONS] for g in guidance_values}
+    # each caption's first samples_per_caption images (a caption of a small stratum has more)
+    per_caption = plan.get("samples_per_caption", 1)
+    entries = {g: [entry for entry in read_metadata(folders[g]) if entry.get("index", 0) < per_caption][:GRID_CAPTIONS]
+               for g in guidance_values}
     captions = [entry["prompt"] for entry in entries[guidance_values[0]]]
     if len(guidance_values) > 1:  # else the sweep's grid shows the guidance settings side by side
         report.heading("Guidance off vs on")

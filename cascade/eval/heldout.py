@@ -175,6 +175,19 @@ def heldout_caption_set(n_captions: int, seed: int = DEFAULT_SEED) -> list[dict[
     return [scene for group in rounds for scene in group if scene is not None]
 
 
+def images_per_caption(scenes: Sequence[dict[str, Any]], per_caption: int, per_stratum: int) -> tuple[int, ...]:
+    """How many images (seeds) to draw of each scene's caption: `per_caption`, and more in a
+    stratum of few captions, so that every stratum has at least `per_stratum` images (a stratum
+    of c captions draws ceil(per_stratum / c) of each). The balanced accuracy weighs every stratum
+    equally, so a stratum of one or two held-out captions would otherwise move it by a whole
+    image's worth of its share: more seeds of those captions make it less noisy (the intervals
+    still resample captions, so they stay honest about how few there are)."""
+    if per_caption < 1 or per_stratum < 0:
+        raise ValueError(f"per_caption must be >= 1 and per_stratum >= 0, got {per_caption} and {per_stratum}")
+    captions = Counter(stratum_of(scene) for scene in scenes)
+    return tuple(max(per_caption, -(-per_stratum // captions[stratum_of(scene)])) for scene in scenes)
+
+
 def score_folder(folder: str | Path, scenes: Sequence[dict[str, Any]], images: str | Path | None = None) -> list[ScoredImage]:
     """The detector's scores of every image of a sample folder against the scene of its caption.
 

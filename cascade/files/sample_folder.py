@@ -18,6 +18,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +52,19 @@ class WorkItem:
         return int.from_bytes(hashlib.sha256(key).digest()[:7], "big")
 
 
-def work_items(conditions: list[tuple[str | int, str | None]], per_condition: int) -> list[WorkItem]:
-    """Every (condition, sample index) pair in a fixed order; conditions are (value, category)."""
-    if per_condition < 1:
+def work_items(conditions: list[tuple[str | int, str | None]],
+               per_condition: int | Sequence[int]) -> list[WorkItem]:
+    """Every (condition, sample index) pair in a fixed order; conditions are (value, category).
+    `per_condition`: images of every condition, or one count per condition."""
+    counts = [per_condition] * len(conditions) if isinstance(per_condition, int) else list(per_condition)
+    if len(counts) != len(conditions):
+        raise ValueError(f"--n-per-condition: {len(counts)} counts for {len(conditions)} conditions")
+    if any(count < 1 for count in counts):
         raise ValueError(f"--n-per-condition must be >= 1, got {per_condition}")
     return [
         WorkItem(i, condition, k, category)
-        for i, (condition, category) in enumerate(conditions)
-        for k in range(per_condition)
+        for i, ((condition, category), count) in enumerate(zip(conditions, counts))
+        for k in range(count)
     ]
 
 

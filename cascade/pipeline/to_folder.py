@@ -34,9 +34,10 @@ from . import Cascade
 
 @dataclass(frozen=True)
 class FolderJob:
-    """What to generate into one folder: every condition n_per_condition times."""
+    """What to generate into one folder: every condition n_per_condition times (or
+    n_per_condition[i] times for condition i)."""
 
-    n_per_condition: int = 1
+    n_per_condition: int | tuple[int, ...] = 1
     batch_size: int = 8
     seed: int = 0
     keep_intermediate: bool = False
