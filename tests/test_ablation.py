@@ -19,6 +19,7 @@ from cascade.demo.ablation import (
     markdown_table,
     mean_and_standard_error,
     rows,
+    select_rows,
     summarise,
     training_runs,
     weights_path,
@@ -131,7 +132,21 @@ def test_a_row_naming_unknown_weights_is_refused(tmp_path):
     assert isinstance(Row("x", "x").sampling, dict)
 
 
+def test_selected_rows_keep_the_baseline_and_train_only_what_they_sample_with(tmp_path):
+    main_rows, sweep_rows = select_rows(["sigmoid_b0+lr2e-3", "interval"])
+    assert [row.key for row in main_rows] == ["baseline", "sigmoid_b0+lr2e-3", "interval"] and sweep_rows == []
+    trainings = {row.training for row in main_rows}
+    runs = training_runs(tmp_path, {"train": tmp_path / "train", "val": tmp_path / "val"}, FAST_ABLATION, trainings)
+    assert {training for training, _ in runs} == {"min_snr", "sigmoid_b0+lr2e-3"}
+    argv = runs["sigmoid_b0+lr2e-3", 0].command()
+    for flag, value in (("--model.init_args.loss_weighting", "sigmoid"), ("--model.init_args.sigmoid_bias", "0"),
+                        ("--model.init_args.optimizer.lr", "2.0e-3")):
+        assert argv[argv.index(flag) + 1] == value
+    assert select_rows(None) == (rows(), select_rows(None)[1]) and len(select_rows(None)[1]) > 0
+
+
 @pytest.mark.parametrize(("argv", "message"), [
+    (["--rows", "baseline,sigmoid_b9"], "--rows: unknown row key(s) sigmoid_b9; known: baseline,"),
     (["--train-steps", "801"], "--train-steps: must be a multiple of 8"),
     (["--seeds", "0,a"], "--seeds: expected comma-separated integers"),
     (["--captions", "0"], "--captions: must be >= 1"),

@@ -13,7 +13,7 @@ from ..demo.ablation import __doc__ as ABLATION_DOC
 
 
 def ablation(argv: list[str]) -> int:
-    """`cascade ablation [--out DIR] [--seeds 0,1,2] [--train-steps N] [--captions N] [--fast]`."""
+    """`cascade ablation [--out DIR] [--seeds 0,1,2] [--train-steps N] [--captions N] [--rows KEYS] [--fast]`."""
     parser = argparse.ArgumentParser(prog="cascade ablation", description=ABLATION_DOC,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"), help="working and output folder")
@@ -21,6 +21,9 @@ def ablation(argv: list[str]) -> int:
     parser.add_argument("--train-steps", type=int, default=None, help="training steps of every run")
     parser.add_argument("--captions", type=int, default=None, help="distinct held-out captions scored")
     parser.add_argument("--samples-per-caption", type=int, default=None, help="images per caption and row")
+    parser.add_argument("--rows", default=None,
+                        help="only these rows, by key, comma separated (the baseline always; default: every row), "
+                             "e.g. sigmoid_b0,lr2e-3: only their trainings run")
     parser.add_argument("--fast", action="store_true", help="a few steps of everything (a smoke test)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="torch threads: the two training processes get half each (default: the machine's cores)")
@@ -42,8 +45,13 @@ def ablation(argv: list[str]) -> int:
     if plan.train_steps % plan.snapshots:
         parser.error(f"--train-steps: must be a multiple of {plan.snapshots} (post-hoc EMA snapshots), "
                      f"got {plan.train_steps}")
-    from ..demo.ablation import run_ablation
+    from ..demo.ablation import run_ablation, select_rows
 
+    row_keys = None if args.rows is None else [key.strip() for key in args.rows.split(",") if key.strip()]
+    try:
+        select_rows(row_keys)
+    except ValueError as error:
+        parser.error(str(error))
     command = "cascade ablation " + " ".join(shlex.quote(arg) for arg in argv)
-    run_ablation(args.out, plan, args.threads, command.strip())
+    run_ablation(args.out, plan, args.threads, command.strip(), row_keys=row_keys)
     return 0

@@ -102,6 +102,12 @@ TRAININGS: dict[str, tuple[str, ...]] = {
     "sigmoid_b0": ("--model.init_args.loss_weighting", "sigmoid", "--model.init_args.sigmoid_bias", "0"),
     "sigmoid_b2": ("--model.init_args.loss_weighting", "sigmoid", "--model.init_args.sigmoid_bias", "2"),
     "lr2e-3": ("--model.init_args.optimizer.lr", "2.0e-3"),
+    # the two training changes together (each alone gained exact inside two standard errors at 800 steps)
+    "sigmoid_b0+lr2e-3": ("--model.init_args.loss_weighting", "sigmoid", "--model.init_args.sigmoid_bias", "0",
+                          "--model.init_args.optimizer.lr", "2.0e-3"),
+    # absolute position for attention (`UNetConfig.coordinate_channels`): the demo base places the
+    # two objects of "A left of B" no better than chance (docs/benchmarks.md)
+    "coord": ("--model.init_args.unet.coordinate_channels", "true"),
 }
 BASE_SAMPLING = {"sampler": "dpmpp_2m", "steps": 20, "guidance": 3.0, "time_grid": "uniform_t"}
 
@@ -117,6 +123,9 @@ def rows() -> list[Row]:
         Row("+ sigmoid weighting (b = 0)", "sigmoid_b0", training="sigmoid_b0", sampling=BASE_SAMPLING),
         Row("+ sigmoid weighting (b = 2)", "sigmoid_b2", training="sigmoid_b2", sampling=BASE_SAMPLING),
         Row("+ learning rate 2e-3 (baseline 1e-3)", "lr2e-3", training="lr2e-3", sampling=BASE_SAMPLING),
+        Row("+ sigmoid weighting (b = 0) and learning rate 2e-3", "sigmoid_b0+lr2e-3", training="sigmoid_b0+lr2e-3",
+            sampling=BASE_SAMPLING),
+        Row("+ coordinate channels (CoordConv)", "coord", training="coord", sampling=BASE_SAMPLING),
         Row("+ time grid (log-SNR)", "grid", sampling=grid),
         Row("+ guidance interval", "interval", sampling=interval),
         Row("+ autoguidance", "autoguidance", sampling=BASE_SAMPLING, guide="phema:0.05@0.25"),
@@ -138,11 +147,30 @@ def mean_and_standard_error(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(variance / len(finite))
 
 
-def training_runs(out: Path, data: dict[str, Path], plan: AblationPlan) -> dict[tuple[str, int], StageRun]:
-    """One `cascade fit` of the demo's base per training recipe and seed, with post-hoc EMA snapshots."""
+def select_rows(keys: list[str] | None) -> tuple[list[Row], list[Row]]:
+    """The main rows and the EMA x guidance rows to run: all of them, or those whose keys are
+    given (the baseline always, as every difference is taken from it). Unknown keys are refused
+    with the list of known ones."""
+    main_rows, sweep_rows = rows(), ema_guidance_rows()
+    if keys is None:
+        return main_rows, sweep_rows
+    known = [row.key for row in main_rows + sweep_rows]
+    unknown = [key for key in keys if key not in known]
+    if unknown:
+        raise ValueError(f"--rows: unknown row key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    wanted = set(keys) | {main_rows[0].key}
+    return [r for r in main_rows if r.key in wanted], [r for r in sweep_rows if r.key in wanted]
+
+
+def training_runs(out: Path, data: dict[str, Path], plan: AblationPlan,
+                  trainings: set[str] | None = None) -> dict[tuple[str, int], StageRun]:
+    """One `cascade fit` of the demo's base per training recipe (all, or those in `trainings`) and
+    seed, with post-hoc EMA snapshots."""
     every = max(1, plan.train_steps // plan.snapshots)
     runs = {}
     for training, extra in TRAININGS.items():
+        if trainings is not None and training not in trainings:
+            continue
         for seed in plan.seeds:
             overrides = (
                 "--data.init_args.train_shards", str(data["train"]), "--data.init_args.val_shards", str(data["val"]),
@@ -332,17 +360,20 @@ def ema_guidance_rows(sigma_rels: tuple[float, ...] = (0.05, 0.20),
             for sigma_rel in sigma_rels for guidance in guidances]
 
 
-def run_ablation(out: Path, plan: AblationPlan, threads: int, command: str, console: Console | None = None) -> Path:
-    """Train, sample, score and tabulate every row into `out` (everything resumes); returns the
-    Markdown table's path (`out/ablation.md`, beside `out/ablation.json`)."""
+def run_ablation(out: Path, plan: AblationPlan, threads: int, command: str, console: Console | None = None,
+                 row_keys: list[str] | None = None) -> Path:
+    """Train, sample, score and tabulate every row (or the baseline and the rows of `row_keys`)
+    into `out` (everything resumes); returns the Markdown table's path (`out/ablation.md`, beside
+    `out/ablation.json`)."""
     console = console or Console()
+    main_rows, sweep_rows = select_rows(row_keys)
     out.mkdir(parents=True, exist_ok=True)
     console.rule("ablation 1/4: data")
     data, _ = write_datasets(out, plan.dataset_plan, console)
     scenes = heldout_scenes(plan.dataset_plan)
     reference_dir = reference_renders(scenes, out / "reference32", 32)
     console.rule("ablation 2/4: training (two processes)")
-    runs = training_runs(out, data, plan)
+    runs = training_runs(out, data, plan, {row.training for row in main_rows + sweep_rows})
     ordered = list(runs.values())
     lanes = [ordered[0::2], ordered[1::2]]
     train_concurrently([lane for lane in lanes if lane], max(1, threads // 2), console)
@@ -356,7 +387,6 @@ def run_ablation(out: Path, plan: AblationPlan, threads: int, command: str, cons
     real = {check: value[0] for check, value in stratified_alignment(real_scores, resamples=200)[BALANCED].items()
             if check in CHECKS}
     sampled = []
-    main_rows, sweep_rows = rows(), ema_guidance_rows()
     for row in main_rows + sweep_rows:
         for seed in plan.seeds:
             folder = out / "samples" / row.key / f"seed{seed}"
@@ -366,10 +396,12 @@ def run_ablation(out: Path, plan: AblationPlan, threads: int, command: str, cons
             sampled.append(result)
     console.rule("ablation 4/4: the table")
     summary = summarise(sampled, [row.name for row in main_rows])
-    sweep = summarise([s for s in sampled if s.row in {r.name for r in sweep_rows}], [r.name for r in sweep_rows])
+    sweep = (summarise([s for s in sampled if s.row in {r.name for r in sweep_rows}], [r.name for r in sweep_rows])
+             if sweep_rows else [])
     text = markdown_table(summary, plan, command, real)
-    text += "\nPost-hoc EMA length x guidance (baseline networks, balanced exact / shape, FID):\n\n"
-    text += "| EMA sigma_rel, guidance | exact | shape | count | FID | NFE |\n|---|---|---|---|---|---|\n"
+    if sweep_rows:
+        text += "\nPost-hoc EMA length x guidance (baseline networks, balanced exact / shape, FID):\n\n"
+        text += "| EMA sigma_rel, guidance | exact | shape | count | FID | NFE |\n|---|---|---|---|---|---|\n"
     for entry in sweep:
         text += (f"| {entry['row']} | {_cell(entry['exact'])} | {_cell(entry['shape'])} | {_cell(entry['count'])} | "
                  f"{_cell(entry['fid'], 1)} | {entry['nfe']} |\n")
