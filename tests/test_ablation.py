@@ -57,6 +57,7 @@ def test_a_rows_difference_from_the_baseline_is_paired_by_training_seed():
     assert summary[1]["exact"][1] == pytest.approx(0.3 / math.sqrt(3))
     assert summary[1]["delta exact"] == (pytest.approx(0.1), pytest.approx(0.0, abs=1e-12))
     assert summary[0]["fid"] == (pytest.approx(11.0), pytest.approx(1 / math.sqrt(3)))
+    assert summary[1]["delta fid"] == (pytest.approx(0.0), pytest.approx(0.0))  # the same FID on every seed
 
 
 def test_the_table_marks_differences_beyond_two_standard_errors_and_names_its_command():
@@ -69,7 +70,8 @@ def test_the_table_marks_differences_beyond_two_standard_errors_and_names_its_co
     for line in text.splitlines():
         if line.startswith("| "):
             lines.setdefault(line.split(" | ")[0].strip("| "), line)
-    assert "+0.21 ± 0.01 *" in lines["big"]
+    assert lines["big"].count("+0.21 ± 0.01 *") == 3  # Δ exact, Δ shape, Δ count
+    assert lines["big"].split(" | ")[10] == "–"  # Δ FID: the same FID as the baseline on every seed
     assert "*" not in lines["noise"]  # +0.00 +- 0.05: inside two standard errors
     assert "cascade ablation --out X" in text
 
@@ -82,9 +84,10 @@ def test_every_row_differs_from_the_baseline_in_what_its_name_says():
     for key, bias in (("sigmoid", None), ("sigmoid_b0", "0"), ("sigmoid_b2", "2")):
         row = by_key[key]
         assert row.sampling == baseline.sampling and row.weights == baseline.weights
-        flags = TRAININGS[row.training]
-        assert flags[:2] == ("--model.init_args.loss_weighting", "sigmoid")
-        assert (flags[3] if bias else None) == bias and f"b = {bias or -3}" in row.name
+        change = TRAININGS[row.training][len(TRAININGS["min_snr"]):]  # what the row adds to the baseline's flags
+        assert TRAININGS[row.training][:len(TRAININGS["min_snr"])] == TRAININGS["min_snr"]
+        assert change[:2] == ("--model.init_args.loss_weighting", "sigmoid")
+        assert (change[3] if bias else None) == bias and f"b = {bias or -3}" in row.name
     assert grid.sampling["time_grid"] != baseline.sampling["time_grid"]
     assert interval.sampling["guidance_interval"] is not None and "guidance_interval" not in baseline.sampling
     assert autoguidance.guide is not None and baseline.guide is None
@@ -138,10 +141,17 @@ def test_selected_rows_keep_the_baseline_and_train_only_what_they_sample_with(tm
     trainings = {row.training for row in main_rows}
     runs = training_runs(tmp_path, {"train": tmp_path / "train", "val": tmp_path / "val"}, FAST_ABLATION, trainings)
     assert {training for training, _ in runs} == {"min_snr", "sigmoid_b0+lr2e-3"}
+    def last_value(argv: list[str], flag: str) -> str:  # a later flag overrides an earlier one
+        return argv[len(argv) - 1 - argv[::-1].index(flag) + 1]
+
     argv = runs["sigmoid_b0+lr2e-3", 0].command()
     for flag, value in (("--model.init_args.loss_weighting", "sigmoid"), ("--model.init_args.sigmoid_bias", "0"),
                         ("--model.init_args.optimizer.lr", "2.0e-3")):
-        assert argv[argv.index(flag) + 1] == value
+        assert last_value(argv, flag) == value
+    baseline = runs["min_snr", 0].command()  # the old recipe in full, whatever the demo's config now says
+    for flag, value in (("--model.init_args.loss_weighting", "min_snr"), ("--model.init_args.min_snr_gamma", "5.0"),
+                        ("--model.init_args.optimizer.lr", "1.0e-3")):
+        assert last_value(baseline, flag) == value
     assert select_rows(None) == (rows(), select_rows(None)[1]) and len(select_rows(None)[1]) > 0
 
 
