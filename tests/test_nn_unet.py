@@ -376,6 +376,7 @@ def test_wrong_inputs_raise_clear_errors():
         (dict(base_channels=12), "norm_groups"),
         (dict(time_embedding="learned"), "time_embedding"),
         (dict(image_size=17), "divisible"),
+        (dict(coordinate_channels="yes"), "coordinate_channels must be true or false, got 'yes'"),
     ],
 )
 def test_invalid_config_raises(overrides, message):

@@ -209,6 +209,8 @@ class UNetConfig:
                 errors.append(f"{name} {unknown} are not level resolutions {self.level_resolutions}")
         if self.text_dim <= 0 and (self.cross_attention_resolutions or self.text_concat_to_self_attn):
             errors.append("cross_attention_resolutions / text_concat_to_self_attn need text_dim > 0")
+        if not isinstance(self.coordinate_channels, bool):
+            errors.append(f"coordinate_channels must be true or false, got {self.coordinate_channels!r}")
         if self.time_embedding not in TIME_EMBEDDINGS:
             errors.append(f"time_embedding must be one of {TIME_EMBEDDINGS}, got {self.time_embedding!r}")
         attended = set(self.attention_resolutions) | set(self.cross_attention_resolutions)
