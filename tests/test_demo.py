@@ -392,3 +392,19 @@ def test_the_full_demo_samples_the_held_out_set_guided_only_and_the_fast_one_als
         folders, written = demo.sample_heldout(Cascade(), demo.heldout_scenes(demo.FAST)[:1], tmp_path / name, plan,
                                                Console(file=io.StringIO()), Ranks())
         assert asked == [(0, guidance) for guidance in expected] and sorted(folders) == expected and written == 0
+
+
+def test_the_demos_fid_reads_each_captions_first_images_as_the_reference_weighs_captions(tmp_path):
+    """A caption of a small stratum has more seeds for the detector; FID / precision / recall read
+    every caption's first samples_per_caption images, one set per caption as in the reference."""
+    import torch
+
+    from cascade.demo.evaluation import first_images
+    from cascade.files.sample_folder import merge_metadata, work_items, write_image
+
+    for item in work_items([("a red circle", None), ("two blue squares", None)], (3, 1)):
+        write_image(tmp_path, item.name, torch.zeros(3, 8, 8),
+                    {"file": f"{item.name}.png", "index": item.sample_index, "prompt": item.condition})
+    merge_metadata(tmp_path)
+    assert [path.name for path in first_images(tmp_path, 1).files] == ["00000_000.png", "00001_000.png"]
+    assert len(first_images(tmp_path, 2)) == 3

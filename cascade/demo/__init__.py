@@ -253,7 +253,7 @@ def run_demo(out: Path, plan: DemoPlan, threads: int, fast: bool = False, ablati
             times.record("sweep sampling", time.perf_counter() - begun)
     step("4/5 evaluating alignment and FID / precision / recall")
     begun = time.perf_counter()
-    evaluation = evaluate_demo(folders, data["reference"], scenes, console)
+    evaluation = evaluate_demo(folders, data["reference"], scenes, console, per_caption=plan.samples_per_caption)
     times.record("evaluation", time.perf_counter() - begun)
     begun = time.perf_counter()
     sweep = evaluate_sweep(points, data["reference"], scenes[:plan.sweep_captions], console)

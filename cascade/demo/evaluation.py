@@ -28,7 +28,8 @@ from ..eval.heldout import (
     stratified_alignment,
 )
 from ..eval.results import EvaluationResult
-from ..files.sample_folder import intermediate_dirs
+from ..eval.sources import ImageFolder
+from ..files.sample_folder import intermediate_dirs, read_metadata
 from ..pipeline.sweep import SweepPoint
 
 ALIGNMENT_CHECKS = CHECKS
@@ -64,6 +65,13 @@ def format_difference(value: Interval) -> str:
     return f"{estimate:+.2f}" if math.isnan(low) else f"{estimate:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
+def first_images(folder: Path, per_caption: int) -> ImageFolder:
+    """The final images of a sample folder with sample index below `per_caption` (every caption's
+    first ones), in file order."""
+    files = sorted(folder / entry["file"] for entry in read_metadata(folder) if entry.get("index", 0) < per_caption)
+    return ImageFolder(folder, files=files)
+
+
 def feature_space(reference_dir: Path) -> tuple[FeatureExtractor, ReferenceStatistics]:
     """The offline (random-weight Inception) extractor and the real renders' statistics in it (cached)."""
     extractor = build_extractor("random-inception", random_input_size=FEATURE_INPUT_SIZE, device="cpu")
@@ -72,10 +80,15 @@ def feature_space(reference_dir: Path) -> tuple[FeatureExtractor, ReferenceStati
     return extractor, reference
 
 
-def evaluate_demo(folders: dict[float, Path], reference_dir: Path, scenes: list[dict], console: Console) -> dict:
+def evaluate_demo(folders: dict[float, Path], reference_dir: Path, scenes: list[dict], console: Console,
+                  per_caption: int | None = None) -> dict:
     """{"alignment": {label: accuracies}, "stratified": {label: `stratified_alignment`},
     "sr_effect": {label: {check: final minus base, balanced, with a paired interval}},
-    "strata_available": {stratum: distinct held-out captions}, "metrics": [EvaluationResult], "extractor": name}."""
+    "strata_available": {stratum: distinct held-out captions}, "metrics": [EvaluationResult], "extractor": name}.
+
+    `per_caption`: FID / precision / recall read each caption's first `per_caption` images only, so
+    the generated set weighs the captions as the reference (one real render each) does; a caption
+    of a small stratum has more images for the detector (`images_per_caption`). None: every image."""
     scored = {"real renders": score_reference(reference_dir, scenes)}
     sr_effect = {}
     for guidance, folder in folders.items():
@@ -91,8 +104,8 @@ def evaluate_demo(folders: dict[float, Path], reference_dir: Path, scenes: list[
     stratified = {label: stratified_alignment(images) for label, images in scored.items()}
     extractor, reference = feature_space(reference_dir)
     metrics = [  # each sample folder's final images (the stages it keeps are not scored)
-        evaluate_samples(folder, reference, extractor, metrics=("fid", "pr"), setting={"guidance": guidance},
-                         progress=False)
+        evaluate_samples(folder if per_caption is None else first_images(folder, per_caption), reference, extractor,
+                         metrics=("fid", "pr"), setting={"guidance": guidance}, progress=False)
         for guidance, folder in folders.items()
     ]
     table = Table(title="Caption alignment on held-out captions (detector accuracy; balanced: mean of the strata, "
