@@ -157,7 +157,7 @@ def test_a_rerun_keeps_the_recorded_times_of_the_steps_it_skips(tmp_path, monkey
                         lambda cascade, scenes, out, plan, console, ranks: work(({}, 0), ({}, 12)))
     monkeypatch.setattr(demo, "sample_heldout_sweep",
                         lambda cascade, scenes, out, plan, console, ranks: work(([], 0), ([], 4)))
-    monkeypatch.setattr(demo, "evaluate_demo", lambda folders, reference, scenes, console: {})
+    monkeypatch.setattr(demo, "evaluate_demo", lambda folders, reference, scenes, console, per_caption=None: {})
     monkeypatch.setattr(demo, "evaluate_sweep", lambda points, reference, scenes, console: [])
     monkeypatch.setattr(demo, "write_demo_report", write_demo_report)
 
