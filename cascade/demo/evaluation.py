@@ -65,11 +65,15 @@ def format_difference(value: Interval) -> str:
     return f"{estimate:+.2f}" if math.isnan(low) else f"{estimate:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
+def first_entries(folder: Path, per_caption: int) -> list[dict]:
+    """The metadata of a sample folder's images with sample index below `per_caption` (every
+    caption's first ones; a caption of a small stratum has more), in file order."""
+    return [entry for entry in read_metadata(folder) if entry.get("index", 0) < per_caption]
+
+
 def first_images(folder: Path, per_caption: int) -> ImageFolder:
-    """The final images of a sample folder with sample index below `per_caption` (every caption's
-    first ones), in file order."""
-    files = sorted(folder / entry["file"] for entry in read_metadata(folder) if entry.get("index", 0) < per_caption)
-    return ImageFolder(folder, files=files)
+    """The final images of `first_entries`, in file order."""
+    return ImageFolder(folder, files=sorted(folder / entry["file"] for entry in first_entries(folder, per_caption)))
 
 
 def feature_space(reference_dir: Path) -> tuple[FeatureExtractor, ReferenceStatistics]:

@@ -23,6 +23,7 @@ from .evaluation import (
     SR_EFFECT_CHECKS,
     SWEEP_CHECKS,
     SweepResult,
+    first_entries,
     format_difference,
     format_interval,
 )
@@ -209,10 +210,8 @@ def write_demo_report(out: Path, *, plan: dict, settings: list[dict], folders: d
     _add_stratified_alignment(report, plan, evaluation)
 
     guidance_values = sorted(folders)
-    # each caption's first samples_per_caption images (a caption of a small stratum has more)
     per_caption = plan.get("samples_per_caption", 1)
-    entries = {g: [entry for entry in read_metadata(folders[g]) if entry.get("index", 0) < per_caption][:GRID_CAPTIONS]
-               for g in guidance_values}
+    entries = {g: first_entries(folders[g], per_caption)[:GRID_CAPTIONS] for g in guidance_values}
     captions = [entry["prompt"] for entry in entries[guidance_values[0]]]
     if len(guidance_values) > 1:  # else the sweep's grid shows the guidance settings side by side
         report.heading("Guidance off vs on")
