@@ -22,6 +22,7 @@ from cascade.demo.ablation import (
     select_rows,
     summarise,
     training_runs,
+    training_steps,
     weights_path,
 )
 from cascade.demo.training import StageRun
@@ -127,11 +128,32 @@ def test_each_training_run_records_its_seed_and_trains_with_it(tmp_path):
             assert argv.count(flag) == 1 and argv[argv.index(flag) + 1] == str(seed)
 
 
+def test_a_training_at_another_batch_sees_the_same_images_in_more_steps(tmp_path):
+    """Same compute per row: the batch-8 training trains plan.train_steps x plan.batch_size images,
+    in twice the steps, with its validation and post-hoc EMA snapshots on its own step count."""
+    plan = AblationPlan(train_steps=1200, batch_size=16, snapshots=8)
+    runs = training_runs(tmp_path, {"train": tmp_path / "train", "val": tmp_path / "val"}, plan,
+                         {"sigmoid_b0+lr2e-3", "sigmoid_b0+lr2e-3+b8"})
+    def last_value(argv: list[str], flag: str) -> str:
+        return argv[len(argv) - 1 - argv[::-1].index(flag) + 1]
+
+    for training, batch, steps in (("sigmoid_b0+lr2e-3", 16, 1200), ("sigmoid_b0+lr2e-3+b8", 8, 2400)):
+        run, argv = runs[training, 0], runs[training, 0].command()
+        assert run.steps == steps and steps * batch == 1200 * 16
+        assert last_value(argv, "--data.init_args.batch_size") == str(batch)
+        assert last_value(argv, "--trainer.max_steps") == last_value(argv, "--trainer.val_check_interval") == str(steps)
+        assert last_value(argv, "--posthoc_ema.snapshot_every_n_steps") == str(steps // 8)
+    # otherwise the two trainings are the same recipe
+    assert TRAININGS["sigmoid_b0+lr2e-3+b8"] == TRAININGS["sigmoid_b0+lr2e-3"]
+    with pytest.raises(ValueError, match="do not divide into batches of 8"):
+        training_steps("sigmoid_b0+lr2e-3+b8", AblationPlan(train_steps=7, batch_size=3))
+
+
 def test_a_row_naming_unknown_weights_is_refused(tmp_path):
     run = StageRun("min_snr-seed0", tmp_path / "base.yaml", tmp_path / "run", 8, ())
     with pytest.raises(ValueError, match="weights: expected 'ema' or 'phema"):
-        weights_path(run, "swa:0.1", AblationPlan())
-    assert weights_path(run, "ema", AblationPlan()) == run.last_checkpoint
+        weights_path(run, "swa:0.1")
+    assert weights_path(run, "ema") == run.last_checkpoint
     assert isinstance(Row("x", "x").sampling, dict)
 
 

@@ -38,6 +38,7 @@ from ..eval.features import reference_statistics
 from ..eval.heldout import (
     BALANCED,
     ScoredImage,
+    images_per_caption,
     score_folder,
     stratified_alignment,
     stratum_of,
@@ -49,7 +50,7 @@ from ..pipeline.to_folder import FolderJob, sample_folder
 from ..stages.config import SamplingSettings
 from ..stages.posthoc_ema import SNAPSHOT_DIR, reconstruct
 from . import CONFIG_DIR, DemoPlan, heldout_scenes, write_datasets
-from .evaluation import FEATURE_INPUT_SIZE
+from .evaluation import FEATURE_INPUT_SIZE, first_images
 from .training import StageRun, train_concurrently
 
 CHECKS = ("colour", "shape", "count", "relation", "exact")
@@ -78,6 +79,9 @@ class AblationPlan:
     train_images: int = 6000
     captions: int = 256
     samples_per_caption: int = 1
+    # every stratum, a fifth of the balanced score, rests on at least this many images: the small
+    # strata (1, 4 and 2 held-out captions) draw more seeds of their captions (`images_per_caption`)
+    images_per_stratum: int = 16
     batch_size: int = 16
     snapshots: int = 8  # post-hoc EMA snapshots per run (train_steps must be a multiple)
     sample_batch: int = 64
@@ -88,8 +92,8 @@ class AblationPlan:
                         samples_per_caption=self.samples_per_caption, sweep_captions=1)
 
 
-FAST_ABLATION = AblationPlan(seeds=(0, 1), train_steps=16, train_images=128, captions=10, snapshots=4,
-                             sample_batch=16)
+FAST_ABLATION = AblationPlan(seeds=(0, 1), train_steps=16, train_images=128, captions=10, images_per_stratum=2,
+                             snapshots=4, sample_batch=16)
 
 # The trainings: the baseline (the demo base's recipe before this ablation: min-SNR-5 weighting at a
 # peak learning rate of 1e-3, set here in full, so the rows stay what they were whatever the demo's
@@ -120,7 +124,16 @@ TRAININGS: dict[str, tuple[str, ...]] = {
     # absolute position for attention (`UNetConfig.coordinate_channels`): the demo base places the
     # two objects of "A left of B" no better than chance (docs/benchmarks.md)
     "coord": (*BASELINE_TRAINING, "--model.init_args.unet.coordinate_channels", "true"),
+    # the demo's recipe at twice its peak learning rate: lr 2e-3 beat 1e-3, so is 2e-3 still too slow?
+    "sigmoid_b0+lr4e-3": (*BASELINE_TRAINING, *_SIGMOID_B0, "--model.init_args.optimizer.lr", "4.0e-3"),
+    # the demo's recipe at half the batch and twice the steps (`TRAINING_BATCH`): the same images,
+    # so the same FLOPs, in twice the optimiser steps; a step of 8 costs 0.58 of a step of 16 on
+    # one CPU thread, so 2,400 of them take 1.16x the wall time of 1,200 of 16
+    "sigmoid_b0+lr2e-3+b8": (*BASELINE_TRAINING, *_SIGMOID_B0, *_LR_2E3),
 }
+# Trainings at another batch than the plan's; they train plan.train_steps x plan.batch_size images
+# like every other row, in proportionally more or fewer steps.
+TRAINING_BATCH: dict[str, int] = {"sigmoid_b0+lr2e-3+b8": 8}
 BASE_SAMPLING = {"sampler": "dpmpp_2m", "steps": 20, "guidance": 3.0, "time_grid": "uniform_t"}
 
 
@@ -140,6 +153,10 @@ def rows() -> list[Row]:
         Row("+ sigmoid (b = 0), lr 2e-3 and 16-channel attention heads", "sigmoid_b0+lr2e-3+heads16",
             training="sigmoid_b0+lr2e-3+heads16", sampling=BASE_SAMPLING),
         Row("+ coordinate channels (CoordConv)", "coord", training="coord", sampling=BASE_SAMPLING),
+        Row("+ sigmoid weighting (b = 0) and learning rate 4e-3", "sigmoid_b0+lr4e-3", training="sigmoid_b0+lr4e-3",
+            sampling=BASE_SAMPLING),
+        Row("+ sigmoid (b = 0), lr 2e-3, batch 8 for twice the steps (same images)", "sigmoid_b0+lr2e-3+b8",
+            training="sigmoid_b0+lr2e-3+b8", sampling=BASE_SAMPLING),
         Row("+ time grid (log-SNR)", "grid", sampling=grid),
         Row("+ guidance interval", "interval", sampling=interval),
         Row("+ autoguidance", "autoguidance", sampling=BASE_SAMPLING, guide="phema:0.05@0.25"),
@@ -176,26 +193,37 @@ def select_rows(keys: list[str] | None) -> tuple[list[Row], list[Row]]:
     return [r for r in main_rows if r.key in wanted], [r for r in sweep_rows if r.key in wanted]
 
 
+def training_steps(training: str, plan: AblationPlan) -> int:
+    """Optimiser steps of a training: the plan's, scaled so that every training sees
+    plan.train_steps x plan.batch_size images whatever its batch."""
+    batch = TRAINING_BATCH.get(training, plan.batch_size)
+    if (plan.train_steps * plan.batch_size) % batch:
+        raise ValueError(f"training {training!r}: {plan.train_steps} x {plan.batch_size} images do not divide "
+                         f"into batches of {batch}")
+    return plan.train_steps * plan.batch_size // batch
+
+
 def training_runs(out: Path, data: dict[str, Path], plan: AblationPlan,
                   trainings: set[str] | None = None) -> dict[tuple[str, int], StageRun]:
     """One `cascade fit` of the demo's base per training recipe (all, or those in `trainings`) and
     seed, with post-hoc EMA snapshots."""
-    every = max(1, plan.train_steps // plan.snapshots)
     runs = {}
     for training, extra in TRAININGS.items():
         if trainings is not None and training not in trainings:
             continue
+        batch = TRAINING_BATCH.get(training, plan.batch_size)
+        steps = training_steps(training, plan)
+        every = max(1, steps // plan.snapshots)
         for seed in plan.seeds:
             overrides = (
                 "--data.init_args.train_shards", str(data["train"]), "--data.init_args.val_shards", str(data["val"]),
-                "--data.init_args.batch_size", str(plan.batch_size),
+                "--data.init_args.batch_size", str(batch),
                 "--data.init_args.val_batch_size", str(2 * plan.batch_size),
-                "--trainer.val_check_interval", str(plan.train_steps), "--sample_grid", "null",
+                "--trainer.val_check_interval", str(steps), "--sample_grid", "null",
                 "--posthoc_ema.snapshot_every_n_steps", str(every), *extra,
             )
             runs[training, seed] = StageRun(f"{training}-seed{seed}", CONFIG_DIR / "base.yaml",
-                                            out / "runs" / f"{training}-seed{seed}", plan.train_steps, overrides,
-                                            seed)
+                                            out / "runs" / f"{training}-seed{seed}", steps, overrides, seed)
     return runs
 
 
@@ -217,7 +245,7 @@ def reference_renders(scenes: list[dict], folder: Path, resolution: int) -> Path
     return folder
 
 
-def weights_path(run: StageRun, spec: str, plan: AblationPlan) -> Path:
+def weights_path(run: StageRun, spec: str) -> Path:
     """The checkpoint or export a row samples with: "ema" (the run's last checkpoint, Lightning's
     EMA) or "phema:SIGMA_REL[@FRACTION]" (the post-hoc EMA of that length at that fraction of
     training, reconstructed once from the run's snapshots and kept as an export)."""
@@ -227,7 +255,7 @@ def weights_path(run: StageRun, spec: str, plan: AblationPlan) -> Path:
     if kind != "phema":
         raise ValueError(f"weights: expected 'ema' or 'phema:SIGMA_REL[@FRACTION]', got {spec!r}")
     sigma_rel, _, fraction = value.partition("@")
-    step = round(plan.train_steps * float(fraction)) if fraction else None
+    step = round(run.steps * float(fraction)) if fraction else None
     out = run.run_dir / "posthoc" / (f"sigma_rel={float(sigma_rel):g}" + ("" if step is None else f"@{step}"))
     if not (out / "config.yaml").exists():
         reconstruct(run.run_dir / SNAPSHOT_DIR, float(sigma_rel), step=step, out=out)
@@ -277,14 +305,18 @@ class Sampled:
 def sample_and_score(row: Row, run: StageRun, scenes: list[dict], folder: Path, plan: AblationPlan,
                      reference, extractor) -> Sampled:
     """Sample the row's base on the held-out captions into `folder` (resumable) and score it."""
-    guide = weights_path(run, row.guide, plan) if row.guide else None
-    cascade = Cascade.from_paths([weights_path(run, row.weights, plan)], [row_settings(row, guide)])
+    guide = weights_path(run, row.guide) if row.guide else None
+    cascade = Cascade.from_paths([weights_path(run, row.weights)], [row_settings(row, guide)])
     conditions = [(scene["caption"], stratum_of(scene)) for scene in scenes]
-    job = FolderJob(n_per_condition=plan.samples_per_caption, batch_size=plan.sample_batch, seed=0, progress=False)
+    counts = images_per_caption(scenes, plan.samples_per_caption, plan.images_per_stratum)
+    job = FolderJob(n_per_condition=counts, batch_size=plan.sample_batch, seed=0, progress=False)
     sample_folder(cascade, conditions, job, folder, console=Console(quiet=True))
     merge_metadata(folder)
     stratified = stratified_alignment(score_folder(folder, scenes), resamples=200)
-    metrics = evaluate_samples(folder, reference, extractor, metrics=("fid", "pr"), progress=False).metrics
+    # FID / precision / recall on each caption's first samples_per_caption images: the reference
+    # has one render per caption, so the extra seeds of the small strata would reweight captions
+    metrics = evaluate_samples(first_images(folder, plan.samples_per_caption), reference, extractor,
+                               metrics=("fid", "pr"), progress=False).metrics
     return Sampled(row.name, run.seed, str(folder), function_evaluations_per_image(cascade),
                    {check: stratified[BALANCED][check][0] for check in CHECKS},
                    {name: {check: values[check][0] for check in CHECKS} for name, values in stratified.items()
@@ -341,7 +373,9 @@ def markdown_table(summary: list[dict[str, Any]], plan: AblationPlan, command: s
     lines = [
         (f"Base stage of the demo (32 px), {plan.train_steps} training steps at batch {plan.batch_size} per run, "
         f"{len(plan.seeds)} training seeds per row ({', '.join(map(str, plan.seeds))}); {plan.captions} distinct "
-        f"held-out captions x {plan.samples_per_caption} sample(s), stratified (`cascade.eval.heldout`). "
+        f"held-out captions x {plan.samples_per_caption} sample(s), stratified (`cascade.eval.heldout`), and more "
+        f"seeds of the captions of a small stratum so that every stratum has at least {plan.images_per_stratum} "
+        "images (FID / precision / recall read each caption's first sample(s) only). "
         "Cells: mean over training seeds ± standard error; Δ: paired (same seed) difference from the "
         "baseline, * where it is more than two standard errors from zero. Detector scores are balanced over "
         "the strata. FID / precision / recall: offline random-weight Inception features against real 32-px "
