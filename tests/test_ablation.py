@@ -11,6 +11,7 @@ from cascade.cli import main
 from cascade.demo.ablation import (
     CHECKS,
     FAST_ABLATION,
+    TRAINING_STEP_COST,
     TRAININGS,
     AblationPlan,
     Row,
@@ -147,6 +148,15 @@ def test_a_training_at_another_batch_sees_the_same_images_in_more_steps(tmp_path
     assert TRAININGS["sigmoid_b0+lr2e-3+b8"] == TRAININGS["sigmoid_b0+lr2e-3"]
     with pytest.raises(ValueError, match="do not divide into batches of 8"):
         training_steps("sigmoid_b0+lr2e-3+b8", AblationPlan(train_steps=7, batch_size=3))
+
+
+def test_a_training_with_a_dearer_step_trains_fewer_steps_for_the_same_compute():
+    plan = AblationPlan(train_steps=1200, batch_size=16, snapshots=8)
+    cost = TRAINING_STEP_COST["sigmoid_b0+lr2e-3+attn16"]
+    steps = training_steps("sigmoid_b0+lr2e-3+attn16", plan)
+    assert steps % plan.snapshots == 0 and steps * cost <= 1200 < (steps + plan.snapshots) * cost
+    assert training_steps("sigmoid_b0+lr2e-3", plan) == 1200
+    assert TRAININGS["sigmoid_b0+lr2e-3+attn16"][:len(TRAININGS["sigmoid_b0+lr2e-3"])] == TRAININGS["sigmoid_b0+lr2e-3"]
 
 
 def test_a_row_naming_unknown_weights_is_refused(tmp_path):
