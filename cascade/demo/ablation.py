@@ -136,6 +136,10 @@ TRAININGS: dict[str, tuple[str, ...]] = {
     # (`TRAINING_STEP_COST`), so fewer steps
     "sigmoid_b0+lr2e-3+attn16": (*BASELINE_TRAINING, *_SIGMOID_B0, *_LR_2E3,
                                  "--model.init_args.unet.attention_resolutions", "[16, 8]"),
+    # the demo's recipe with Adam's beta2 at 0.99 (EDM2's; the baseline's 0.999 averages the squared
+    # gradients over ~1,000 steps, most of this run): a second-moment estimate that keeps up
+    "sigmoid_b0+lr2e-3+beta2": (*BASELINE_TRAINING, *_SIGMOID_B0, *_LR_2E3,
+                                "--model.init_args.optimizer.betas", "[0.9, 0.99]"),
 }
 # Trainings at another batch than the plan's; they train plan.train_steps x plan.batch_size images
 # like every other row, in proportionally more or fewer steps.
@@ -169,6 +173,12 @@ def rows() -> list[Row]:
             training="sigmoid_b0+lr2e-3+b8", sampling=BASE_SAMPLING),
         Row("+ sigmoid (b = 0), lr 2e-3, self-attention at 16 px (0.86x the steps: same compute)",
             "sigmoid_b0+lr2e-3+attn16", training="sigmoid_b0+lr2e-3+attn16", sampling=BASE_SAMPLING),
+        Row("+ sigmoid (b = 0), lr 2e-3, Adam beta2 0.99", "sigmoid_b0+lr2e-3+beta2",
+            training="sigmoid_b0+lr2e-3+beta2", sampling=BASE_SAMPLING),
+        # the demo's recipe sampled at other guidance weights (its networks; the same NFE as at 3)
+        *(Row(f"+ sigmoid (b = 0), lr 2e-3, guidance {guidance:g}", f"sigmoid_b0+lr2e-3+cfg{guidance:g}",
+              training="sigmoid_b0+lr2e-3", sampling={**BASE_SAMPLING, "guidance": guidance})
+          for guidance in (2.0, 4.0)),
         Row("+ time grid (log-SNR)", "grid", sampling=grid),
         Row("+ guidance interval", "interval", sampling=interval),
         Row("+ autoguidance", "autoguidance", sampling=BASE_SAMPLING, guide="phema:0.05@0.25"),
