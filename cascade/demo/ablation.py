@@ -6,11 +6,13 @@ with FID / precision / recall in the offline feature space, for every training s
 gives the mean over training seeds and its standard error; a row differs from the baseline when
 the mean of the paired (same seed) differences is more than two standard errors from zero.
 
-Rows that change only how the base samples (time grid, sampler, guidance interval,
-autoguidance, post-hoc EMA) reuse the baseline's trained networks, so the training compute of
-every row is the same: the baseline runs and the sigmoid-weighted runs train for the same steps
-on the same data and seeds. Sampling cost is matched in network evaluations per image (NFE); the
-guidance interval saves evaluations, and the table says how many.
+Rows that change only how the base samples (time grid, sampler, guidance weight and interval,
+autoguidance, post-hoc EMA) reuse the trained networks of the recipe they change. Every training
+has the same compute on the same data and seeds: the same steps at the same batch, or, for a
+training at another batch (`TRAINING_BATCH`), the same images in proportionally more steps, or,
+for a network whose step costs more (`TRAINING_STEP_COST`, measured), proportionally fewer steps.
+Sampling cost is matched in network evaluations per image (NFE); the guidance interval saves
+evaluations, and the table says how many.
 
 The base is scored at its own resolution (32 px; the detector scores real 32-px renders of these
 captions 0.97 exact, see the table's "real renders" row), which isolates what the recipe changes;
