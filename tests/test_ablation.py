@@ -78,6 +78,11 @@ def test_the_table_marks_differences_beyond_two_standard_errors_and_names_its_co
     assert "cascade ablation --out X" in text
 
 
+def _last_value(argv: list[str], flag: str) -> str:
+    """The value of the last `flag` in argv (a later flag overrides an earlier one)."""
+    return argv[len(argv) - 1 - argv[::-1].index(flag) + 1]
+
+
 def test_every_row_differs_from_the_baseline_in_what_its_name_says():
     by_key = {row.key: row for row in rows()}
     assert len(by_key) == len(rows())  # each row samples into a folder of its own
@@ -135,15 +140,12 @@ def test_a_training_at_another_batch_sees_the_same_images_in_more_steps(tmp_path
     plan = AblationPlan(train_steps=1200, batch_size=16, snapshots=8)
     runs = training_runs(tmp_path, {"train": tmp_path / "train", "val": tmp_path / "val"}, plan,
                          {"sigmoid_b0+lr2e-3", "sigmoid_b0+lr2e-3+b8"})
-    def last_value(argv: list[str], flag: str) -> str:
-        return argv[len(argv) - 1 - argv[::-1].index(flag) + 1]
-
     for training, batch, steps in (("sigmoid_b0+lr2e-3", 16, 1200), ("sigmoid_b0+lr2e-3+b8", 8, 2400)):
         run, argv = runs[training, 0], runs[training, 0].command()
         assert run.steps == steps and steps * batch == 1200 * 16
-        assert last_value(argv, "--data.init_args.batch_size") == str(batch)
-        assert last_value(argv, "--trainer.max_steps") == last_value(argv, "--trainer.val_check_interval") == str(steps)
-        assert last_value(argv, "--posthoc_ema.snapshot_every_n_steps") == str(steps // 8)
+        assert _last_value(argv, "--data.init_args.batch_size") == str(batch)
+        assert _last_value(argv, "--trainer.max_steps") == _last_value(argv, "--trainer.val_check_interval") == str(steps)
+        assert _last_value(argv, "--posthoc_ema.snapshot_every_n_steps") == str(steps // 8)
     # otherwise the two trainings are the same recipe
     assert TRAININGS["sigmoid_b0+lr2e-3+b8"] == TRAININGS["sigmoid_b0+lr2e-3"]
     with pytest.raises(ValueError, match="do not divide into batches of 8"):
@@ -173,17 +175,14 @@ def test_selected_rows_keep_the_baseline_and_train_only_what_they_sample_with(tm
     trainings = {row.training for row in main_rows}
     runs = training_runs(tmp_path, {"train": tmp_path / "train", "val": tmp_path / "val"}, FAST_ABLATION, trainings)
     assert {training for training, _ in runs} == {"min_snr", "sigmoid_b0+lr2e-3"}
-    def last_value(argv: list[str], flag: str) -> str:  # a later flag overrides an earlier one
-        return argv[len(argv) - 1 - argv[::-1].index(flag) + 1]
-
     argv = runs["sigmoid_b0+lr2e-3", 0].command()
     for flag, value in (("--model.init_args.loss_weighting", "sigmoid"), ("--model.init_args.sigmoid_bias", "0"),
                         ("--model.init_args.optimizer.lr", "2.0e-3")):
-        assert last_value(argv, flag) == value
+        assert _last_value(argv, flag) == value
     baseline = runs["min_snr", 0].command()  # the old recipe in full, whatever the demo's config now says
     for flag, value in (("--model.init_args.loss_weighting", "min_snr"), ("--model.init_args.min_snr_gamma", "5.0"),
                         ("--model.init_args.optimizer.lr", "1.0e-3")):
-        assert last_value(baseline, flag) == value
+        assert _last_value(baseline, flag) == value
     assert select_rows(None) == (rows(), select_rows(None)[1]) and len(select_rows(None)[1]) > 0
 
 
