@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from cascade.demo.ablation import (
     rows,
     select_rows,
     summarise,
+    training_lanes,
     training_runs,
     training_steps,
     weights_path,
@@ -186,8 +188,44 @@ def test_selected_rows_keep_the_baseline_and_train_only_what_they_sample_with(tm
     assert select_rows(None) == (rows(), select_rows(None)[1]) and len(select_rows(None)[1]) > 0
 
 
+def test_a_reference_row_replaces_the_baseline_as_the_row_differences_are_taken_from(tmp_path):
+    main_rows, _ = select_rows(["sigmoid_b0+lr2e-3+steps4x"], reference="sigmoid_b0+lr2e-3")
+    assert [row.key for row in main_rows] == ["sigmoid_b0+lr2e-3", "sigmoid_b0+lr2e-3+steps4x"]
+    assert [row.key for row in select_rows(None, reference="grid")[0]][:2] == ["grid", "baseline"]
+    assert len(select_rows(None, reference="grid")[0]) == len(rows())
+    runs = training_runs(tmp_path, {"train": tmp_path / "train", "val": tmp_path / "val"}, FAST_ABLATION,
+                         {row.training for row in main_rows})
+    longer, recipe = runs["sigmoid_b0+lr2e-3+steps4x", 0], runs["sigmoid_b0+lr2e-3", 0]
+    assert longer.steps == 4 * recipe.steps == 4 * FAST_ABLATION.train_steps
+    assert longer.overrides[-len(TRAININGS["sigmoid_b0+lr2e-3"]):] == TRAININGS["sigmoid_b0+lr2e-3"]
+    # snapshots keep their count: one every steps / snapshots
+    assert _last_value(longer.command(), "--posthoc_ema.snapshot_every_n_steps") == str(
+        longer.steps // FAST_ABLATION.snapshots)
+
+
+def test_the_paired_differences_are_taken_from_the_first_row():
+    def one(row, seed, exact):
+        return Sampled(row, seed, "", 20, {c: exact for c in CHECKS}, {"s": {c: exact for c in CHECKS}},
+                       {"fid": 1.0, "precision": 0.5, "recall": 0.5})
+
+    sampled = [one(row, seed, base + 0.1 * seed) for row, base in (("ref", 0.5), ("other", 0.2)) for seed in (0, 1, 2)]
+    summary = summarise(sampled, ["other", "ref"])
+    assert summary[1]["delta exact"] == pytest.approx((0.3, 0.0))
+    assert summary[0]["delta exact"] == pytest.approx((0.0, 0.0))
+
+
+def test_training_lanes_have_about_equal_steps_and_keep_every_run():
+    steps = [1200, 1200, 1200, 4800, 4800, 4800]
+    runs = [StageRun(f"r{i}", Path("c.yaml"), Path(f"r{i}"), n, ()) for i, n in enumerate(steps)]
+    lanes = training_lanes(runs)
+    assert sorted(run.name for lane in lanes for run in lane) == sorted(run.name for run in runs)
+    assert sorted(sum(run.steps for run in lane) for lane in lanes) == [8400, 9600]  # the best split
+    assert training_lanes(runs[:1]) == [[runs[0]]]
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--rows", "baseline,sigmoid_b9"], "--rows: unknown row key(s) sigmoid_b9; known: baseline,"),
+    (["--reference", "ema0.05-guidance3"], "--reference: unknown row key 'ema0.05-guidance3' (a main row)"),
     (["--train-steps", "801"], "--train-steps: must be a multiple of 8"),
     (["--seeds", "0,a"], "--seeds: expected comma-separated integers"),
     (["--captions", "0"], "--captions: must be >= 1"),

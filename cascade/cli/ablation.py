@@ -13,7 +13,8 @@ from ..demo.ablation import __doc__ as ABLATION_DOC
 
 
 def ablation(argv: list[str]) -> int:
-    """`cascade ablation [--out DIR] [--seeds 0,1,2] [--train-steps N] [--captions N] [--rows KEYS] [--fast]`."""
+    """`cascade ablation [--out DIR] [--seeds 0,1,2] [--train-steps N] [--captions N] [--rows KEYS]
+    [--reference KEY] [--fast]`."""
     parser = argparse.ArgumentParser(prog="cascade ablation", description=ABLATION_DOC,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"), help="working and output folder")
@@ -24,6 +25,9 @@ def ablation(argv: list[str]) -> int:
     parser.add_argument("--rows", default=None,
                         help="only these rows, by key, comma separated (the baseline always; default: every row), "
                              "e.g. sigmoid_b0,lr2e-3: only their trainings run")
+    parser.add_argument("--reference", default=None,
+                        help="the row every paired difference is taken from, by key (default: baseline); with "
+                             "--rows, the baseline then runs only if listed")
     parser.add_argument("--fast", action="store_true", help="a few steps of everything (a smoke test)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="torch threads: the two training processes get half each (default: the machine's cores)")
@@ -49,9 +53,9 @@ def ablation(argv: list[str]) -> int:
 
     row_keys = None if args.rows is None else [key.strip() for key in args.rows.split(",") if key.strip()]
     try:
-        select_rows(row_keys)
+        select_rows(row_keys, args.reference)
     except ValueError as error:
         parser.error(str(error))
     command = "cascade ablation " + " ".join(shlex.quote(arg) for arg in argv)
-    run_ablation(args.out, plan, args.threads, command.strip(), row_keys=row_keys)
+    run_ablation(args.out, plan, args.threads, command.strip(), row_keys=row_keys, reference=args.reference)
     return 0

@@ -3,8 +3,8 @@
 Each row is one recipe; every row is scored on the same held-out captions (distinct captions,
 stratified by object count and relation: `cascade.eval.heldout`) with the dataset's detector and
 with FID / precision / recall in the offline feature space, for every training seed. The table
-gives the mean over training seeds and its standard error; a row differs from the baseline when
-the mean of the paired (same seed) differences is more than two standard errors from zero.
+gives the mean over training seeds and its standard error; a row differs from the reference row
+(the baseline, or the row `--reference` names) when the mean of the paired (same seed) differences is more than two standard errors from zero.
 
 Rows that change only how the base samples (time grid, sampler, guidance weight and interval,
 autoguidance, post-hoc EMA) reuse the trained networks of the recipe they change. Every training
@@ -142,6 +142,9 @@ TRAININGS: dict[str, tuple[str, ...]] = {
     # gradients over ~1,000 steps, most of this run): a second-moment estimate that keeps up
     "sigmoid_b0+lr2e-3+beta2": (*BASELINE_TRAINING, *_SIGMOID_B0, *_LR_2E3,
                                 "--model.init_args.optimizer.betas", "[0.9, 0.99]"),
+    # the demo's recipe trained four times as long (`TRAINING_COMPUTE`): not a recipe change but the
+    # scale the others are read against, i.e. what 4x the compute buys (cosine schedule stretched)
+    "sigmoid_b0+lr2e-3+steps4x": (*BASELINE_TRAINING, *_SIGMOID_B0, *_LR_2E3),
 }
 # Trainings at another batch than the plan's; they train plan.train_steps x plan.batch_size images
 # like every other row, in proportionally more or fewer steps.
@@ -150,6 +153,9 @@ TRAINING_BATCH: dict[str, int] = {"sigmoid_b0+lr2e-3+b8": 8}
 # configs one after the other, batch 16, 1 thread, median of 15 steps; AMD EPYC, avx512_bf16):
 # they train for proportionally fewer steps, so that every row has the same compute.
 TRAINING_STEP_COST: dict[str, float] = {"sigmoid_b0+lr2e-3+attn16": 169 / 145.5}
+# Trainings given a multiple of every other row's compute on purpose (their rows say so): how far
+# training longer moves each score, the yardstick for the same-compute rows.
+TRAINING_COMPUTE: dict[str, int] = {"sigmoid_b0+lr2e-3+steps4x": 4}
 BASE_SAMPLING = {"sampler": "dpmpp_2m", "steps": 20, "guidance": 3.0, "time_grid": "uniform_t"}
 
 
@@ -177,6 +183,8 @@ def rows() -> list[Row]:
             "sigmoid_b0+lr2e-3+attn16", training="sigmoid_b0+lr2e-3+attn16", sampling=BASE_SAMPLING),
         Row("+ sigmoid (b = 0), lr 2e-3, Adam beta2 0.99", "sigmoid_b0+lr2e-3+beta2",
             training="sigmoid_b0+lr2e-3+beta2", sampling=BASE_SAMPLING),
+        Row("sigmoid (b = 0), lr 2e-3, 4x the training steps (4x the compute: a yardstick, not a recipe)",
+            "sigmoid_b0+lr2e-3+steps4x", training="sigmoid_b0+lr2e-3+steps4x", sampling=BASE_SAMPLING),
         # the demo's recipe sampled at other guidance weights (its networks; the same NFE as at 3)
         *(Row(f"+ sigmoid (b = 0), lr 2e-3, guidance {guidance:g}", f"sigmoid_b0+lr2e-3+cfg{guidance:g}",
               training="sigmoid_b0+lr2e-3", sampling={**BASE_SAMPLING, "guidance": guidance})
@@ -202,30 +210,36 @@ def mean_and_standard_error(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(variance / len(finite))
 
 
-def select_rows(keys: list[str] | None) -> tuple[list[Row], list[Row]]:
+def select_rows(keys: list[str] | None, reference: str | None = None) -> tuple[list[Row], list[Row]]:
     """The main rows and the EMA x guidance rows to run: all of them, or those whose keys are
-    given (the baseline always, as every difference is taken from it). Unknown keys are refused
-    with the list of known ones."""
+    given, and the reference row first (the baseline unless `reference` names another main row),
+    as every difference is taken from it. Unknown keys are refused with the list of known ones."""
     main_rows, sweep_rows = rows(), ema_guidance_rows()
-    if keys is None:
-        return main_rows, sweep_rows
     known = [row.key for row in main_rows + sweep_rows]
-    unknown = [key for key in keys if key not in known]
-    if unknown:
-        raise ValueError(f"--rows: unknown row key(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    wanted = set(keys) | {main_rows[0].key}
-    return [r for r in main_rows if r.key in wanted], [r for r in sweep_rows if r.key in wanted]
+    if reference is not None and reference not in [row.key for row in main_rows]:
+        raise ValueError(f"--reference: unknown row key {reference!r} (a main row); known: "
+                         f"{', '.join(row.key for row in main_rows)}")
+    reference = reference or main_rows[0].key
+    if keys is not None:
+        unknown = [key for key in keys if key not in known]
+        if unknown:
+            raise ValueError(f"--rows: unknown row key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    wanted = set(known if keys is None else keys) | {reference}
+    first = [r for r in main_rows if r.key == reference]
+    return first + [r for r in main_rows if r.key in wanted and r.key != reference], \
+        [r for r in sweep_rows if r.key in wanted]
 
 
 def training_steps(training: str, plan: AblationPlan) -> int:
     """Optimiser steps of a training: the plan's, scaled so that every training sees
-    plan.train_steps x plan.batch_size images whatever its batch, and divided by its step cost
-    (rounded down to a multiple of plan.snapshots) where its step costs more."""
+    plan.train_steps x plan.batch_size images whatever its batch (times its `TRAINING_COMPUTE`),
+    and divided by its step cost (rounded down to a multiple of plan.snapshots) where its step
+    costs more."""
     batch = TRAINING_BATCH.get(training, plan.batch_size)
     if (plan.train_steps * plan.batch_size) % batch:
         raise ValueError(f"training {training!r}: {plan.train_steps} x {plan.batch_size} images do not divide "
                          f"into batches of {batch}")
-    steps = plan.train_steps * plan.batch_size // batch
+    steps = plan.train_steps * plan.batch_size // batch * TRAINING_COMPUTE.get(training, 1)
     cost = TRAINING_STEP_COST.get(training, 1.0)
     if cost != 1.0:
         steps = max(plan.snapshots, int(steps / cost) // plan.snapshots * plan.snapshots)
@@ -355,11 +369,11 @@ def sample_and_score(row: Row, run: StageRun, scenes: list[dict], folder: Path, 
 
 def summarise(sampled: list[Sampled], order: list[str]) -> list[dict[str, Any]]:
     """Per row: mean and standard error over training seeds of every score, and the paired (same
-    seed) difference of each alignment check from the baseline (the first row)."""
+    seed) difference of each alignment check from the reference (the first row)."""
     by_row: dict[str, dict[int, Sampled]] = {}
     for item in sampled:
         by_row.setdefault(item.row, {})[item.seed] = item
-    baseline = by_row[order[0]]
+    reference = by_row[order[0]]
     summary = []
     for name in order:
         seeds = by_row[name]
@@ -367,12 +381,12 @@ def summarise(sampled: list[Sampled], order: list[str]) -> list[dict[str, Any]]:
         for check in CHECKS:
             entry[check] = mean_and_standard_error([s.balanced[check] for s in seeds.values()])
             entry[f"delta {check}"] = mean_and_standard_error(
-                [s.balanced[check] - baseline[seed].balanced[check] for seed, s in seeds.items() if seed in baseline])
+                [s.balanced[check] - reference[seed].balanced[check] for seed, s in seeds.items() if seed in reference])
         for metric in ("fid", "precision", "recall"):
             entry[metric] = mean_and_standard_error([s.metrics.get(metric, math.nan) for s in seeds.values()])
             entry[f"delta {metric}"] = mean_and_standard_error(
-                [s.metrics.get(metric, math.nan) - baseline[seed].metrics.get(metric, math.nan)
-                 for seed, s in seeds.items() if seed in baseline])
+                [s.metrics.get(metric, math.nan) - reference[seed].metrics.get(metric, math.nan)
+                 for seed, s in seeds.items() if seed in reference])
         entry["strata"] = {
             stratum: {check: mean_and_standard_error([s.strata[stratum][check] for s in seeds.values()
                                                       if stratum in s.strata]) for check in CHECKS}
@@ -406,7 +420,8 @@ def markdown_table(summary: list[dict[str, Any]], plan: AblationPlan, command: s
         f"seeds of the captions of a small stratum so that every stratum has at least {plan.images_per_stratum} "
         "images (FID / precision / recall read each caption's first sample(s) only). "
         "Cells: mean over training seeds ± standard error; Δ: paired (same seed) difference from the "
-        "baseline, * where it is more than two standard errors from zero. Detector scores are balanced over "
+        f"first row ({summary[0]['row']}), * where it is more than two standard errors from zero. "
+        "Detector scores are balanced over "
         "the strata. FID / precision / recall: offline random-weight Inception features against real 32-px "
         "renders of the same captions. NFE: network evaluations per image."),
         "",
@@ -442,13 +457,22 @@ def ema_guidance_rows(sigma_rels: tuple[float, ...] = (0.05, 0.20),
             for sigma_rel in sigma_rels for guidance in guidances]
 
 
+def training_lanes(runs: list[StageRun], count: int = 2) -> list[list[StageRun]]:
+    """The runs split into `count` lanes of about equal steps (longest first, each to the lane
+    with the fewest steps so far), so that the processes finish together."""
+    lanes: list[list[StageRun]] = [[] for _ in range(count)]
+    for run in sorted(runs, key=lambda run: -run.steps):
+        min(lanes, key=lambda lane: sum(r.steps for r in lane)).append(run)
+    return [lane for lane in lanes if lane]
+
+
 def run_ablation(out: Path, plan: AblationPlan, threads: int, command: str, console: Console | None = None,
-                 row_keys: list[str] | None = None) -> Path:
-    """Train, sample, score and tabulate every row (or the baseline and the rows of `row_keys`)
-    into `out` (everything resumes); returns the Markdown table's path (`out/ablation.md`, beside
-    `out/ablation.json`)."""
+                 row_keys: list[str] | None = None, reference: str | None = None) -> Path:
+    """Train, sample, score and tabulate every row (or the reference row, the baseline unless
+    `reference` names another, and the rows of `row_keys`) into `out` (everything resumes);
+    returns the Markdown table's path (`out/ablation.md`, beside `out/ablation.json`)."""
     console = console or Console()
-    main_rows, sweep_rows = select_rows(row_keys)
+    main_rows, sweep_rows = select_rows(row_keys, reference)
     out.mkdir(parents=True, exist_ok=True)
     console.rule("ablation 1/4: data")
     data, _ = write_datasets(out, plan.dataset_plan, console)
@@ -456,9 +480,7 @@ def run_ablation(out: Path, plan: AblationPlan, threads: int, command: str, cons
     reference_dir = reference_renders(scenes, out / "reference32", 32)
     console.rule("ablation 2/4: training (two processes)")
     runs = training_runs(out, data, plan, {row.training for row in main_rows + sweep_rows})
-    ordered = list(runs.values())
-    lanes = [ordered[0::2], ordered[1::2]]
-    train_concurrently([lane for lane in lanes if lane], max(1, threads // 2), console)
+    train_concurrently(training_lanes(list(runs.values())), max(1, threads // 2), console)
     console.rule("ablation 3/4: sampling and scoring every row")
     torch.set_num_threads(threads)
     extractor = build_extractor("random-inception", random_input_size=FEATURE_INPUT_SIZE, device="cpu")
