@@ -189,14 +189,16 @@ def test_selected_rows_keep_the_baseline_and_train_only_what_they_sample_with(tm
 
 
 def test_a_reference_row_replaces_the_baseline_as_the_row_differences_are_taken_from(tmp_path):
-    main_rows, _ = select_rows(["sigmoid_b0+lr2e-3+steps4x"], reference="sigmoid_b0+lr2e-3")
-    assert [row.key for row in main_rows] == ["sigmoid_b0+lr2e-3", "sigmoid_b0+lr2e-3+steps4x"]
+    main_rows, _ = select_rows(["sigmoid_b0+lr2e-3+steps4x", "sigmoid_b0+lr2e-3+steps2x"], reference="sigmoid_b0+lr2e-3")
+    assert [row.key for row in main_rows] == ["sigmoid_b0+lr2e-3", "sigmoid_b0+lr2e-3+steps2x",
+                                              "sigmoid_b0+lr2e-3+steps4x"]
     assert [row.key for row in select_rows(None, reference="grid")[0]][:2] == ["grid", "baseline"]
     assert len(select_rows(None, reference="grid")[0]) == len(rows())
     runs = training_runs(tmp_path, {"train": tmp_path / "train", "val": tmp_path / "val"}, FAST_ABLATION,
                          {row.training for row in main_rows})
     longer, recipe = runs["sigmoid_b0+lr2e-3+steps4x", 0], runs["sigmoid_b0+lr2e-3", 0]
     assert longer.steps == 4 * recipe.steps == 4 * FAST_ABLATION.train_steps
+    assert runs["sigmoid_b0+lr2e-3+steps2x", 0].steps == 2 * recipe.steps
     assert longer.overrides[-len(TRAININGS["sigmoid_b0+lr2e-3"]):] == TRAININGS["sigmoid_b0+lr2e-3"]
     # snapshots keep their count: one every steps / snapshots
     assert _last_value(longer.command(), "--posthoc_ema.snapshot_every_n_steps") == str(
