@@ -4,7 +4,8 @@ Each row is one recipe; every row is scored on the same held-out captions (disti
 stratified by object count and relation: `cascade.eval.heldout`) with the dataset's detector and
 with FID / precision / recall in the offline feature space, for every training seed. The table
 gives the mean over training seeds and its standard error; a row differs from the reference row
-(the baseline, or the row `--reference` names) when the mean of the paired (same seed) differences is more than two standard errors from zero.
+(the baseline, or the row `--reference` names) when the mean of the paired (same seed)
+differences is more than two standard errors from zero.
 
 Rows that change only how the base samples (time grid, sampler, guidance weight and interval,
 autoguidance, post-hoc EMA) reuse the trained networks of the recipe they change. Every training
