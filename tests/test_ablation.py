@@ -189,7 +189,8 @@ def test_selected_rows_keep_the_baseline_and_train_only_what_they_sample_with(tm
 
 
 def test_a_reference_row_replaces_the_baseline_as_the_row_differences_are_taken_from(tmp_path):
-    main_rows, _ = select_rows(["sigmoid_b0+lr2e-3+steps4x", "sigmoid_b0+lr2e-3+steps2x"], reference="sigmoid_b0+lr2e-3")
+    main_rows, _ = select_rows(["sigmoid_b0+lr2e-3+steps4x", "sigmoid_b0+lr2e-3+steps2x"],
+                               reference="sigmoid_b0+lr2e-3")
     assert [row.key for row in main_rows] == ["sigmoid_b0+lr2e-3", "sigmoid_b0+lr2e-3+steps2x",
                                               "sigmoid_b0+lr2e-3+steps4x"]
     assert [row.key for row in select_rows(None, reference="grid")[0]][:2] == ["grid", "baseline"]
