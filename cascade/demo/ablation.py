@@ -111,6 +111,9 @@ BASELINE_TRAINING: tuple[str, ...] = ("--model.init_args.loss_weighting", "min_s
 _SIGMOID = ("--model.init_args.loss_weighting", "sigmoid")
 _SIGMOID_B0 = (*_SIGMOID, "--model.init_args.sigmoid_bias", "0")
 _LR_2E3 = ("--model.init_args.optimizer.lr", "2.0e-3")
+# Trainings of the demo's recipe given a multiple of every other row's compute on purpose (their
+# rows say so): how far training longer moves each score, the yardstick for the same-compute rows.
+TRAINING_COMPUTE: dict[str, int] = {f"sigmoid_b0+lr2e-3+steps{factor}x": factor for factor in (2, 4)}
 TRAININGS: dict[str, tuple[str, ...]] = {
     "min_snr": BASELINE_TRAINING,
     "sigmoid": (*BASELINE_TRAINING, *_SIGMOID),
@@ -145,7 +148,7 @@ TRAININGS: dict[str, tuple[str, ...]] = {
                                 "--model.init_args.optimizer.betas", "[0.9, 0.99]"),
     # the demo's recipe trained two and four times as long (`TRAINING_COMPUTE`): not recipe changes but
     # the scale the others are read against, what 2x and 4x the compute buy (cosine schedule stretched)
-    **{f"sigmoid_b0+lr2e-3+steps{factor}x": (*BASELINE_TRAINING, *_SIGMOID_B0, *_LR_2E3) for factor in (2, 4)},
+    **{training: (*BASELINE_TRAINING, *_SIGMOID_B0, *_LR_2E3) for training in TRAINING_COMPUTE},
 }
 # Trainings at another batch than the plan's; they train plan.train_steps x plan.batch_size images
 # like every other row, in proportionally more or fewer steps.
@@ -154,9 +157,6 @@ TRAINING_BATCH: dict[str, int] = {"sigmoid_b0+lr2e-3+b8": 8}
 # configs one after the other, batch 16, 1 thread, median of 15 steps; AMD EPYC, avx512_bf16):
 # they train for proportionally fewer steps, so that every row has the same compute.
 TRAINING_STEP_COST: dict[str, float] = {"sigmoid_b0+lr2e-3+attn16": 169 / 145.5}
-# Trainings given a multiple of every other row's compute on purpose (their rows say so): how far
-# training longer moves each score, the yardstick for the same-compute rows.
-TRAINING_COMPUTE: dict[str, int] = {f"sigmoid_b0+lr2e-3+steps{factor}x": factor for factor in (2, 4)}
 BASE_SAMPLING = {"sampler": "dpmpp_2m", "steps": 20, "guidance": 3.0, "time_grid": "uniform_t"}
 
 
@@ -185,8 +185,8 @@ def rows() -> list[Row]:
         Row("+ sigmoid (b = 0), lr 2e-3, Adam beta2 0.99", "sigmoid_b0+lr2e-3+beta2",
             training="sigmoid_b0+lr2e-3+beta2", sampling=BASE_SAMPLING),
         *(Row(f"sigmoid (b = 0), lr 2e-3, {factor}x the training steps ({factor}x the compute: a yardstick, "
-              "not a recipe)", f"sigmoid_b0+lr2e-3+steps{factor}x", training=f"sigmoid_b0+lr2e-3+steps{factor}x",
-              sampling=BASE_SAMPLING) for factor in (2, 4)),
+              "not a recipe)", training, training=training, sampling=BASE_SAMPLING)
+          for training, factor in TRAINING_COMPUTE.items()),
         # the demo's recipe sampled at other guidance weights (its networks; the same NFE as at 3)
         *(Row(f"+ sigmoid (b = 0), lr 2e-3, guidance {guidance:g}", f"sigmoid_b0+lr2e-3+cfg{guidance:g}",
               training="sigmoid_b0+lr2e-3", sampling={**BASE_SAMPLING, "guidance": guidance})
@@ -423,8 +423,7 @@ def markdown_table(summary: list[dict[str, Any]], plan: AblationPlan, command: s
         "images (FID / precision / recall read each caption's first sample(s) only). "
         "Cells: mean over training seeds ± standard error; Δ: paired (same seed) difference from the "
         f"first row ({summary[0]['row']}), * where it is more than two standard errors from zero. "
-        "Detector scores are balanced over "
-        "the strata. FID / precision / recall: offline random-weight Inception features against real 32-px "
+        "Detector scores are balanced over the strata. FID / precision / recall: offline random-weight Inception features against real 32-px "
         "renders of the same captions. NFE: network evaluations per image."),
         "",
         f"Reproduce: `{command}`",
