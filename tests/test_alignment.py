@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cascade.data.synthetic import COLOURS, render, render_sample, sample_scene
-from cascade.eval.alignment import aggregate, detect, score
+from cascade.eval.alignment import aggregate, detect, placement, score
 
 
 @pytest.mark.parametrize("resolution", [64, 128])
@@ -73,3 +73,30 @@ def test_aggregate_skips_captions_without_a_relation():
     ]
     accuracy = aggregate(scores)
     assert accuracy["colour"] == 1.0 and accuracy["shape"] == 0.5 and accuracy["relation"] == 0.0
+
+
+def _two_colour_relation_scene() -> dict:
+    return next(s for s in (sample_scene(i, seed=4) for i in range(300))
+                if len(s["objects"]) == 2 and s["relation"] and s["objects"][0]["colour"] != s["objects"][1]["colour"])
+
+
+def test_placement_tells_the_axis_from_the_side():
+    scene = _two_colour_relation_scene()
+    image = render(scene, 64)
+    assert placement(image, scene) == {"axis_ok": True, "side_ok": True}
+    horizontal = scene["relation"]["relation"] in ("left of", "right of")
+    mirrored = np.ascontiguousarray(image[:, ::-1] if horizontal else image[::-1])
+    assert placement(mirrored, scene) == {"axis_ok": True, "side_ok": False}
+    transposed = np.ascontiguousarray(image.transpose(1, 0, 2))
+    assert placement(transposed, scene)["axis_ok"] is False
+
+
+def test_placement_reads_colours_only_and_skips_what_it_cannot_judge():
+    scene = _two_colour_relation_scene()
+    reshaped = copy.deepcopy(scene)
+    for obj in reshaped["objects"]:
+        obj["shape"] = "square" if obj["shape"] != "square" else "circle"
+    assert placement(render(reshaped, 64), scene) == {"axis_ok": True, "side_ok": True}
+    assert placement(render({**scene, "objects": scene["objects"][:1]}, 64), scene) == {"axis_ok": None, "side_ok": None}
+    single = next(s for s in (sample_scene(i, seed=4) for i in range(100)) if s["relation"] is None)
+    assert placement(render(single, 64), single) == {"axis_ok": None, "side_ok": None}

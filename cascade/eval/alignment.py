@@ -22,6 +22,13 @@ sample's json, see `cascade.data.synthetic`):
   the detected positions satisfy it; None for captions without one.
 
 `aggregate` turns a list of scores into accuracies.
+
+`placement(image, ground_truth)` splits a relation into its two halves, on the two-object
+captions whose objects differ in colour, by colour alone (so a wrong shape does not hide them):
+``axis_ok``, the two objects lie along the relation's axis (side by side for "left of" /
+"right of", one above the other for "above" / "below"), and ``side_ok``, the subject's colour is
+on the stated side of the object's. A model that reads the relation word but not which object
+it is about gets ``axis_ok`` right and ``side_ok`` at chance (0.5).
 """
 
 from __future__ import annotations
@@ -122,6 +129,32 @@ def score(image: Any, ground_truth: dict[str, Any], min_area: float = DEFAULT_MI
     }
 
 
+_RELATION_TESTS = {
+    "left of": lambda a, b: a[0] < b[0],
+    "right of": lambda a, b: a[0] > b[0],
+    "above": lambda a, b: a[1] < b[1],
+    "below": lambda a, b: a[1] > b[1],
+}
+
+
+def placement(image: Any, ground_truth: dict[str, Any], min_area: float = DEFAULT_MIN_AREA) -> dict[str, bool | None]:
+    """axis_ok, side_ok of one image (see the module docstring); both None unless the scene has two
+    objects of different colours and a relation, and each of the two colours is detected once."""
+    objects, relation = ground_truth["objects"], ground_truth.get("relation")
+    unscored: dict[str, bool | None] = {"axis_ok": None, "side_ok": None}
+    if relation is None or len(objects) != 2 or objects[0]["colour"] == objects[1]["colour"]:
+        return unscored
+    subject, other = (objects[relation[role][0]]["colour"] for role in ("subject", "object"))
+    detections = detect(image, min_area)
+    found = {colour: [d for d in detections if d.colour == colour] for colour in (subject, other)}
+    if any(len(detections) != 1 for detections in found.values()):
+        return unscored
+    a, b = found[subject][0].center, found[other][0].center
+    horizontal = relation["relation"] in ("left of", "right of")
+    return {"axis_ok": (abs(a[0] - b[0]) > abs(a[1] - b[1])) == horizontal,
+            "side_ok": bool(_RELATION_TESTS[relation["relation"]](a, b))}
+
+
 def aggregate(scores: Iterable[dict[str, bool | None]]) -> dict[str, float]:
     """Accuracy per check over the scores (relation over the captions that state one), and n."""
     scores = list(scores)
@@ -151,13 +184,7 @@ def _shape(fill: float) -> str:
 
 def _relation_holds(detections: list[Detection], objects: list[dict], relation: dict[str, Any]) -> bool:
     """True if some type-consistent assignment of detections to objects satisfies the relation."""
-    tests = {
-        "left of": lambda a, b: a[0] < b[0],
-        "right of": lambda a, b: a[0] > b[0],
-        "above": lambda a, b: a[1] < b[1],
-        "below": lambda a, b: a[1] > b[1],
-    }
-    test = tests[relation["relation"]]
+    test = _RELATION_TESTS[relation["relation"]]
     for order in itertools.permutations(detections):
         if any((d.colour, d.shape) != (o["colour"], o["shape"]) for d, o in zip(order, objects)):
             continue
