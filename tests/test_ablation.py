@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -83,6 +84,20 @@ def test_the_table_marks_differences_beyond_two_standard_errors_and_names_its_co
 def _last_value(argv: list[str], flag: str) -> str:
     """The value of the last `flag` in argv (a later flag overrides an earlier one)."""
     return argv[len(argv) - 1 - argv[::-1].index(flag) + 1]
+
+
+def test_the_placement_table_pairs_the_side_by_seed_and_is_left_out_without_placement():
+    def placed(row: str, seed: int, side: float) -> Sampled:
+        return dataclasses.replace(scored(row, seed, 0.3), placement={"axis": 1.0, "side": side, "n": 40.0})
+
+    sampled = [placed("base", s, 0.4 + 0.1 * s) for s in range(3)] + [placed("coord", s, 0.6 + 0.1 * s) for s in range(3)]
+    summary = summarise(sampled, ["base", "coord"])
+    assert summary[1]["side"][0] == pytest.approx(0.7)
+    assert summary[1]["delta side"] == (pytest.approx(0.2), pytest.approx(0.0, abs=1e-12))
+    text = markdown_table(summary, AblationPlan(), "cascade ablation", {check: 1.0 for check in CHECKS})
+    assert "| coord | 40 | 1.00 ± 0.00 | 0.70 ± 0.06 | +0.20 ± 0.00 |" in text
+    plain = [scored("base", s, 0.3) for s in range(3)]
+    assert "Placement" not in markdown_table(summarise(plain, ["base"]), AblationPlan(), "x", {c: 1.0 for c in CHECKS})
 
 
 def test_every_row_differs_from_the_baseline_in_what_its_name_says():
@@ -204,6 +219,14 @@ def test_a_reference_row_replaces_the_baseline_as_the_row_differences_are_taken_
     # snapshots keep their count: one every steps / snapshots
     assert _last_value(longer.command(), "--posthoc_ema.snapshot_every_n_steps") == str(
         longer.steps // FAST_ABLATION.snapshots)
+
+
+def test_the_coordinate_row_is_the_2x_yardstick_with_coordinates_and_its_steps(tmp_path):
+    yardstick, coord = "sigmoid_b0+lr2e-3+steps2x", "sigmoid_b0+lr2e-3+coord+steps2x"
+    assert TRAININGS[coord] == (*TRAININGS[yardstick], "--model.init_args.unet.coordinate_channels", "true")
+    runs = training_runs(tmp_path, {"train": tmp_path / "train", "val": tmp_path / "val"}, FAST_ABLATION,
+                         {yardstick, coord})
+    assert runs[coord, 0].steps == runs[yardstick, 0].steps == 2 * FAST_ABLATION.train_steps
 
 
 def test_the_paired_differences_are_taken_from_the_first_row():

@@ -34,7 +34,7 @@ from rich.console import Console
 
 from ..data.image_io import open_image
 from ..diffusion import in_guidance_interval, sample
-from ..eval.alignment import score
+from ..eval.alignment import placement, score
 from ..eval.evaluate import evaluate_samples
 from ..eval.extractors import build_extractor
 from ..eval.features import reference_statistics
@@ -113,7 +113,9 @@ _SIGMOID_B0 = (*_SIGMOID, "--model.init_args.sigmoid_bias", "0")
 _LR_2E3 = ("--model.init_args.optimizer.lr", "2.0e-3")
 # Trainings of the demo's recipe given a multiple of every other row's compute on purpose (their
 # rows say so): how far training longer moves each score, the yardstick for the same-compute rows.
-TRAINING_COMPUTE: dict[str, int] = {f"sigmoid_b0+lr2e-3+steps{factor}x": factor for factor in (2, 4)}
+TRAINING_COMPUTE: dict[str, int] = {**{f"sigmoid_b0+lr2e-3+steps{factor}x": factor for factor in (2, 4)},
+                                     "sigmoid_b0+lr2e-3+coord+steps2x": 2}
+_COORD = ("--model.init_args.unet.coordinate_channels", "true")
 TRAININGS: dict[str, tuple[str, ...]] = {
     "min_snr": BASELINE_TRAINING,
     "sigmoid": (*BASELINE_TRAINING, *_SIGMOID),
@@ -129,7 +131,7 @@ TRAININGS: dict[str, tuple[str, ...]] = {
                                   "--model.init_args.unet.head_channels", "16"),
     # absolute position for attention (`UNetConfig.coordinate_channels`): the demo base places the
     # two objects of "A left of B" no better than chance (docs/benchmarks.md)
-    "coord": (*BASELINE_TRAINING, "--model.init_args.unet.coordinate_channels", "true"),
+    "coord": (*BASELINE_TRAINING, *_COORD),
     # the demo's recipe at twice its peak learning rate: lr 2e-3 beat 1e-3, so is 2e-3 still too slow?
     "sigmoid_b0+lr4e-3": (*BASELINE_TRAINING, *_SIGMOID_B0, "--model.init_args.optimizer.lr", "4.0e-3"),
     # the demo's recipe at half the batch and twice the steps (`TRAINING_BATCH`): the same images,
@@ -148,7 +150,13 @@ TRAININGS: dict[str, tuple[str, ...]] = {
                                 "--model.init_args.optimizer.betas", "[0.9, 0.99]"),
     # the demo's recipe trained two and four times as long (`TRAINING_COMPUTE`): not recipe changes but
     # the scale the others are read against, what 2x and 4x the compute buy (cosine schedule stretched)
-    **{training: (*BASELINE_TRAINING, *_SIGMOID_B0, *_LR_2E3) for training in TRAINING_COMPUTE},
+    **{f"sigmoid_b0+lr2e-3+steps{factor}x": (*BASELINE_TRAINING, *_SIGMOID_B0, *_LR_2E3) for factor in (2, 4)},
+    # the 2x yardstick with coordinate channels: from 2x the steps on the base puts the two objects of
+    # "A left of B" on the right axis (left-right or top-bottom) but picks which one goes first at
+    # chance, at every length up to 8x (docs/benchmarks.md). The axis is a relative layout, which
+    # convolutions learn anywhere; which side holds the subject is an absolute place, which they see
+    # only through the zero padding. Given the place, does the base learn the side?
+    "sigmoid_b0+lr2e-3+coord+steps2x": (*BASELINE_TRAINING, *_SIGMOID_B0, *_LR_2E3, *_COORD),
 }
 # Trainings at another batch than the plan's; they train plan.train_steps x plan.batch_size images
 # like every other row, in proportionally more or fewer steps.
@@ -186,7 +194,9 @@ def rows() -> list[Row]:
             training="sigmoid_b0+lr2e-3+beta2", sampling=BASE_SAMPLING),
         *(Row(f"sigmoid (b = 0), lr 2e-3, {factor}x the training steps ({factor}x the compute: a yardstick, "
               "not a recipe)", training, training=training, sampling=BASE_SAMPLING)
-          for training, factor in TRAINING_COMPUTE.items()),
+          for training, factor in TRAINING_COMPUTE.items() if "coord" not in training),
+        Row("sigmoid (b = 0), lr 2e-3, coordinate channels, 2x the training steps (read against the 2x yardstick)",
+            "sigmoid_b0+lr2e-3+coord+steps2x", training="sigmoid_b0+lr2e-3+coord+steps2x", sampling=BASE_SAMPLING),
         # the demo's recipe sampled at other guidance weights (its networks; the same NFE as at 3)
         *(Row(f"+ sigmoid (b = 0), lr 2e-3, guidance {guidance:g}", f"sigmoid_b0+lr2e-3+cfg{guidance:g}",
               training="sigmoid_b0+lr2e-3", sampling={**BASE_SAMPLING, "guidance": guidance})
@@ -345,6 +355,18 @@ class Sampled:
     balanced: dict[str, float]
     strata: dict[str, dict[str, float]]
     metrics: dict[str, float]
+    # `cascade.eval.alignment.placement` over the images it judges: "axis" and "side" accuracy, "n" images
+    placement: dict[str, float] = field(default_factory=dict)
+
+
+def placement_rates(folder: Path, scored: list[ScoredImage]) -> dict[str, float]:
+    """Accuracy of `placement`'s axis and side checks over the images of `scored` (read from
+    `folder`) that it judges, and how many those are (NaN accuracies when none)."""
+    judged = [placement(np.asarray(open_image(folder / image.file).convert("RGB")), image.scene) for image in scored]
+    judged = [result for result in judged if result["side_ok"] is not None]
+    return {"axis": float(np.mean([r["axis_ok"] for r in judged])) if judged else math.nan,
+            "side": float(np.mean([r["side_ok"] for r in judged])) if judged else math.nan,
+            "n": float(len(judged))}
 
 
 def sample_and_score(row: Row, run: StageRun, scenes: list[dict], folder: Path, plan: AblationPlan,
@@ -357,7 +379,8 @@ def sample_and_score(row: Row, run: StageRun, scenes: list[dict], folder: Path, 
     job = FolderJob(n_per_condition=counts, batch_size=plan.sample_batch, seed=0, progress=False)
     sample_folder(cascade, conditions, job, folder, console=Console(quiet=True))
     merge_metadata(folder)
-    stratified = stratified_alignment(score_folder(folder, scenes), resamples=200)
+    scored = score_folder(folder, scenes)
+    stratified = stratified_alignment(scored, resamples=200)
     # FID / precision / recall on each caption's first samples_per_caption images: the reference
     # has one render per caption, so the extra seeds of the small strata would reweight captions
     metrics = evaluate_samples(first_images(folder, plan.samples_per_caption), reference, extractor,
@@ -366,7 +389,7 @@ def sample_and_score(row: Row, run: StageRun, scenes: list[dict], folder: Path, 
                    {check: stratified[BALANCED][check][0] for check in CHECKS},
                    {name: {check: values[check][0] for check in CHECKS} for name, values in stratified.items()
                     if name != BALANCED},
-                   {key: float(value) for key, value in metrics.items()})
+                   {key: float(value) for key, value in metrics.items()}, placement_rates(folder, scored))
 
 
 def summarise(sampled: list[Sampled], order: list[str]) -> list[dict[str, Any]]:
@@ -389,6 +412,12 @@ def summarise(sampled: list[Sampled], order: list[str]) -> list[dict[str, Any]]:
             entry[f"delta {metric}"] = mean_and_standard_error(
                 [s.metrics.get(metric, math.nan) - reference[seed].metrics.get(metric, math.nan)
                  for seed, s in seeds.items() if seed in reference])
+        for part in ("axis", "side"):
+            entry[part] = mean_and_standard_error([s.placement.get(part, math.nan) for s in seeds.values()])
+            entry[f"delta {part}"] = mean_and_standard_error(
+                [s.placement.get(part, math.nan) - reference[seed].placement.get(part, math.nan)
+                 for seed, s in seeds.items() if seed in reference])
+        entry["placement images"] = mean_and_standard_error([s.placement.get("n", math.nan) for s in seeds.values()])
         entry["strata"] = {
             stratum: {check: mean_and_standard_error([s.strata[stratum][check] for s in seeds.values()
                                                       if stratum in s.strata]) for check in CHECKS}
@@ -446,6 +475,14 @@ def markdown_table(summary: list[dict[str, Any]], plan: AblationPlan, command: s
     lines += ["| row | " + " | ".join(strata) + " |", "|---" * (len(strata) + 1) + "|"]
     for entry in summary:
         lines.append(f"| {entry['row']} | " + " | ".join(_cell(entry["strata"][s]["exact"]) for s in strata) + " |")
+    if any(not math.isnan(entry["side"][0]) for entry in summary):
+        lines += ["", ("Placement on the two-object captions with a relation whose objects differ in colour, judged "
+                       "by colour alone (`cascade.eval.alignment.placement`; images where each colour is found once): "
+                       "the pair on the relation's axis, and the subject's colour on the stated side (chance 0.5):"), "",
+                  "| row | images judged | axis | side | Δ side |", "|---|---|---|---|---|"]
+        for entry in summary:
+            lines.append(f"| {entry['row']} | {entry['placement images'][0]:.0f} | {_cell(entry['axis'])} | "
+                         f"{_cell(entry['side'])} | {_delta(entry['delta side'])} |")
     return "\n".join(lines) + "\n"
 
 
