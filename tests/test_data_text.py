@@ -37,6 +37,7 @@ def test_precomputed_embeddings_match_the_encoder(tmp_path, encoder):
     stored = next(read_samples(str(out / "shard-000000.tar")))
     info = json.loads(stored["json"])["text_encoder"]
     assert info["kind"] == "minilm" and info["max_length"] == 32 and info["dim"] == encoder.dim
+    assert info["layer"] is None
     assert "emb.npy" not in next(read_samples(str(out / "shard-000002.tar")))
 
     data = ShardDataModule(str(out), str(out), resolution=32, text_encoder="minilm", batch_size=4, num_workers=0)

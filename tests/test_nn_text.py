@@ -194,6 +194,21 @@ def test_minilm_default_embeddings(minilm):
         minilm.encode("a single string")
 
 
+def test_a_layer_gives_that_layers_hidden_states_and_the_last_layer_is_the_default(minilm):
+    prompts = ["a red circle left of a blue square", "two green triangles"]
+    batch = minilm.tokenizer(prompts, padding="max_length", max_length=16, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = minilm.model(**batch, output_hidden_states=True).hidden_states
+    for layer in (0, 3):
+        encoder = TextEncoder(minilm.kind, minilm.name, minilm.tokenizer, minilm.model, 16, layer=layer)
+        torch.testing.assert_close(encoder.encode(prompts).tokens, hidden[layer], rtol=0, atol=0)
+    last = TextEncoder(minilm.kind, minilm.name, minilm.tokenizer, minilm.model, 16, layer=6)
+    torch.testing.assert_close(last.encode(prompts).tokens, minilm.encode(prompts).tokens, rtol=0, atol=0)
+    for bad in (7, -1, True, "3"):
+        with pytest.raises(ValueError, match=r"text_encoder.layer .*\[0, 6\]"):
+            TextEncoder(minilm.kind, minilm.name, minilm.tokenizer, minilm.model, 16, layer=bad)
+
+
 def test_minilm_tokens_condition_the_demo_sized_unet(minilm):
     unet = UNet(UNetConfig(image_size=16, base_channels=16, channel_mults=(1, 2), num_res_blocks=1,
                            attention_resolutions=(), cross_attention_resolutions=(8,), norm_groups=8,

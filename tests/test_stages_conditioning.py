@@ -280,3 +280,12 @@ def test_generate_with_a_guide_setting_needs_the_loaded_guide():
     stage = class_stage()
     with pytest.raises(StageConfigError, match="^sampling.guide: is 'runs/small': pass the loaded guide"):
         stage.generate(stage.make_condition(class_labels=[0]), settings=SamplingSettings(guide="runs/small"))
+
+
+def test_a_text_encoder_layer_that_is_not_a_layer_number_is_refused_naming_the_key():
+    unet = {**UNET, "text_dim": 12, "cross_attention_resolutions": [8]}
+    for bad in (-1, 2.5, True):
+        with pytest.raises(StageConfigError, match="text_encoder.layer"):
+            BaseStage(unet=unet, image_size=16, conditioning="text", text_encoder={"kind": "minilm", "layer": bad})
+    assert BaseStage(unet=unet, image_size=16, conditioning="text",
+                     text_encoder={"kind": "minilm", "layer": 3}).text_encoder.config.layer == 3

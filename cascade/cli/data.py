@@ -108,6 +108,8 @@ def precompute_text(argv: list[str]) -> int:
     parser.add_argument("--encoder", default="minilm", choices=["minilm", "t5", "clip"], help="text encoder kind")
     parser.add_argument("--encoder-path", help="local weights folder (default: see cascade.nn.text)")
     parser.add_argument("--max-length", type=int, help="tokens per caption (default: the encoder's)")
+    parser.add_argument("--layer", type=int, help="the hidden states to store: layer k's output (0 = the input "
+                        "embeddings); default: the last output; the stage's text_encoder.layer must match")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -119,7 +121,8 @@ def precompute_text(argv: list[str]) -> int:
         from ..nn import TextEncoder
 
         encoder = TextEncoder.from_config(
-            kind=args.encoder, path=args.encoder_path, max_length=args.max_length, dtype=args.dtype, cache_size=8192
+            kind=args.encoder, path=args.encoder_path, max_length=args.max_length, dtype=args.dtype, cache_size=8192,
+            layer=args.layer,
         )
         encoder.to(args.device)
         outputs = embed_shards(args.shards, args.out, encoder, batch_size=args.batch_size,

@@ -4,7 +4,7 @@
 handed (a `cascade.nn.TextEncoder`; this package does not build one), and writes a copy of the shard to the output folder with two changes
 per sample: an ``emb.npy`` entry (float16, shape (n, D): the embeddings of the n real tokens,
 i.e. the rows where the encoder's mask is True, which is a prefix of the max_length rows) and
-``json["text_encoder"] = {"kind", "name", "max_length", "dim"}``. `cascade.data.transforms` pads the
+``json["text_encoder"] = {"kind", "name", "max_length", "dim", "layer"}``. `cascade.data.transforms` pads the
 rows back to ``max_length`` and rebuilds the mask. Samples without a readable UTF-8 caption
 are copied unchanged (the loader will skip them when it asks for embeddings).
 
@@ -49,7 +49,8 @@ def precompute_text(
     if any(os.path.samefile(os.path.dirname(p) or ".", out_dir) for p in inputs):
         raise ValueError(f"--out {out_dir!r} must differ from the folder of the input shards")
     remove_stale_temporaries(out_dir)  # a killed run's; the output folder is ours alone
-    info = {"kind": encoder.kind, "name": encoder.name, "max_length": encoder.max_length, "dim": encoder.dim}
+    info = {"kind": encoder.kind, "name": encoder.name, "max_length": encoder.max_length, "dim": encoder.dim,
+            "layer": getattr(encoder, "layer", None)}
     outputs = []
     for shard in track(inputs, description="embedding captions", disable=not progress):
         output = os.path.join(out_dir, os.path.basename(shard))

@@ -132,8 +132,14 @@ class TextEncoder(nn.Module):
         max_length: int,
         cache: bool = True,
         cache_size: int = 1024,
+        layer: int | None = None,
     ):
         super().__init__()
+        layers = int(getattr(model.config, "num_hidden_layers", 0))
+        if layer is not None and not (isinstance(layer, int) and not isinstance(layer, bool) and 0 <= layer <= layers):
+            raise ValueError(f"text_encoder.layer must be null (the last layer's output) or an int in [0, {layers}] "
+                             f"for {name} ({layers} layers; 0 = the input embeddings), got {layer!r}")
+        self.layer = layer
         self.kind = kind
         self.name = name
         self.tokenizer = tokenizer
@@ -155,6 +161,7 @@ class TextEncoder(nn.Module):
         dtype: str = "float32",
         cache: bool = True,
         cache_size: int = 1024,
+        layer: int | None = None,
     ) -> "TextEncoder":
         """Load a frozen encoder from disk.
 
@@ -169,13 +176,16 @@ class TextEncoder(nn.Module):
             cache: keep encodings of recent prompts in memory (keyed by prompt).
             cache_size: most prompts kept (least recently used dropped first); one entry costs
                 max_length * dim * 4 bytes, 2 MiB for T5-XXL at 128 tokens.
+            layer: which hidden states are the tokens: None = the model's last output
+                (`last_hidden_state`), k = the output of layer k (0 = the input embeddings),
+                as `output_hidden_states` numbers them.
         """
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         source = resolve_source(kind, path)
         tokenizer, model = _load_pretrained(kind, source, DTYPES[dtype])
         length = max_length if max_length is not None else DEFAULT_MAX_LENGTH[kind]
-        return cls(kind, source, tokenizer, model, length, cache=cache, cache_size=cache_size)
+        return cls(kind, source, tokenizer, model, length, cache=cache, cache_size=cache_size, layer=layer)
 
     @property
     def device(self) -> torch.device:
@@ -229,8 +239,9 @@ class TextEncoder(nn.Module):
         )
         input_ids = batch["input_ids"].to(self.device)
         attention_mask = batch["attention_mask"].to(self.device)
-        output = self.model(input_ids=input_ids, attention_mask=attention_mask)
-        tokens = output.last_hidden_state.float()
+        output = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                            output_hidden_states=self.layer is not None)
+        tokens = (output.last_hidden_state if self.layer is None else output.hidden_states[self.layer]).float()
         mask = attention_mask.bool()
         if self.kind == "clip":
             pooled = output.pooler_output.float()

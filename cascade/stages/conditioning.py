@@ -24,6 +24,8 @@ class TextEncoderConfig:
     max_length: captions are truncated to this many tokens.
     dtype: the encoder's weights: "float32", "bfloat16" or "float16" (outputs are float32).
     cache_size: how many distinct captions keep their encoding in memory (0 turns the cache off).
+    layer: the hidden states the stage reads: null = the encoder's last output, k = layer k's
+        (0 = the input embeddings; `cascade.nn.TextEncoder`).
     """
 
     kind: str = "minilm"
@@ -31,6 +33,7 @@ class TextEncoderConfig:
     max_length: int = 32
     dtype: str = "float32"
     cache_size: int = 4096
+    layer: int | None = None
 
 
 @dataclass
@@ -132,6 +135,7 @@ class FrozenTextEncoder:
                 dtype=self.config.dtype,
                 cache=self.config.cache_size > 0,
                 cache_size=max(self.config.cache_size, 1),
+                layer=self.config.layer,
             )
         return self._encoder
 

@@ -185,6 +185,9 @@ class DiffusionStage(pl.LightningModule):
                 problems.append(("unet.text_dim", "must be > 0 for conditioning: text"))
             if text_encoder is None:
                 problems.append(("text_encoder", "is required for conditioning: text"))
+            elif text_encoder.layer is not None and (isinstance(text_encoder.layer, bool)
+                                                     or not isinstance(text_encoder.layer, int) or text_encoder.layer < 0):
+                problems.append(("text_encoder.layer", f"must be null or an int >= 0, got {text_encoder.layer!r}"))
         if not 0.0 <= self.p_uncond <= 1.0:
             problems.append(("p_uncond", f"must be in [0, 1], got {self.p_uncond}"))
         if self.compile_unet not in COMPILE_MODES:
