@@ -221,12 +221,14 @@ def test_a_reference_row_replaces_the_baseline_as_the_row_differences_are_taken_
         longer.steps // FAST_ABLATION.snapshots)
 
 
-def test_the_coordinate_row_is_the_2x_yardstick_with_coordinates_and_its_steps(tmp_path):
-    yardstick, coord = "sigmoid_b0+lr2e-3+steps2x", "sigmoid_b0+lr2e-3+coord+steps2x"
+def test_the_placement_rows_are_the_2x_yardstick_with_one_change_and_its_steps(tmp_path):
+    yardstick, coord, layer = ("sigmoid_b0+lr2e-3+steps2x", "sigmoid_b0+lr2e-3+coord+steps2x",
+                               "sigmoid_b0+lr2e-3+layer3+steps2x")
     assert TRAININGS[coord] == (*TRAININGS[yardstick], "--model.init_args.unet.coordinate_channels", "true")
+    assert TRAININGS[layer] == (*TRAININGS[yardstick], "--model.init_args.text_encoder.layer", "3")
     runs = training_runs(tmp_path, {"train": tmp_path / "train", "val": tmp_path / "val"}, FAST_ABLATION,
-                         {yardstick, coord})
-    assert runs[coord, 0].steps == runs[yardstick, 0].steps == 2 * FAST_ABLATION.train_steps
+                         {yardstick, coord, layer})
+    assert runs[coord, 0].steps == runs[layer, 0].steps == runs[yardstick, 0].steps == 2 * FAST_ABLATION.train_steps
 
 
 def test_the_paired_differences_are_taken_from_the_first_row():
