@@ -155,10 +155,11 @@ TRAININGS: dict[str, tuple[str, ...]] = {
     # "A left of B" on the right axis (left-right or top-bottom) but picks which one goes first at
     # chance, at every length up to 8x (docs/benchmarks.md). The axis is a relative layout, which
     # convolutions learn anywhere; which side holds the subject is an absolute place, which they see
-    # only through the zero padding. Given the place, does the base learn the side?
+    # only through the zero padding. Given the place, does the base learn the side? (No: side 0.41.)
     "sigmoid_b0+lr2e-3+coord+steps2x": (*BASELINE_TRAINING, *_SIGMOID_B0, *_LR_2E3, *_COORD),
     # ... with MiniLM's layer 3 instead of its last (6): which side an object's token belongs on is
-    # linear in both, but more salient in layer 3 (a strongly regularised probe: 0.72 vs 0.57-0.64)
+    # linear in both, but more salient in layer 3 (a strongly regularised probe: 0.72 vs 0.57-0.64).
+    # Side unchanged (0.43), axis lost (0.61), colour +0.08: docs/benchmarks.md
     "sigmoid_b0+lr2e-3+layer3+steps2x": (*BASELINE_TRAINING, *_SIGMOID_B0, *_LR_2E3,
                                          "--model.init_args.text_encoder.layer", "3"),
 }
