@@ -146,6 +146,29 @@ def test_coordinate_channels_are_the_input_layers_extra_channels_and_nothing_els
         torch.testing.assert_close(with_coordinates(**values), expected)
 
 
+def test_text_positions_add_a_learned_embedding_of_each_tokens_index_to_the_context():
+    """Without it the context is the same set whatever the order of the tokens (cross-attention is
+    permutation invariant over keys); with it, a token's context row is its projection plus the row
+    of its index, so the order reaches attention. The default adds no parameter (old checkpoints)."""
+    from cascade.nn.text_conditioning import TextConditioning
+
+    torch.manual_seed(0)
+    plain, positioned = TextConditioning(6, 8, 4), TextConditioning(6, 8, 4, positions=5)
+    positioned.load_state_dict(plain.state_dict(), strict=False)
+    assert {name for name, _ in positioned.named_parameters()} - {name for name, _ in plain.named_parameters()} == {
+        "positions"}
+    tokens, mask, null = torch.randn(2, 3, 6), torch.ones(2, 3, dtype=torch.bool), torch.tensor([False, True])
+    _, context, _ = plain(tokens, mask, null)
+    _, moved, _ = positioned(tokens, mask, null)
+    torch.testing.assert_close(moved[:, 1:], context[:, 1:] + positioned.positions[:3])
+    torch.testing.assert_close(moved[:, 0], context[:, 0])  # the learned null token has no index
+    with pytest.raises(ValueError, match="unet.text_positions is 5"):
+        positioned(torch.randn(1, 6, 6), torch.ones(1, 6, dtype=torch.bool), torch.tensor([False]))
+    unet = build(text_positions=5, **TEXT_CONFIG).eval()
+    with torch.no_grad():
+        assert unet(**inputs(unet, text_length=5)).shape == (2, 3, 16, 16)
+
+
 # ---- conditioning is used ------------------------------------------------------------------
 
 
@@ -377,6 +400,8 @@ def test_wrong_inputs_raise_clear_errors():
         (dict(time_embedding="learned"), "time_embedding"),
         (dict(image_size=17), "divisible"),
         (dict(coordinate_channels="yes"), "coordinate_channels must be true or false, got 'yes'"),
+        (dict(text_positions=-1, **TEXT_CONFIG), "text_positions must be an int >= 0, got -1"),
+        (dict(text_positions=8, text_dim=TEXT_DIM), "text_positions needs attention that reads text"),
     ],
 )
 def test_invalid_config_raises(overrides, message):

@@ -75,6 +75,11 @@ class UNetConfig:
             where configured, through attention.
         text_concat_to_self_attn: also append the text tokens to the keys/values of every
             self-attention layer (GLIDE, Nichol et al. 2021). Needs text_dim > 0.
+        text_positions: a learned embedding of each text token's index, for the first
+            `text_positions` tokens, added to the attention context (0 = none, as before). The
+            frozen encoder's tokens say which object of "A left of B" comes first only faintly
+            (docs/benchmarks.md); this makes "first" and "second" plain directions of the
+            context. Must be at least the text encoder's max_length.
         lowres_channels: channels of the low-resolution conditioning image concatenated to
             x_t (3 for super-resolution stages, 0 for a base stage).
         coordinate_channels: append two channels holding each pixel's x and y coordinate,
@@ -115,6 +120,7 @@ class UNetConfig:
     num_classes: int = 0
     text_dim: int = 0
     text_concat_to_self_attn: bool = False
+    text_positions: int = 0
     lowres_channels: int = 0
     use_aug_cond: bool = False
     coordinate_channels: bool = False
@@ -209,6 +215,11 @@ class UNetConfig:
                 errors.append(f"{name} {unknown} are not level resolutions {self.level_resolutions}")
         if self.text_dim <= 0 and (self.cross_attention_resolutions or self.text_concat_to_self_attn):
             errors.append("cross_attention_resolutions / text_concat_to_self_attn need text_dim > 0")
+        if isinstance(self.text_positions, bool) or not isinstance(self.text_positions, int) or self.text_positions < 0:
+            errors.append(f"text_positions must be an int >= 0, got {self.text_positions!r}")
+        elif self.text_positions > 0 and not self.uses_text_context:
+            errors.append("text_positions needs attention that reads text (cross_attention_resolutions or "
+                          "text_concat_to_self_attn)")
         if not isinstance(self.coordinate_channels, bool):
             errors.append(f"coordinate_channels must be true or false, got {self.coordinate_channels!r}")
         if self.time_embedding not in TIME_EMBEDDINGS:

@@ -27,9 +27,11 @@ class TextConditioning(nn.Module):
         embedding_channels: width of the UNet conditioning vector (the pooled output).
         context_channels: width of the context tokens for attention; 0 when no attention layer
             reads text (then only the pooled vector is produced, and no unused parameters exist).
+        positions: a learned embedding of the token index added to the context tokens for the
+            first `positions` tokens (0 = none; `UNetConfig.text_positions`).
     """
 
-    def __init__(self, text_dim: int, embedding_channels: int, context_channels: int):
+    def __init__(self, text_dim: int, embedding_channels: int, context_channels: int, positions: int = 0):
         super().__init__()
         self.text_dim = text_dim
         self.norm = nn.LayerNorm(text_dim)
@@ -41,6 +43,7 @@ class TextConditioning(nn.Module):
         else:
             self.to_context = None
             self.null_token = None
+        self.positions = nn.Parameter(torch.randn(positions, context_channels) * 0.02) if positions > 0 else None
 
     def forward(
         self,
@@ -66,6 +69,11 @@ class TextConditioning(nn.Module):
         if self.to_context is None:
             return pooled, None, None
         projected = self.to_context(normed)
+        if self.positions is not None:
+            if projected.shape[1] > self.positions.shape[0]:
+                raise ValueError(f"{projected.shape[1]} text tokens but unet.text_positions is {self.positions.shape[0]}; "
+                                 "set it to at least the text encoder's max_length")
+            projected = projected + self.positions[: projected.shape[1]].to(projected.dtype)
         null_token = self.null_token.to(projected.dtype).expand(projected.shape[0], -1, -1)
         context = torch.cat([null_token, projected], dim=1)
         context_mask = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)
