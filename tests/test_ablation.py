@@ -226,6 +226,8 @@ def test_the_placement_rows_are_the_2x_yardstick_with_one_change_and_its_steps(t
                                "sigmoid_b0+lr2e-3+layer3+steps2x")
     assert TRAININGS[coord] == (*TRAININGS[yardstick], "--model.init_args.unet.coordinate_channels", "true")
     assert TRAININGS[layer] == (*TRAININGS[yardstick], "--model.init_args.text_encoder.layer", "3")
+    assert TRAININGS["sigmoid_b0+lr2e-3+positions+steps2x"] == (*TRAININGS[yardstick],
+                                                                "--model.init_args.unet.text_positions", "32")
     runs = training_runs(tmp_path, {"train": tmp_path / "train", "val": tmp_path / "val"}, FAST_ABLATION,
                          {yardstick, coord, layer})
     assert runs[coord, 0].steps == runs[layer, 0].steps == runs[yardstick, 0].steps == 2 * FAST_ABLATION.train_steps

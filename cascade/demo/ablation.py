@@ -114,7 +114,8 @@ _LR_2E3 = ("--model.init_args.optimizer.lr", "2.0e-3")
 # Trainings of the demo's recipe given a multiple of every other row's compute on purpose (their
 # rows say so): how far training longer moves each score, the yardstick for the same-compute rows.
 TRAINING_COMPUTE: dict[str, int] = {**{f"sigmoid_b0+lr2e-3+steps{factor}x": factor for factor in (2, 4)},
-                                     "sigmoid_b0+lr2e-3+coord+steps2x": 2, "sigmoid_b0+lr2e-3+layer3+steps2x": 2}
+                                     "sigmoid_b0+lr2e-3+coord+steps2x": 2, "sigmoid_b0+lr2e-3+layer3+steps2x": 2,
+                                     "sigmoid_b0+lr2e-3+positions+steps2x": 2}
 _COORD = ("--model.init_args.unet.coordinate_channels", "true")
 TRAININGS: dict[str, tuple[str, ...]] = {
     "min_snr": BASELINE_TRAINING,
@@ -162,6 +163,12 @@ TRAININGS: dict[str, tuple[str, ...]] = {
     # Side unchanged (0.43), axis lost (0.61), colour +0.08: docs/benchmarks.md
     "sigmoid_b0+lr2e-3+layer3+steps2x": (*BASELINE_TRAINING, *_SIGMOID_B0, *_LR_2E3,
                                          "--model.init_args.text_encoder.layer", "3"),
+    # ... with a learned embedding of each text token's index in the attention context
+    # (`unet.text_positions`): "first" and "second" become plain directions of the context, and the
+    # relation word reaches every pixel through the pooled text, so a query can pick the first or
+    # the second object by the relation
+    "sigmoid_b0+lr2e-3+positions+steps2x": (*BASELINE_TRAINING, *_SIGMOID_B0, *_LR_2E3,
+                                            "--model.init_args.unet.text_positions", "32"),
 }
 # Trainings at another batch than the plan's; they train plan.train_steps x plan.batch_size images
 # like every other row, in proportionally more or fewer steps.
@@ -205,6 +212,9 @@ def rows() -> list[Row]:
             "sigmoid_b0+lr2e-3+coord+steps2x", training="sigmoid_b0+lr2e-3+coord+steps2x", sampling=BASE_SAMPLING),
         Row("sigmoid (b = 0), lr 2e-3, text from MiniLM's layer 3 of 6, 2x the training steps (read against the 2x "
             "yardstick)", "sigmoid_b0+lr2e-3+layer3+steps2x", training="sigmoid_b0+lr2e-3+layer3+steps2x",
+            sampling=BASE_SAMPLING),
+        Row("sigmoid (b = 0), lr 2e-3, learned text-token index embedding, 2x the training steps (read against the "
+            "2x yardstick)", "sigmoid_b0+lr2e-3+positions+steps2x", training="sigmoid_b0+lr2e-3+positions+steps2x",
             sampling=BASE_SAMPLING),
         # the demo's recipe sampled at other guidance weights (its networks; the same NFE as at 3)
         *(Row(f"+ sigmoid (b = 0), lr 2e-3, guidance {guidance:g}", f"sigmoid_b0+lr2e-3+cfg{guidance:g}",
