@@ -166,7 +166,7 @@ TRAININGS: dict[str, tuple[str, ...]] = {
     # ... with a learned embedding of each text token's index in the attention context
     # (`unet.text_positions`): "first" and "second" become plain directions of the context, and the
     # relation word reaches every pixel through the pooled text, so a query can pick the first or
-    # the second object by the relation
+    # the second object by the relation (No: side 0.47.)
     "sigmoid_b0+lr2e-3+positions+steps2x": (*BASELINE_TRAINING, *_SIGMOID_B0, *_LR_2E3,
                                             "--model.init_args.unet.text_positions", "32"),
 }
