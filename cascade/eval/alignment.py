@@ -147,7 +147,7 @@ def placement(image: Any, ground_truth: dict[str, Any], min_area: float = DEFAUL
     subject, other = (objects[relation[role][0]]["colour"] for role in ("subject", "object"))
     detections = detect(image, min_area)
     found = {colour: [d for d in detections if d.colour == colour] for colour in (subject, other)}
-    if any(len(detections) != 1 for detections in found.values()):
+    if any(len(matches) != 1 for matches in found.values()):
         return unscored
     a, b = found[subject][0].center, found[other][0].center
     horizontal = relation["relation"] in ("left of", "right of")

@@ -79,7 +79,8 @@ class UNetConfig:
             `text_positions` tokens, added to the attention context (0 = none, as before). The
             frozen encoder's tokens say which object of "A left of B" comes first only faintly
             (docs/benchmarks.md); this makes "first" and "second" plain directions of the
-            context. Must be at least the text encoder's max_length.
+            context (measured at the demo's base: the side is still at chance). Must be at least
+            the text encoder's max_length.
         lowres_channels: channels of the low-resolution conditioning image concatenated to
             x_t (3 for super-resolution stages, 0 for a base stage).
         coordinate_channels: append two channels holding each pixel's x and y coordinate,
