@@ -228,9 +228,16 @@ def test_the_placement_rows_are_the_2x_yardstick_with_one_change_and_its_steps(t
     assert TRAININGS[layer] == (*TRAININGS[yardstick], "--model.init_args.text_encoder.layer", "3")
     assert TRAININGS["sigmoid_b0+lr2e-3+positions+steps2x"] == (*TRAININGS[yardstick],
                                                                 "--model.init_args.unet.text_positions", "32")
+    assert TRAININGS["sigmoid_b0+lr2e-3+refiner+steps2x"] == (
+        *TRAININGS[yardstick], "--model.init_args.unet.text_positions", "32", "--model.init_args.unet.text_refiner_layers", "2")
+    assert TRAININGS["sigmoid_b0+lr2e-3+coord+refiner+pooled+steps2x"] == (
+        *TRAININGS[coord], *TRAININGS["sigmoid_b0+lr2e-3+refiner+steps2x"][len(TRAININGS[yardstick]):],
+        "--model.init_args.unet.text_refiner_pooled", "true")
     runs = training_runs(tmp_path, {"train": tmp_path / "train", "val": tmp_path / "val"}, FAST_ABLATION,
                          {yardstick, coord, layer})
     assert runs[coord, 0].steps == runs[layer, 0].steps == runs[yardstick, 0].steps == 2 * FAST_ABLATION.train_steps
+    # the refiner's step costs more: fewer steps, the same compute (1,200-step plan: 2,400 / 1.17)
+    assert training_steps("sigmoid_b0+lr2e-3+refiner+steps2x", AblationPlan(train_steps=1200)) == 2048
 
 
 def test_the_paired_differences_are_taken_from_the_first_row():

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
+from torch import nn
 
 from cascade.nn import UNet, UNetConfig, compile_static
 from cascade.nn.unet import coordinate_grid
@@ -165,6 +167,68 @@ def test_text_positions_add_a_learned_embedding_of_each_tokens_index_to_the_cont
     with pytest.raises(ValueError, match="unet.text_positions is 5"):
         positioned(torch.randn(1, 6, 6), torch.ones(1, 6, dtype=torch.bool), torch.tensor([False]))
     unet = build(text_positions=5, **TEXT_CONFIG).eval()
+    with torch.no_grad():
+        assert unet(**inputs(unet, text_length=5)).shape == (2, 3, 16, 16)
+
+
+
+def test_a_token_refiner_layer_is_pre_norm_attention_then_mlp_over_the_real_tokens():
+    """Element-wise against the transformer written out: x + W_o softmax(q k^T / sqrt(d)) v per head
+    over the real tokens only, then x + MLP(LN(x)); padding never changes a real token's output."""
+    import math
+
+    from cascade.nn.text_conditioning import TokenRefinerLayer
+
+    torch.manual_seed(0)
+    layer = TokenRefinerLayer(8, num_heads=2)
+    for parameter in layer.parameters():  # off the identity start, so the test sees every term
+        nn.init.normal_(parameter, std=0.3)
+    x, mask = torch.randn(2, 5, 8), torch.tensor([[True, True, True, False, False], [True] * 5])
+    with torch.no_grad():
+        expected = []
+        for row, real in zip(x, mask):
+            q, k, v = layer.to_qkv(layer.attention_norm(row)).chunk(3, dim=-1)
+            heads = []
+            for h in range(2):
+                part = slice(4 * h, 4 * h + 4)
+                scores = q[:, part] @ k[:, part].T / math.sqrt(4)
+                heads.append(torch.softmax(scores.masked_fill(~real, float("-inf")), dim=-1) @ v[:, part])
+            y = row + layer.attention_out(torch.cat(heads, dim=-1))
+            expected.append(y + layer.mlp[2](F.gelu(layer.mlp[0](layer.mlp_norm(y)))))
+        torch.testing.assert_close(layer(x, mask), torch.stack(expected))
+        padded_again = x.clone()
+        padded_again[0, 3:] = 100.0
+        torch.testing.assert_close(layer(padded_again, mask)[0, :3], layer(x, mask)[0, :3])
+
+
+def test_a_token_refiner_starts_as_the_identity_and_adds_only_its_own_parameters():
+    """`unet.text_refiner_layers` zero-initialises each residual branch's last projection: a new
+    refiner leaves the context as it was (so it can be added to a trained stage's recipe) and null
+    rows, whose tokens are all masked, stay finite. The default adds no parameter (old checkpoints)."""
+    from cascade.nn.text_conditioning import TextConditioning
+
+    torch.manual_seed(0)
+    plain = TextConditioning(6, 8, 4)
+    refined = TextConditioning(6, 8, 4, refiner_layers=2, refiner_heads=2, refined_pooled=True)
+    missing = refined.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(name.startswith(("refiner.", "refined_to_pooled.")) for name in missing)
+    assert not list(TextConditioning(6, 8, 4).refiner.parameters())
+    tokens = torch.randn(3, 4, 6)
+    mask = torch.tensor([[True, True, False, False], [True] * 4, [False] * 4])
+    null = torch.tensor([False, True, False])
+    for before, after in zip(plain(tokens, mask, null), refined(tokens, mask, null)):
+        torch.testing.assert_close(after, before)
+    for parameter in refined.refiner.parameters():
+        nn.init.normal_(parameter, std=0.3)
+    nn.init.normal_(refined.refined_to_pooled.weight, std=0.3)
+    pooled, context, context_mask = refined(tokens, mask, null)
+    assert torch.isfinite(context).all() and context_mask[1:].sum().item() == 1 + 1  # null token of rows 1, 2
+    # text_refiner_pooled: the pooled vector gains the projected mean of the refined real tokens
+    plain_pooled = plain(tokens, mask, null)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(pooled[0], plain_pooled[0] + refined.refined_to_pooled(context[0, 1:3].mean(0)))
+        torch.testing.assert_close(pooled[1:], plain_pooled[1:])  # a null row keeps the learned null; an empty caption has no real token to average
+    unet = build(text_positions=5, text_refiner_layers=1, text_refiner_pooled=True, **TEXT_CONFIG).eval()
     with torch.no_grad():
         assert unet(**inputs(unet, text_length=5)).shape == (2, 3, 16, 16)
 
@@ -402,6 +466,11 @@ def test_wrong_inputs_raise_clear_errors():
         (dict(coordinate_channels="yes"), "coordinate_channels must be true or false, got 'yes'"),
         (dict(text_positions=-1, **TEXT_CONFIG), "text_positions must be an int >= 0, got -1"),
         (dict(text_positions=8, text_dim=TEXT_DIM), "text_positions needs attention that reads text"),
+        (dict(text_refiner_layers=True, **TEXT_CONFIG), "text_refiner_layers must be an int >= 0, got True"),
+        (dict(text_refiner_layers=-2, **TEXT_CONFIG), "text_refiner_layers must be an int >= 0, got -2"),
+        (dict(text_refiner_layers=1, text_dim=TEXT_DIM), "text_refiner_layers needs attention that reads text"),
+        (dict(text_refiner_pooled=True, **TEXT_CONFIG), "text_refiner_pooled needs text_refiner_layers > 0"),
+        (dict(text_refiner_pooled="yes", text_refiner_layers=1, **TEXT_CONFIG), "text_refiner_pooled must be true or false"),
     ],
 )
 def test_invalid_config_raises(overrides, message):

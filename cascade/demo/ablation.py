@@ -127,11 +127,25 @@ _YARDSTICKS: dict[str, int] = {f"sigmoid_b0+lr2e-3+steps{factor}x": factor for f
 # - positions: a learned embedding of each text token's index in the attention context
 #   (`unet.text_positions`): "first" and "second" become plain directions of the context, and the
 #   relation word reaches every pixel through the pooled text, so a query can pick the first or the
-#   second object by the relation (No: side 0.47).
+#   second object by the relation (No: side 0.47);
+# - refiner: the index embedding and two trainable transformer layers over the context
+#   (`unet.text_refiner_layers`, HunyuanVideo's token refiner): a colour token can read its index and
+#   the relation word and become "the object on the left" before a pixel looks for it, so a pixel's
+#   query needs only its own place, not the relation too;
+# - coord+refiner: the refiner's roles for the keys and the coordinates for the queries together
+#   (each alone leaves one of the two to the network: where a pixel is, which token is its object);
+# - coord+refiner+pooled: and the refined tokens' mean in the conditioning vector
+#   (`unet.text_refiner_pooled`), which every residual block reads: "blue goes left" as a global
+#   feature, which a block can multiply by the x coordinate without any attention.
+_REFINER = ("--model.init_args.unet.text_positions", "32", "--model.init_args.unet.text_refiner_layers", "2")
 _YARDSTICK_CHANGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "coord": ("coordinate channels", _COORD),
     "layer3": ("text from MiniLM's layer 3 of 6", ("--model.init_args.text_encoder.layer", "3")),
     "positions": ("learned text-token index embedding", ("--model.init_args.unet.text_positions", "32")),
+    "refiner": ("text-token index embedding and a 2-layer token refiner", _REFINER),
+    "coord+refiner": ("coordinate channels, text-token index embedding and a 2-layer token refiner", (*_COORD, *_REFINER)),
+    "coord+refiner+pooled": ("coordinate channels, text-token index embedding, a 2-layer token refiner, refined pooled text",
+                             (*_COORD, *_REFINER, "--model.init_args.unet.text_refiner_pooled", "true")),
 }
 TRAINING_COMPUTE: dict[str, int] = {**_YARDSTICKS,
                                      **{f"sigmoid_b0+lr2e-3+{change}+steps2x": 2 for change in _YARDSTICK_CHANGES}}
@@ -179,7 +193,10 @@ TRAINING_BATCH: dict[str, int] = {"sigmoid_b0+lr2e-3+b8": 8}
 # Trainings whose step costs more than the baseline's (measured: `cascade bench train` of the two
 # configs one after the other, batch 16, 1 thread, median of 15 steps; AMD EPYC, avx512_bf16):
 # they train for proportionally fewer steps, so that every row has the same compute.
-TRAINING_STEP_COST: dict[str, float] = {"sigmoid_b0+lr2e-3+attn16": 169 / 145.5}
+TRAINING_STEP_COST: dict[str, float] = {"sigmoid_b0+lr2e-3+attn16": 169 / 145.5,
+                                         # median of 6 runs of 25 steps each, alternating with the demo's base
+                                         **{f"sigmoid_b0+lr2e-3+{change}+steps2x": 203.1 / 173.6
+                                            for change in ("refiner", "coord+refiner", "coord+refiner+pooled")}}
 BASE_SAMPLING = {"sampler": "dpmpp_2m", "steps": 20, "guidance": 3.0, "time_grid": "uniform_t"}
 
 

@@ -81,6 +81,13 @@ class UNetConfig:
             (docs/benchmarks.md); this makes "first" and "second" plain directions of the
             context (measured at the demo's base: the side is still at chance). Must be at least
             the text encoder's max_length.
+        text_refiner_layers: trainable transformer layers over the attention context before any
+            pixel reads it (`cascade.nn.text_conditioning.TokenRefinerLayer`; HunyuanVideo's token
+            refiner), with heads of head_channels (or num_heads); 0 = none, as before. Each starts
+            as the identity.
+        text_refiner_pooled: also add the refined tokens' mean (through a zero-initialised
+            projection) to the pooled text in the conditioning vector, which every residual block
+            reads; needs text_refiner_layers > 0.
         lowres_channels: channels of the low-resolution conditioning image concatenated to
             x_t (3 for super-resolution stages, 0 for a base stage).
         coordinate_channels: append two channels holding each pixel's x and y coordinate,
@@ -122,6 +129,8 @@ class UNetConfig:
     text_dim: int = 0
     text_concat_to_self_attn: bool = False
     text_positions: int = 0
+    text_refiner_layers: int = 0
+    text_refiner_pooled: bool = False
     lowres_channels: int = 0
     use_aug_cond: bool = False
     coordinate_channels: bool = False
@@ -221,6 +230,20 @@ class UNetConfig:
         elif self.text_positions > 0 and not self.uses_text_context:
             errors.append("text_positions needs attention that reads text (cross_attention_resolutions or "
                           "text_concat_to_self_attn)")
+        if isinstance(self.text_refiner_layers, bool) or not isinstance(self.text_refiner_layers, int) \
+                or self.text_refiner_layers < 0:
+            errors.append(f"text_refiner_layers must be an int >= 0, got {self.text_refiner_layers!r}")
+        elif self.text_refiner_layers > 0 and not self.uses_text_context:
+            errors.append("text_refiner_layers needs attention that reads text (cross_attention_resolutions or "
+                          "text_concat_to_self_attn)")
+        elif self.text_refiner_layers > 0 and (self.heads_for(self.embedding_channels) <= 0
+                                               or self.embedding_channels % self.heads_for(self.embedding_channels)):
+            errors.append(f"the text refiner's width {self.embedding_channels} cannot be split into "
+                          f"{self.heads_for(self.embedding_channels)} attention heads")
+        if not isinstance(self.text_refiner_pooled, bool):
+            errors.append(f"text_refiner_pooled must be true or false, got {self.text_refiner_pooled!r}")
+        elif self.text_refiner_pooled and not (isinstance(self.text_refiner_layers, int) and self.text_refiner_layers > 0):
+            errors.append("text_refiner_pooled needs text_refiner_layers > 0")
         if not isinstance(self.coordinate_channels, bool):
             errors.append(f"coordinate_channels must be true or false, got {self.coordinate_channels!r}")
         if self.time_embedding not in TIME_EMBEDDINGS:

@@ -16,7 +16,39 @@ the mix of null and conditional rows (the rows are mixed with torch.where, not P
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from .resblock import zero_init
+
+
+class TokenRefinerLayer(nn.Module):
+    """One pre-norm transformer layer over the text tokens, trained with the UNet: x + attn(LN(x)),
+    then x + MLP(LN(x)) (Vaswani et al. 2017; pre-norm as in GPT-2). Both residual branches end in a
+    zero-initialised projection, so a new layer is the identity.
+
+    A frozen encoder's tokens carry a token's role in the caption ("the object that goes left")
+    only faintly (docs/benchmarks.md); a trainable layer over them can compute it from each token's
+    index and the relation word before any pixel reads the text (HunyuanVideo's token refiner, Kong
+    et al. 2024, "HunyuanVideo: A Systematic Framework For Large Video Generative Models", sec. 3.3).
+    """
+
+    def __init__(self, channels: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.attention_norm = nn.LayerNorm(channels)
+        self.to_qkv = nn.Linear(channels, 3 * channels)
+        self.attention_out = zero_init(nn.Linear(channels, channels))
+        self.mlp_norm = nn.LayerNorm(channels)
+        self.mlp = nn.Sequential(nn.Linear(channels, 4 * channels), nn.GELU(), zero_init(nn.Linear(4 * channels, channels)))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B,L,C); mask (B,L) bool, True = real token, at least one per row."""
+        batch, length, channels = x.shape
+        heads = self.to_qkv(self.attention_norm(x)).reshape(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(heads[0], heads[1], heads[2], attn_mask=mask[:, None, None, :])
+        x = x + self.attention_out(attended.transpose(1, 2).reshape(batch, length, channels))
+        return x + self.mlp(self.mlp_norm(x))
 
 
 class TextConditioning(nn.Module):
@@ -29,9 +61,16 @@ class TextConditioning(nn.Module):
             reads text (then only the pooled vector is produced, and no unused parameters exist).
         positions: a learned embedding of the token index added to the context tokens for the
             first `positions` tokens (0 = none; `UNetConfig.text_positions`).
+        refiner_layers: `TokenRefinerLayer`s run over the context tokens (after the positions, before
+            the null token joins them) with `refiner_heads` heads (0 = none;
+            `UNetConfig.text_refiner_layers`).
+        refined_pooled: also add a projection (zero-initialised) of the refined tokens' masked mean to
+            the pooled vector, so the conditioning vector, not only attention, can carry what the
+            refiner computes (`UNetConfig.text_refiner_pooled`; needs refiner_layers > 0).
     """
 
-    def __init__(self, text_dim: int, embedding_channels: int, context_channels: int, positions: int = 0):
+    def __init__(self, text_dim: int, embedding_channels: int, context_channels: int, positions: int = 0,
+                 refiner_layers: int = 0, refiner_heads: int = 1, refined_pooled: bool = False):
         super().__init__()
         self.text_dim = text_dim
         self.norm = nn.LayerNorm(text_dim)
@@ -44,6 +83,10 @@ class TextConditioning(nn.Module):
             self.to_context = None
             self.null_token = None
         self.positions = nn.Parameter(torch.randn(positions, context_channels) * 0.02) if positions > 0 else None
+        self.refiner = nn.ModuleList(TokenRefinerLayer(context_channels, refiner_heads) for _ in range(refiner_layers))
+        if refined_pooled and not refiner_layers:
+            raise ValueError("refined_pooled needs refiner_layers > 0")
+        self.refined_to_pooled = zero_init(nn.Linear(context_channels, embedding_channels)) if refined_pooled else None
 
     def forward(
         self,
@@ -64,16 +107,25 @@ class TextConditioning(nn.Module):
         weights = valid.to(normed.dtype)[..., None]
         mean = (normed * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         projected_mean = self.to_pooled(mean)
-        pooled = torch.where(null[:, None], self.null_pooled.to(projected_mean.dtype), projected_mean)
 
         if self.to_context is None:
-            return pooled, None, None
+            return torch.where(null[:, None], self.null_pooled.to(projected_mean.dtype), projected_mean), None, None
         projected = self.to_context(normed)
         if self.positions is not None:
             if projected.shape[1] > self.positions.shape[0]:
                 raise ValueError(f"{projected.shape[1]} text tokens but unet.text_positions is {self.positions.shape[0]}; "
                                  "set it to at least the text encoder's max_length")
             projected = projected + self.positions[: projected.shape[1]].to(projected.dtype)
+        if len(self.refiner):
+            # A row without a real token (null rows, empty captions) attends over all of its
+            # (zeroed, projected) tokens instead: its outputs are masked out of attention below.
+            keys = valid | ~valid.any(dim=1, keepdim=True)
+            for layer in self.refiner:
+                projected = layer(projected, keys)
+        if self.refined_to_pooled is not None:
+            refined_mean = (projected * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+            projected_mean = projected_mean + self.refined_to_pooled(refined_mean)
+        pooled = torch.where(null[:, None], self.null_pooled.to(projected_mean.dtype), projected_mean)
         null_token = self.null_token.to(projected.dtype).expand(projected.shape[0], -1, -1)
         context = torch.cat([null_token, projected], dim=1)
         context_mask = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)

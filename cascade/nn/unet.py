@@ -123,7 +123,10 @@ class UNet(nn.Module):
             nn.Embedding(config.num_classes + 1, embedding_channels) if config.num_classes > 0 else None
         )
         self.text_conditioning = (
-            TextConditioning(config.text_dim, embedding_channels, context_channels, config.text_positions) if config.text_dim > 0 else None
+            TextConditioning(config.text_dim, embedding_channels, context_channels, config.text_positions,
+                             config.text_refiner_layers, config.heads_for(embedding_channels), config.text_refiner_pooled)
+            if config.text_dim > 0
+            else None
         )
 
         def attention_layers(channels: int, resolution: int) -> list[nn.Module]:
