@@ -21,6 +21,8 @@ from cascade.demo.ablation import (
     function_evaluations_per_image,
     markdown_table,
     mean_and_standard_error,
+    swapped_caption,
+    word_order_rate,
     rows,
     select_rows,
     summarise,
@@ -88,14 +90,14 @@ def _last_value(argv: list[str], flag: str) -> str:
 
 def test_the_placement_table_pairs_the_side_by_seed_and_is_left_out_without_placement():
     def placed(row: str, seed: int, side: float) -> Sampled:
-        return dataclasses.replace(scored(row, seed, 0.3), placement={"axis": 1.0, "side": side, "n": 40.0})
+        return dataclasses.replace(scored(row, seed, 0.3), placement={"axis": 1.0, "side": side, "n": 40.0, "order": side})
 
     sampled = [placed("base", s, 0.4 + 0.1 * s) for s in range(3)] + [placed("coord", s, 0.6 + 0.1 * s) for s in range(3)]
     summary = summarise(sampled, ["base", "coord"])
     assert summary[1]["side"][0] == pytest.approx(0.7)
     assert summary[1]["delta side"] == (pytest.approx(0.2), pytest.approx(0.0, abs=1e-12))
     text = markdown_table(summary, AblationPlan(), "cascade ablation", {check: 1.0 for check in CHECKS})
-    assert "| coord | 40 | 1.00 ± 0.00 | 0.70 ± 0.06 | +0.20 ± 0.00 |" in text
+    assert "| coord | 40 | 1.00 ± 0.00 | 0.70 ± 0.06 | +0.20 ± 0.00 | 0.70 ± 0.06 | +0.20 ± 0.00 |" in text
     plain = [scored("base", s, 0.3) for s in range(3)]
     assert "Placement" not in markdown_table(summarise(plain, ["base"]), AblationPlan(), "x", {c: 1.0 for c in CHECKS})
 
@@ -238,6 +240,43 @@ def test_the_placement_rows_are_the_2x_yardstick_with_one_change_and_its_steps(t
     assert runs[coord, 0].steps == runs[layer, 0].steps == runs[yardstick, 0].steps == 2 * FAST_ABLATION.train_steps
     # the refiner's step costs more: fewer steps, the same compute (1,200-step plan: 2,400 / 1.17)
     assert training_steps("sigmoid_b0+lr2e-3+refiner+steps2x", AblationPlan(train_steps=1200)) == 2048
+
+
+def test_the_swapped_caption_exchanges_the_relations_noun_phrases_of_two_different_colours():
+    scene = {"caption": "a purple square below a yellow circle", "relation": {"relation": "below"},
+             "objects": [{"colour": "purple"}, {"colour": "yellow"}]}
+    assert swapped_caption(scene) == "a yellow circle below a purple square"
+    assert swapped_caption({**scene, "objects": [{"colour": "red"}] * 2}) is None  # same words either way
+    assert swapped_caption({**scene, "relation": None}) is None
+    assert swapped_caption({**scene, "objects": scene["objects"] * 2}) is None
+
+
+class _MirrorStage:
+    """A stand-in base predicting x0 (`target` "x0"): the image itself given its caption, the image
+    mirrored given the swapped one (a denoiser that reads word order), or one answer for both."""
+
+    def __init__(self, images: torch.Tensor, captions: list[str], reads_order: bool):
+        from cascade.diffusion import NoiseSchedule
+
+        self.schedule, self.target = NoiseSchedule.cosine(), "x0"
+        self.images, self.captions, self.reads_order = images, captions, reads_order
+
+    def make_condition(self, prompts: list[str]) -> list[str]:
+        return prompts
+
+    def __call__(self, x_t, t, condition):
+        if not self.reads_order or condition == self.captions:
+            return self.images
+        return self.images.flip(-1)
+
+
+def test_word_order_rate_is_one_for_a_denoiser_that_reads_the_order_and_one_half_for_one_that_cannot():
+    torch.manual_seed(0)
+    images = torch.rand(3, 3, 8, 8) * 2 - 1
+    captions = ["a red circle left of a blue square", "a green square above a red circle", "a blue circle below a red circle"]
+    swapped = ["a blue square left of a red circle", "a red circle above a green square", "a red circle below a blue circle"]
+    assert word_order_rate(_MirrorStage(images, captions, True), images, captions, swapped) == 1.0
+    assert word_order_rate(_MirrorStage(images, captions, False), images, captions, swapped) == 0.5
 
 
 def test_the_paired_differences_are_taken_from_the_first_row():

@@ -33,7 +33,7 @@ import torch
 from rich.console import Console
 
 from ..data.image_io import open_image
-from ..diffusion import in_guidance_interval, sample
+from ..diffusion import in_guidance_interval, q_sample, sample, x0_from_prediction
 from ..eval.alignment import placement, score
 from ..eval.evaluate import evaluate_samples
 from ..eval.extractors import build_extractor
@@ -389,7 +389,8 @@ class Sampled:
     balanced: dict[str, float]
     strata: dict[str, dict[str, float]]
     metrics: dict[str, float]
-    # `cascade.eval.alignment.placement` over the images it judges: "axis" and "side" accuracy, "n" images
+    # `cascade.eval.alignment.placement` over the images it judges: "axis" and "side" accuracy, "n" images;
+    # "order": `word_order_rate` of the sampled weights
     placement: dict[str, float] = field(default_factory=dict)
 
 
@@ -403,9 +404,47 @@ def placement_rates(folder: Path, scored: list[ScoredImage]) -> dict[str, float]
             "n": float(len(judged))}
 
 
+# Noise levels at which the base lays the objects out: x_t shows little of where they are (cosine
+# schedule: alpha = 0.31, 0.16, 0.08), so only the caption can say which goes where.
+WORD_ORDER_TIMES = (0.8, 0.9, 0.95)
+
+
+def swapped_caption(scene: dict[str, Any]) -> str | None:
+    """The caption with the two noun phrases of its relation exchanged ("a blue circle left of a red
+    square" -> "a red square left of a blue circle": the mirrored layout, the same words), for two
+    objects of different colours; None for any other scene."""
+    objects, relation = scene["objects"], scene.get("relation")
+    if relation is None or len(objects) != 2 or objects[0]["colour"] == objects[1]["colour"]:
+        return None
+    parts = scene["caption"].split(f" {relation['relation']} ")
+    return f"{parts[1]} {relation['relation']} {parts[0]}" if len(parts) == 2 else None
+
+
+def word_order_rate(stage, images: torch.Tensor, captions: list[str], swapped: list[str],
+                    times: tuple[float, ...] = WORD_ORDER_TIMES, draws: int = 2, seed: int = 0) -> float:
+    """How often the stage's x0 estimate of a real image (B,3,H,W in [-1, 1]) noised to t is closer
+    to the image given its caption than given the swapped caption, over `times` x `draws` noise
+    draws (the same x_t for both captions; ties count half). 0.5: the denoiser does not read which
+    object the relation is about; 1.0: it always does. Needs no sampling and no detector."""
+    generator = torch.Generator().manual_seed(seed)
+    wins = []
+    with torch.no_grad():
+        conditions = [stage.make_condition(prompts=list(texts)) for texts in (captions, swapped)]
+        for t_value in times:
+            t = torch.full((len(captions),), t_value)
+            alpha, sigma = stage.schedule.alpha_sigma(t)
+            for _ in range(draws):
+                x_t = q_sample(images, t, stage.schedule, torch.randn(images.shape, generator=generator))
+                right, wrong = (((x0_from_prediction(stage(x_t, t, c), x_t, alpha, sigma, stage.target) - images) ** 2)
+                                .mean(dim=(1, 2, 3)) for c in conditions)
+                wins.append((right < wrong).float() + 0.5 * (right == wrong).float())  # a tie is a coin toss
+    return float(torch.cat(wins).mean())
+
+
 def sample_and_score(row: Row, run: StageRun, scenes: list[dict], folder: Path, plan: AblationPlan,
-                     reference, extractor) -> Sampled:
-    """Sample the row's base on the held-out captions into `folder` (resumable) and score it."""
+                     reference, extractor, renders: Path | None = None) -> Sampled:
+    """Sample the row's base on the held-out captions into `folder` (resumable) and score it; with
+    the scenes' real renders (`reference_renders`), also its `word_order_rate` on them."""
     guide = weights_path(run, row.guide) if row.guide else None
     cascade = Cascade.from_paths([weights_path(run, row.weights)], [row_settings(row, guide)])
     conditions = [(scene["caption"], stratum_of(scene)) for scene in scenes]
@@ -419,11 +458,19 @@ def sample_and_score(row: Row, run: StageRun, scenes: list[dict], folder: Path, 
     # has one render per caption, so the extra seeds of the small strata would reweight captions
     metrics = evaluate_samples(first_images(folder, plan.samples_per_caption), reference, extractor,
                                metrics=("fid", "pr"), progress=False).metrics
+    swaps = [(index, swapped_caption(scene)) for index, scene in enumerate(scenes) if swapped_caption(scene)]
+    order = math.nan
+    if swaps and renders is not None:
+        images = torch.stack([torch.from_numpy(np.asarray(open_image(renders / f"{index:05d}.png").convert("RGB")))
+                              .permute(2, 0, 1).float() / 127.5 - 1.0 for index, _ in swaps])
+        order = word_order_rate(cascade.stages[0], images, [scenes[i]["caption"] for i, _ in swaps],
+                                [caption for _, caption in swaps])
     return Sampled(row.name, run.seed, str(folder), function_evaluations_per_image(cascade),
                    {check: stratified[BALANCED][check][0] for check in CHECKS},
                    {name: {check: values[check][0] for check in CHECKS} for name, values in stratified.items()
                     if name != BALANCED},
-                   {key: float(value) for key, value in metrics.items()}, placement_rates(folder, scored))
+                   {key: float(value) for key, value in metrics.items()},
+                   {**placement_rates(folder, scored), "order": order})
 
 
 def summarise(sampled: list[Sampled], order: list[str]) -> list[dict[str, Any]]:
@@ -446,7 +493,7 @@ def summarise(sampled: list[Sampled], order: list[str]) -> list[dict[str, Any]]:
             entry[f"delta {metric}"] = mean_and_standard_error(
                 [s.metrics.get(metric, math.nan) - reference[seed].metrics.get(metric, math.nan)
                  for seed, s in seeds.items() if seed in reference])
-        for part in ("axis", "side"):
+        for part in ("axis", "side", "order"):
             entry[part] = mean_and_standard_error([s.placement.get(part, math.nan) for s in seeds.values()])
             entry[f"delta {part}"] = mean_and_standard_error(
                 [s.placement.get(part, math.nan) - reference[seed].placement.get(part, math.nan)
@@ -512,11 +559,15 @@ def markdown_table(summary: list[dict[str, Any]], plan: AblationPlan, command: s
     if any(not math.isnan(entry["side"][0]) for entry in summary):
         lines += ["", ("Placement on the two-object captions with a relation whose objects differ in colour, judged "
                        "by colour alone (`cascade.eval.alignment.placement`; images where each colour is found once): "
-                       "the pair on the relation's axis, and the subject's colour on the stated side (chance 0.5):"), "",
-                  "| row | images judged | axis | side | Δ side |", "|---|---|---|---|---|"]
+                       "the pair on the relation's axis, and the subject's colour on the stated side (chance 0.5). "
+                       "Word order: how often the base denoises real renders of these captions (t in "
+                       f"{', '.join(map(str, WORD_ORDER_TIMES))}) better given the caption than given it with the two "
+                       "objects swapped (`word_order_rate`; chance 0.5):"), "",
+                  "| row | images judged | axis | side | Δ side | word order | Δ word order |", "|---|---|---|---|---|---|---|"]
         for entry in summary:
             lines.append(f"| {entry['row']} | {entry['placement images'][0]:.0f} | {_cell(entry['axis'])} | "
-                         f"{_cell(entry['side'])} | {_delta(entry['delta side'])} |")
+                         f"{_cell(entry['side'])} | {_delta(entry['delta side'])} | {_cell(entry['order'])} | "
+                         f"{_delta(entry['delta order'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -566,7 +617,8 @@ def run_ablation(out: Path, plan: AblationPlan, threads: int, command: str, cons
     for row in main_rows + sweep_rows:
         for seed in plan.seeds:
             folder = out / "samples" / row.key / f"seed{seed}"
-            result = sample_and_score(row, runs[row.training, seed], scenes, folder, plan, reference, extractor)
+            result = sample_and_score(row, runs[row.training, seed], scenes, folder, plan, reference, extractor,
+                                      reference_dir)
             console.print(f"{row.name} seed {seed}: " + ", ".join(f"{k} {v:.2f}" for k, v in result.balanced.items())
                           + f", FID {result.metrics.get('fid', math.nan):.1f}", markup=False)
             sampled.append(result)
