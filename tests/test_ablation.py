@@ -235,6 +235,7 @@ def test_the_placement_rows_are_the_2x_yardstick_with_one_change_and_its_steps(t
     assert TRAININGS["sigmoid_b0+lr2e-3+coord+refiner+pooled+steps2x"] == (
         *TRAININGS[coord], *TRAININGS["sigmoid_b0+lr2e-3+refiner+steps2x"][len(TRAININGS[yardstick]):],
         "--model.init_args.unet.text_refiner_pooled", "true")
+    assert TRAININGS["sigmoid_b0+lr2e-3+vmse+steps2x"] == (*TRAININGS[yardstick], "--model.init_args.loss_weighting", "uniform")
     runs = training_runs(tmp_path, {"train": tmp_path / "train", "val": tmp_path / "val"}, FAST_ABLATION,
                          {yardstick, coord, layer})
     assert runs[coord, 0].steps == runs[layer, 0].steps == runs[yardstick, 0].steps == 2 * FAST_ABLATION.train_steps

@@ -136,7 +136,12 @@ _YARDSTICKS: dict[str, int] = {f"sigmoid_b0+lr2e-3+steps{factor}x": factor for f
 #   (each alone leaves one of the two to the network: where a pixel is, which token is its object);
 # - coord+refiner+pooled: and the refined tokens' mean in the conditioning vector
 #   (`unet.text_refiner_pooled`), which every residual block reads: "blue goes left" as a global
-#   feature, which a block can multiply by the x coordinate without any attention.
+#   feature, which a block can multiply by the x coordinate without any attention;
+# - vmse: the plain v-MSE instead of the sigmoid weighting. Which object goes where is decided at
+#   the highest noise levels (t >= 0.9: the objects' colours are still readable in x_t at t = 0.8),
+#   where sigmoid(b - lambda) on eps weighs an x0 error by sigmoid(lambda - b) e^b (-d lambda/dt):
+#   about a tenth of its weight at lambda = 0, against about half of it under the plain v-MSE
+#   (x0 weight 1 + SNR).
 _REFINER = ("--model.init_args.unet.text_positions", "32", "--model.init_args.unet.text_refiner_layers", "2")
 _YARDSTICK_CHANGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "coord": ("coordinate channels", _COORD),
@@ -146,6 +151,7 @@ _YARDSTICK_CHANGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "coord+refiner": ("coordinate channels, text-token index embedding and a 2-layer token refiner", (*_COORD, *_REFINER)),
     "coord+refiner+pooled": ("coordinate channels, text-token index embedding, a 2-layer token refiner, refined pooled text",
                              (*_COORD, *_REFINER, "--model.init_args.unet.text_refiner_pooled", "true")),
+    "vmse": ("the plain v-MSE instead of the sigmoid weighting", ("--model.init_args.loss_weighting", "uniform")),
 }
 TRAINING_COMPUTE: dict[str, int] = {**_YARDSTICKS,
                                      **{f"sigmoid_b0+lr2e-3+{change}+steps2x": 2 for change in _YARDSTICK_CHANGES}}
@@ -461,7 +467,7 @@ def sample_and_score(row: Row, run: StageRun, scenes: list[dict], folder: Path, 
     swaps = [(index, swapped_caption(scene)) for index, scene in enumerate(scenes) if swapped_caption(scene)]
     order = math.nan
     if swaps and renders is not None:
-        images = torch.stack([torch.from_numpy(np.asarray(open_image(renders / f"{index:05d}.png").convert("RGB")))
+        images = torch.stack([torch.from_numpy(np.array(open_image(renders / f"{index:05d}.png").convert("RGB")))
                               .permute(2, 0, 1).float() / 127.5 - 1.0 for index, _ in swaps])
         order = word_order_rate(cascade.stages[0], images, [scenes[i]["caption"] for i, _ in swaps],
                                 [caption for _, caption in swaps])
