@@ -33,6 +33,7 @@ import torch
 from rich.console import Console
 
 from ..data.image_io import open_image
+from ..data.transforms import to_tensor
 from ..diffusion import in_guidance_interval, q_sample, sample, x0_from_prediction
 from ..eval.alignment import placement, score
 from ..eval.evaluate import evaluate_samples
@@ -200,9 +201,11 @@ TRAINING_BATCH: dict[str, int] = {"sigmoid_b0+lr2e-3+b8": 8}
 # configs one after the other, batch 16, 1 thread, median of 15 steps; AMD EPYC, avx512_bf16):
 # they train for proportionally fewer steps, so that every row has the same compute.
 TRAINING_STEP_COST: dict[str, float] = {"sigmoid_b0+lr2e-3+attn16": 169 / 145.5,
-                                         # median of 6 runs of 25 steps each, alternating with the demo's base
+                                         # a token refiner: median of 6 runs of 25 steps each, alternating with
+                                         # the demo's base
                                          **{f"sigmoid_b0+lr2e-3+{change}+steps2x": 203.1 / 173.6
-                                            for change in ("refiner", "coord+refiner", "coord+refiner+pooled")}}
+                                            for change, (_, flags) in _YARDSTICK_CHANGES.items()
+                                            if "--model.init_args.unet.text_refiner_layers" in flags}}
 BASE_SAMPLING = {"sampler": "dpmpp_2m", "steps": 20, "guidance": 3.0, "time_grid": "uniform_t"}
 
 
@@ -464,11 +467,10 @@ def sample_and_score(row: Row, run: StageRun, scenes: list[dict], folder: Path, 
     # has one render per caption, so the extra seeds of the small strata would reweight captions
     metrics = evaluate_samples(first_images(folder, plan.samples_per_caption), reference, extractor,
                                metrics=("fid", "pr"), progress=False).metrics
-    swaps = [(index, swapped_caption(scene)) for index, scene in enumerate(scenes) if swapped_caption(scene)]
+    swaps = [(index, swapped) for index, scene in enumerate(scenes) if (swapped := swapped_caption(scene))]
     order = math.nan
     if swaps and renders is not None:
-        images = torch.stack([torch.from_numpy(np.array(open_image(renders / f"{index:05d}.png").convert("RGB")))
-                              .permute(2, 0, 1).float() / 127.5 - 1.0 for index, _ in swaps])
+        images = torch.stack([to_tensor(open_image(renders / f"{index:05d}.png").convert("RGB")) for index, _ in swaps])
         order = word_order_rate(cascade.stages[0], images, [scenes[i]["caption"] for i, _ in swaps],
                                 [caption for _, caption in swaps])
     return Sampled(row.name, run.seed, str(folder), function_evaluations_per_image(cascade),
