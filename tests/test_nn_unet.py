@@ -233,6 +233,73 @@ def test_a_token_refiner_starts_as_the_identity_and_adds_only_its_own_parameters
         assert unet(**inputs(unet, text_length=5)).shape == (2, 3, 16, 16)
 
 
+def test_a_text_layout_map_is_per_cell_queries_attending_to_the_real_tokens_then_an_mlp():
+    """Element-wise against the layer written out: cell c's query is its learned vector plus the
+    projected pooled text; q + W_o softmax(W_q LN(q) (W_k k)^T / sqrt(d)) W_v k per head over the
+    valid context rows, then q + MLP(LN(q)); the map is (B, C, r, r) with cell c at (c // r, c % r)."""
+    from cascade.nn.text_conditioning import TextLayout
+
+    torch.manual_seed(0)
+    layout = TextLayout(8, 6, resolution=2, num_heads=2)
+    for parameter in layout.parameters():
+        nn.init.normal_(parameter, std=0.3)
+    pooled, context = torch.randn(2, 6), torch.randn(2, 4, 8)
+    mask = torch.tensor([[True, True, False, False], [True] * 4])
+    with torch.no_grad():
+        expected = []
+        for row_pooled, row_context, real in zip(pooled, context, mask):
+            q = layout.queries + layout.from_pooled(row_pooled)
+            queries = layout.to_q(layout.query_norm(q))
+            keys, values = layout.to_kv(row_context).chunk(2, dim=-1)
+            heads = []
+            for h in range(2):
+                part = slice(4 * h, 4 * h + 4)
+                scores = queries[:, part] @ keys[:, part].T / math.sqrt(4)
+                heads.append(torch.softmax(scores.masked_fill(~real, float("-inf")), dim=-1) @ values[:, part])
+            q = q + layout.attention_out(torch.cat(heads, dim=-1))
+            q = q + layout.mlp[2](F.gelu(layout.mlp[0](layout.mlp_norm(q))))
+            expected.append(q.T.reshape(8, 2, 2))
+        torch.testing.assert_close(layout(pooled, context, mask), torch.stack(expected))
+        padded_again = context.clone()
+        padded_again[0, 2:] = 100.0
+        torch.testing.assert_close(layout(pooled, padded_again, mask)[0], layout(pooled, context, mask)[0])
+
+
+@pytest.mark.parametrize("resolution", [16, 8])
+def test_the_text_layout_map_is_added_where_the_features_first_reach_its_resolution(resolution):
+    """`unet.text_layout_resolution`: the map, through its 1x1 convolution, is added once, to the
+    first feature map of its size (conv_in's output at the image size; the downsample's below), so the
+    skip connections carry it to the decoder too. Zero-initialised, a new map changes nothing: the
+    UNet equals the one without it, whose state dict it loads with only the layout's keys missing."""
+    unet = build(text_layout_resolution=resolution, **TEXT_CONFIG).eval()
+    values = inputs(unet)
+    outputs, block_inputs = [], []
+    hooks = [unet.conv_in.register_forward_hook(lambda module, args, out: outputs.append(out))]
+    for block in unet.down_blocks:
+        hooks.append(block.register_forward_pre_hook(lambda module, args: block_inputs.append(args[0])))
+        hooks.append(block.register_forward_hook(lambda module, args, out: outputs.append(out)))
+    with torch.no_grad():
+        unet(**values)
+        pooled, context, context_mask = unet.text_conditioning(values["text_tokens"], values["text_mask"],
+                                                               torch.zeros(2, dtype=torch.bool))
+        added = unet.layout_in(unet.text_layout(pooled, context, context_mask))
+    for hook in hooks:
+        hook.remove()
+    first = next(i for i, out in enumerate(outputs) if out.shape[-1] == resolution)
+    assert added.abs().sum() > 0 and added.shape[-1] == resolution
+    torch.testing.assert_close(block_inputs[first], outputs[first] + added)
+    for i in range(len(block_inputs)):  # everywhere else a block reads what the one before wrote
+        if i != first:
+            torch.testing.assert_close(block_inputs[i], outputs[i])
+
+    torch.manual_seed(0)
+    plain, fresh = UNet(tiny_config(**TEXT_CONFIG)).eval(), UNet(tiny_config(text_layout_resolution=resolution, **TEXT_CONFIG)).eval()
+    missing = fresh.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(name.startswith(("text_layout.", "layout_in.")) for name in missing)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**values), plain(**values))
+
+
 # ---- conditioning is used ------------------------------------------------------------------
 
 
@@ -471,6 +538,11 @@ def test_wrong_inputs_raise_clear_errors():
         (dict(text_refiner_layers=1, text_dim=TEXT_DIM), "text_refiner_layers needs attention that reads text"),
         (dict(text_refiner_pooled=True, **TEXT_CONFIG), "text_refiner_pooled needs text_refiner_layers > 0"),
         (dict(text_refiner_pooled="yes", text_refiner_layers=1, **TEXT_CONFIG), "text_refiner_pooled must be true or false"),
+        (dict(text_layout_resolution=True, **TEXT_CONFIG), "text_layout_resolution must be an int >= 0, got True"),
+        (dict(text_layout_resolution=4, **TEXT_CONFIG), r"text_layout_resolution 4 is not a level resolution \[16, 8\]"),
+        (dict(text_layout_resolution=8, text_dim=TEXT_DIM), "text_layout_resolution needs attention that reads text"),
+        (dict(text_layout_head=True, **TEXT_CONFIG), "text_layout_head needs text_layout_resolution > 0"),
+        (dict(text_layout_head=1, text_layout_resolution=8, **TEXT_CONFIG), "text_layout_head must be true or false"),
     ],
 )
 def test_invalid_config_raises(overrides, message):

@@ -88,6 +88,15 @@ class UNetConfig:
         text_refiner_pooled: also add the refined tokens' mean (through a zero-initialised
             projection) to the pooled text in the conditioning vector, which every residual block
             reads; needs text_refiner_layers > 0.
+        text_layout_resolution: r > 0 builds a map of what the caption puts where at r x r
+            before any pixel is seen (`cascade.nn.text_conditioning.TextLayout`: one learned query
+            per cell attends to the text) and adds it, through a zero-initialised 1x1
+            convolution, where the UNet's features first reach r x r; must be a level resolution;
+            0 = none, as before. Needs attention that reads text.
+        text_layout_head: also a 1x1 projection of the layout map to in_channels
+            (`UNet.layout_prediction`), which the stage's `layout_loss_weight` trains towards the
+            target image averaged to r x r: a direct signal for what goes where, which the
+            denoising loss gives the map only faintly. Needs text_layout_resolution > 0.
         lowres_channels: channels of the low-resolution conditioning image concatenated to
             x_t (3 for super-resolution stages, 0 for a base stage).
         coordinate_channels: append two channels holding each pixel's x and y coordinate,
@@ -131,6 +140,8 @@ class UNetConfig:
     text_positions: int = 0
     text_refiner_layers: int = 0
     text_refiner_pooled: bool = False
+    text_layout_resolution: int = 0
+    text_layout_head: bool = False
     lowres_channels: int = 0
     use_aug_cond: bool = False
     coordinate_channels: bool = False
@@ -244,6 +255,22 @@ class UNetConfig:
             errors.append(f"text_refiner_pooled must be true or false, got {self.text_refiner_pooled!r}")
         elif self.text_refiner_pooled and not (isinstance(self.text_refiner_layers, int) and self.text_refiner_layers > 0):
             errors.append("text_refiner_pooled needs text_refiner_layers > 0")
+        layout = self.text_layout_resolution
+        if isinstance(layout, bool) or not isinstance(layout, int) or layout < 0:
+            errors.append(f"text_layout_resolution must be an int >= 0, got {layout!r}")
+        elif layout > 0 and not self.uses_text_context:
+            errors.append("text_layout_resolution needs attention that reads text (cross_attention_resolutions or "
+                          "text_concat_to_self_attn)")
+        elif layout > 0 and layout not in self.level_resolutions:
+            errors.append(f"text_layout_resolution {layout} is not a level resolution {self.level_resolutions}")
+        elif layout > 0 and (self.heads_for(self.embedding_channels) <= 0
+                             or self.embedding_channels % self.heads_for(self.embedding_channels)):
+            errors.append(f"the text layout's width {self.embedding_channels} cannot be split into "
+                          f"{self.heads_for(self.embedding_channels)} attention heads")
+        if not isinstance(self.text_layout_head, bool):
+            errors.append(f"text_layout_head must be true or false, got {self.text_layout_head!r}")
+        elif self.text_layout_head and not (isinstance(layout, int) and layout > 0):
+            errors.append("text_layout_head needs text_layout_resolution > 0")
         if not isinstance(self.coordinate_channels, bool):
             errors.append(f"coordinate_channels must be true or false, got {self.coordinate_channels!r}")
         if self.time_embedding not in TIME_EMBEDDINGS:

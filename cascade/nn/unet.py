@@ -37,7 +37,7 @@ from .attention import AttentionBlock
 from .config import UNetConfig
 from .embeddings import ScalarEmbedding
 from .resblock import Downsample, GroupNorm32, ResBlock, Upsample, zero_init
-from .text_conditioning import TextConditioning
+from .text_conditioning import TextConditioning, TextLayout
 
 
 def compile_static(module: nn.Module, mode: str = "default") -> nn.Module:
@@ -128,6 +128,16 @@ class UNet(nn.Module):
             if config.text_dim > 0
             else None
         )
+        self.text_layout = None
+        if config.text_layout_resolution:
+            self.text_layout = TextLayout(context_channels, embedding_channels, config.text_layout_resolution,
+                                          config.heads_for(embedding_channels))
+            # the channels of the features where they first reach the layout's resolution (adm: the
+            # level's entry, conv_in's or the previous level's width; efficient: after the level's downsample)
+            level = config.level_resolutions.index(config.text_layout_resolution)
+            entry = config.base_channels if level == 0 else config.level_channels[level - 1]
+            self.layout_in = zero_init(nn.Conv2d(context_channels, entry, 1))
+        self.layout_head = nn.Conv2d(context_channels, config.in_channels, 1) if config.text_layout_head else None
 
         def attention_layers(channels: int, resolution: int) -> list[nn.Module]:
             layers: list[nn.Module] = []
@@ -258,14 +268,19 @@ class UNet(nn.Module):
                 text_mask = torch.ones(text_tokens.shape[:2], dtype=torch.bool, device=x_t.device)
             pooled, context, context_mask = self.text_conditioning(text_tokens, text_mask.bool(), text_null)
             embedding = embedding + pooled
+        layout = None if self.text_layout is None else self.layout_in(self.text_layout(pooled, context, context_mask))
 
         h = x_t if lowres is None else torch.cat([x_t, lowres.to(x_t.dtype)], dim=1)
         if self.config.coordinate_channels:
             h = torch.cat([h, coordinate_grid(h)], dim=1)
         h = self.conv_in(h)
+        if layout is not None and h.shape[-1] == layout.shape[-1]:
+            h, layout = h + layout.to(h.dtype), None
         skips = [h] if self.config.block_order == "adm" else []
         for block in self.down_blocks:
             h = self._run(block, h, embedding, context, context_mask)
+            if layout is not None and h.shape[-1] == layout.shape[-1]:
+                h, layout = h + layout.to(h.dtype), None
             skips.append(h)
         h = self._run(self.middle_block, h, embedding, context, context_mask)
         skip_scale = self.config.skip_scale
@@ -274,6 +289,20 @@ class UNet(nn.Module):
             h = torch.cat([h, skip if skip_scale == 1.0 else skip * skip_scale], dim=1)
             h = self._run(block, h, embedding, context, context_mask)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+    def layout_prediction(
+        self, text_tokens: torch.Tensor, text_mask: torch.Tensor | None = None, null_cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The layout map's image (B, in_channels, r, r) for a batch of captions (`text_layout_head`),
+        which `layout_loss_weight` trains towards the target averaged to r x r."""
+        if self.layout_head is None:
+            raise ValueError("layout_prediction needs unet.text_layout_head: true")
+        batch = text_tokens.shape[0]
+        mask = torch.ones(text_tokens.shape[:2], dtype=torch.bool, device=text_tokens.device) if text_mask is None \
+            else text_mask.bool()
+        null = torch.zeros(batch, dtype=torch.bool, device=text_tokens.device) if null_cond is None else null_cond.bool()
+        pooled, context, context_mask = self.text_conditioning(text_tokens, mask, null)
+        return self.layout_head(self.text_layout(pooled, context, context_mask))
 
     def _run(
         self,
