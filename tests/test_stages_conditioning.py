@@ -289,3 +289,96 @@ def test_a_text_encoder_layer_that_is_not_a_layer_number_is_refused_naming_the_k
             BaseStage(unet=unet, image_size=16, conditioning="text", text_encoder={"kind": "minilm", "layer": bad})
     assert BaseStage(unet=unet, image_size=16, conditioning="text",
                      text_encoder={"kind": "minilm", "layer": 3}).text_encoder.config.layer == 3
+
+
+def layout_stage(**kwargs) -> BaseStage:
+    unet = {**UNET, "text_dim": 12, "cross_attention_resolutions": [8], "text_layout_resolution": 8,
+            "text_layout_head": True}
+    return BaseStage(unet=unet, image_size=16, conditioning="text", text_encoder={"kind": "minilm"}, **kwargs)
+
+
+def test_the_layout_loss_is_the_mse_of_the_layout_image_to_the_target_averaged_to_its_resolution(monkeypatch):
+    """`layout_loss_weight` w adds w * mean((layout_prediction - avgpool_r(x0))^2) to the denoising loss,
+    on the rows of the batch as they are after CFG dropout (a null row's target is the image too)."""
+    stage = layout_stage(layout_loss_weight=0.5, p_uncond=0.0)
+    make_outputs_nonzero(stage)
+    batch = batch_for(stage)
+    monkeypatch.setattr(stage, "per_sample_loss", lambda x0, *args: torch.zeros(x0.shape[0]))
+    loss = stage.training_step(batch, 0)
+    with torch.no_grad():
+        painted = stage.unet.layout_prediction(batch["text_tokens"], batch["text_mask"], torch.zeros(4, dtype=torch.bool))
+        x0 = batch["image"]
+        averaged = (x0[..., 0::2, 0::2] + x0[..., 1::2, 0::2] + x0[..., 0::2, 1::2] + x0[..., 1::2, 1::2]) / 4
+    assert painted.shape == (4, 3, 8, 8)
+    torch.testing.assert_close(loss.detach(), 0.5 * ((painted - averaged) ** 2).mean())
+
+
+def test_a_layout_stage_with_its_whole_batch_nulled_still_gives_every_parameter_a_gradient():
+    stage = layout_stage(layout_loss_weight=1.0, p_uncond=1.0)
+    stage.training_step(batch_for(stage), 0).backward()
+    missing = [name for name, p in stage.named_parameters() if p.grad is None]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize(
+    "unet_head, weight, message",
+    [
+        (True, -1.0, "^layout_loss_weight: must be a finite number >= 0, got -1.0"),
+        (True, float("nan"), "^layout_loss_weight: must be a finite number >= 0"),
+        (False, 1.0, r"^layout_loss_weight: needs unet.text_layout_head: true"),
+        (True, 0.0, r"^unet.text_layout_head: needs layout_loss_weight > 0"),
+    ],
+)
+def test_a_bad_layout_loss_setting_is_refused_naming_its_key(unet_head, weight, message):
+    unet = {**UNET, "text_dim": 12, "cross_attention_resolutions": [8], "text_layout_resolution": 8,
+            "text_layout_head": unet_head}
+    with pytest.raises(StageConfigError, match=message):
+        BaseStage(unet=unet, image_size=16, conditioning="text", text_encoder={"kind": "minilm"},
+                  layout_loss_weight=weight)
+
+
+def test_layout_pretraining_fits_the_layout_path_alone_on_the_first_images():
+    """`layout_pretraining`: Adam on the layout loss over the first `images` images of the batches
+    (the rest are not read), moving the text conditioning, the layout map and its head and nothing
+    else, and leaving no gradient behind for the denoiser's optimiser."""
+    stage = layout_stage(layout_loss_weight=1.0,
+                         layout_pretraining={"steps": 150, "batch_size": 8, "lr": 1e-2, "images": 8, "seed": 0})
+    torch.manual_seed(0)
+    batches = [batch_for(stage) for _ in range(2)] + [None]  # None: must not be read (8 images = 2 batches)
+    images = torch.cat([b["image"] for b in batches[:2]])
+    tokens = torch.cat([b["text_tokens"] for b in batches[:2]])
+    masks = torch.cat([b["text_mask"] for b in batches[:2]])
+    target = torch.nn.functional.adaptive_avg_pool2d(images, 8)
+
+    def layout_loss() -> float:
+        with torch.no_grad():
+            return float(((stage.unet.layout_prediction(tokens, masks) - target) ** 2).mean())
+
+    before_loss = layout_loss()
+    before = {name: p.detach().clone() for name, p in stage.unet.named_parameters()}
+    stage.pretrain_layout(iter(batches))
+    assert layout_loss() < 0.5 * before_loss
+    path = ("text_conditioning.", "text_layout.", "layout_head.")
+    moved = {name for name, p in stage.unet.named_parameters() if not torch.equal(p, before[name])}
+    assert moved and all(name.startswith(path) for name in moved)
+    assert any(name.startswith("text_layout.") for name in moved) and any(name.startswith("layout_head.") for name in moved)
+    assert all(p.grad is None for p in stage.parameters())
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"steps": -1}, r"^layout_pretraining.steps: must be an int >= 0, got -1"),
+        ({"steps": 10, "batch_size": 0}, r"^layout_pretraining.batch_size: must be an int >= 1, got 0"),
+        ({"steps": 10, "lr": 0.0}, r"^layout_pretraining.lr: must be a finite number > 0, got 0.0"),
+        ({"steps": 10, "images": 0}, r"^layout_pretraining.images: must be an int >= 1, got 0"),
+    ],
+)
+def test_a_bad_layout_pretraining_setting_is_refused_naming_its_key(settings, message):
+    with pytest.raises(StageConfigError, match=message):
+        layout_stage(layout_loss_weight=1.0, layout_pretraining=settings)
+
+
+def test_layout_pretraining_needs_the_layout_head():
+    with pytest.raises(StageConfigError, match=r"^layout_pretraining.steps: needs unet.text_layout_head: true"):
+        text_stage(layout_pretraining={"steps": 10})

@@ -12,7 +12,7 @@ from .base_stage import BaseStage
 from .callbacks import ProgressLines, SampleGrid, StepProgressBar, TrainingSpeed
 from .checkpointing import AtomicCheckpointIO, SaveOnInterrupt, TrainingInterrupted
 from .conditioning import Condition, TextEncoderConfig
-from .config import SamplingSettings, ScheduleConfig, StageConfigError, ValidationConfig
+from .config import LayoutPretrainingConfig, SamplingSettings, ScheduleConfig, StageConfigError, ValidationConfig
 from .diffusion_stage import DiffusionStage, NonFiniteLossError
 from .ema import EMA
 from .export import export_stage, load_checkpoint, load_exported, load_stage
@@ -44,6 +44,7 @@ __all__ = [
     "TrainingInterrupted",
     "TrainingSpeed",
     "ValidationConfig",
+    "LayoutPretrainingConfig",
     "export_stage",
     "load_checkpoint",
     "load_exported",

@@ -43,6 +43,28 @@ class ValidationConfig:
     seed: int = 0
 
 
+@dataclass
+class LayoutPretrainingConfig:
+    """Fit the text layout path alone before the denoiser's first step (`unet.text_layout_head`).
+
+    The path (`unet.text_conditioning`, `unet.text_layout`, `unet.layout_head`) is trained by Adam
+    on the layout loss (`UNet.layout_prediction` against the target averaged to r x r) over the
+    first `images` training images, held in memory, for `steps` steps of `batch_size`, drawn by a
+    generator seeded by `seed` (null: torch's initial seed, which `seed_everything` sets). Under DDP every rank fits it on its own images and rank 0's result
+    is broadcast. Runs once: not when a run resumes.
+
+    Why: which object of "A left of B" goes left is learnt by this path within 1,500 steps of 64
+    captions (`python -m cascade.demo.layout_probe`), but not inside the denoiser's training at
+    batch 16 within 2,240 steps (docs/benchmarks.md, "A layout path").
+    """
+
+    steps: int = 0
+    batch_size: int = 64
+    lr: float = 1.0e-3
+    images: int = 5000
+    seed: int | None = None
+
+
 # Older names of sampling settings, read from checkpoints, exports and configs written before
 # the settings were one type: {old key: current key}.
 RENAMED_SAMPLING_KEYS = {"guidance_scale": "guidance"}

@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.plugins.precision import Precision
-from lightning.pytorch.utilities import GradClipAlgorithmType
+from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_info
 from lightning.pytorch.utilities.parsing import collect_init_args
 from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
@@ -49,6 +52,7 @@ from ..nn import UNet, UNetConfig, compile_static
 
 from .conditioning import CONDITIONINGS, Condition, FrozenTextEncoder, TextEncoderConfig, cfg_dropout_mask
 from .config import (
+    LayoutPretrainingConfig,
     SamplingSettings,
     ScheduleConfig,
     StageConfigError,
@@ -109,6 +113,13 @@ class DiffusionStage(pl.LightningModule):
         max_consecutive_nonfinite: stop training (with a checkpoint) after this many optimiser
             steps in a row whose loss or gradient is NaN/inf; such steps are skipped. Checked
             every `trainer.log_every_n_steps` steps, where the loggers read the device anyway.
+        layout_loss_weight: weight of the layout loss added to the training loss: the mean squared
+            error between `UNet.layout_prediction` (what the caption's layout map paints at r x r)
+            and the target image averaged to r x r (`unet.text_layout_head`; 0 = none, as before).
+            Its rows are those of the denoising loss, null rows included (their target is the
+            unconditional mean image).
+        layout_pretraining: fit the layout path alone on the first training images before the
+            denoiser's first step (`LayoutPretrainingConfig`; steps 0 = no, as before).
     """
 
     def __init__(
@@ -129,6 +140,8 @@ class DiffusionStage(pl.LightningModule):
         sampling: SamplingSettings | dict[str, Any] = SamplingSettings(),
         compile_unet: str | None = None,
         max_consecutive_nonfinite: int = 5,
+        layout_loss_weight: float = 0.0,
+        layout_pretraining: LayoutPretrainingConfig = LayoutPretrainingConfig(),
     ):
         super().__init__()
         # Not sent to the loggers: the saved config.yaml has them, and names may clash with the data's.
@@ -149,6 +162,8 @@ class DiffusionStage(pl.LightningModule):
         self.conditioning = conditioning
         self.p_uncond = p_uncond
         self.max_consecutive_nonfinite = max_consecutive_nonfinite
+        self.layout_loss_weight = layout_loss_weight
+        self.layout_pretraining = as_dataclass(layout_pretraining, LayoutPretrainingConfig, "layout_pretraining")
         self.compile_unet = compile_unet
         self._check_settings(unet, text_encoder)
         self.schedule = NoiseSchedule.from_config(self.schedule_config.name, **self.schedule_config.params)
@@ -192,6 +207,24 @@ class DiffusionStage(pl.LightningModule):
             problems.append(("p_uncond", f"must be in [0, 1], got {self.p_uncond}"))
         if self.compile_unet not in COMPILE_MODES:
             problems.append(("compile_unet", f"must be one of {COMPILE_MODES}, got {self.compile_unet!r}"))
+        weight = self.layout_loss_weight
+        if not (isinstance(weight, (int, float)) and not isinstance(weight, bool) and math.isfinite(weight) and weight >= 0):
+            problems.append(("layout_loss_weight", f"must be a finite number >= 0, got {weight!r}"))
+        elif weight > 0 and not unet.text_layout_head:
+            problems.append(("layout_loss_weight", "needs unet.text_layout_head: true (the layout map's image)"))
+        elif weight == 0 and unet.text_layout_head:
+            problems.append(("unet.text_layout_head", "needs layout_loss_weight > 0 (else its head gets no gradient)"))
+        pre = self.layout_pretraining
+        for key in ("steps", "batch_size", "images", "seed"):
+            value, least = getattr(pre, key), 0 if key in ("steps", "seed") else 1
+            if key == "seed" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                problems.append((f"layout_pretraining.{key}", f"must be an int >= {least}, got {value!r}"))
+        if not (isinstance(pre.lr, (int, float)) and not isinstance(pre.lr, bool) and math.isfinite(pre.lr) and pre.lr > 0):
+            problems.append(("layout_pretraining.lr", f"must be a finite number > 0, got {pre.lr!r}"))
+        if isinstance(pre.steps, int) and pre.steps > 0 and not unet.text_layout_head:
+            problems.append(("layout_pretraining.steps", "needs unet.text_layout_head: true (the layout path to fit)"))
         if self.max_consecutive_nonfinite < 1:
             problems.append(("max_consecutive_nonfinite", f"must be >= 1, got {self.max_consecutive_nonfinite}"))
         try:
@@ -296,6 +329,11 @@ class DiffusionStage(pl.LightningModule):
         t = torch.rand(batch_size, device=x0.device)
         noise = torch.randn_like(x0)
         loss = self.per_sample_loss(x0, t, noise, condition, image_inputs).mean()
+        if self.layout_loss_weight > 0:
+            layout = self.unet.layout_prediction(condition.text_tokens, condition.text_mask, condition.null)
+            layout_loss = F.mse_loss(layout.float(), F.adaptive_avg_pool2d(x0.float(), layout.shape[-1]))
+            self.log("train/layout_loss", layout_loss, batch_size=batch_size)
+            loss = loss + self.layout_loss_weight * layout_loss
         # Not prog_bar=True: Lightning reads every progress-bar value to the host after every
         # batch (a sync per step); StepProgressBar shows this value on the logging steps.
         self.log("train/loss", loss, batch_size=batch_size)
@@ -364,6 +402,61 @@ class DiffusionStage(pl.LightningModule):
         strategy = self._trainer.strategy if self._trainer is not None else None
         if isinstance(strategy, FSDP2Strategy):
             strategy.shard(self)
+
+    def on_fit_start(self) -> None:
+        """Fit the layout path before the first step (`layout_pretraining`); not on a resume."""
+        if self.layout_pretraining.steps and self.trainer.global_step == 0:
+            if isinstance(self.trainer.strategy, FSDP2Strategy):
+                raise StageConfigError([("layout_pretraining.steps", "is not supported under FSDP2Strategy")])
+            if self.trainer.datamodule is None:
+                raise StageConfigError([("layout_pretraining.steps", "needs a datamodule (its train_dataloader)")])
+            started = time.perf_counter()
+            loss = self.pretrain_layout(self.trainer.datamodule.train_dataloader())
+            rank_zero_info(f"layout pre-training: {self.layout_pretraining.steps} steps of {self.layout_pretraining.batch_size}, "
+                           f"last layout loss {loss:.4f}, {time.perf_counter() - started:.0f} s")
+
+    def pretrain_layout(self, batches: Iterable[dict]) -> float:
+        """Fit `unet.text_conditioning`, `unet.text_layout` and `unet.layout_head` alone by Adam on the
+        layout loss over the first `layout_pretraining.images` images of `batches`; returns the last
+        step's loss. The rest of the UNet is untouched; gradients are cleared afterwards."""
+        config = self.layout_pretraining
+        resolution = self.unet.config.text_layout_resolution
+        tokens, masks, targets = [], [], []
+        with torch.no_grad():
+            for batch in batches:
+                condition = self.condition_from_batch(batch)
+                mask = condition.text_mask if condition.text_mask is not None \
+                    else torch.ones(condition.text_tokens.shape[:2], dtype=torch.bool, device=condition.text_tokens.device)
+                length = max(1, int(mask.sum(dim=1).max()))  # real tokens are a prefix; the padding is dropped
+                tokens.append(condition.text_tokens[:, :length].to("cpu", torch.float16))
+                masks.append(mask[:, :length].cpu())
+                targets.append(F.adaptive_avg_pool2d(batch["image"].float(), resolution).cpu())
+                if sum(len(t) for t in targets) >= config.images:
+                    break
+        if not targets:
+            raise ValueError("layout_pretraining: the training data loader gave no batch")
+        longest = max(t.shape[1] for t in tokens)
+        tokens_all = torch.cat([F.pad(t, (0, 0, 0, longest - t.shape[1])) for t in tokens])[: config.images]
+        masks_all = torch.cat([F.pad(m, (0, longest - m.shape[1])) for m in masks])[: config.images]
+        targets_all = torch.cat(targets)[: config.images]
+        parameters = [p for module in (self.unet.text_conditioning, self.unet.text_layout, self.unet.layout_head)
+                      for p in module.parameters()]
+        optimizer = torch.optim.Adam(parameters, lr=config.lr)
+        generator = torch.Generator().manual_seed(torch.initial_seed() if config.seed is None else config.seed)
+        loss = torch.zeros(())
+        for _ in range(config.steps):
+            rows = torch.randint(0, len(targets_all), (config.batch_size,), generator=generator)
+            prediction = self.unet.layout_prediction(tokens_all[rows].to(self.device, torch.float32),
+                                                     masks_all[rows].to(self.device))
+            loss = F.mse_loss(prediction.float(), targets_all[rows].to(self.device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for parameter in parameters:
+                torch.distributed.broadcast(parameter.data, src=0)
+        return float(loss.detach())
 
     def on_train_start(self) -> None:
         # A resumed optimiser takes its settings from the checkpoint; one written before the
