@@ -314,3 +314,29 @@ def test_bad_flags_are_refused_naming_the_flag_before_anything_runs(argv, messag
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert torch.get_num_threads() >= 1
+
+
+def test_the_layout_probes_word_order_is_one_for_the_right_layout_and_one_half_for_an_order_blind_one():
+    """`layout_word_order`: the prediction for the caption against the one for the swapped caption,
+    each compared with the caption's target; identical predictions are ties, counted half."""
+    from cascade.demo.layout_probe import layout_word_order
+
+    torch.manual_seed(0)
+    targets = torch.randn(6, 3, 8, 8)
+    mirrored = targets.flip(-1)
+    assert layout_word_order(targets, mirrored, targets) == 1.0
+    assert layout_word_order(mirrored, targets, targets) == 0.0
+    blend = (targets + mirrored) / 2
+    assert layout_word_order(blend, blend, targets) == 0.5
+
+
+def test_the_layout_probe_trains_the_bases_own_text_path_and_scores_both_splits():
+    from cascade.demo.layout_probe import LayoutProbe, run_probe
+    from cascade.nn.text_conditioning import TextConditioning, TextLayout
+
+    probe = LayoutProbe()
+    assert isinstance(probe.text, TextConditioning) and isinstance(probe.layout, TextLayout)
+    scores = run_probe(steps=3, batch=4, every=2, train_images=24, heldout_images=120, log=lambda line: None)
+    assert [score["step"] for score in scores] == [0, 2, 3]
+    assert all(0.0 <= score[key] <= 1.0 for score in scores for key in ("train word order", "held-out word order"))
+    assert math.isfinite(scores[-1]["loss"])
