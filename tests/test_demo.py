@@ -408,3 +408,16 @@ def test_the_demos_fid_reads_each_captions_first_images_as_the_reference_weighs_
     merge_metadata(tmp_path)
     assert [path.name for path in first_images(tmp_path, 1).files] == ["00000_000.png", "00001_000.png"]
     assert len(first_images(tmp_path, 2)) == 3
+
+
+def test_a_smoke_run_shortens_only_the_bases_layout_pretraining(tmp_path):
+    """`DemoPlan.layout_pretraining_steps` (the fast plan's few) reaches the base's `cascade fit` alone;
+    the full plan leaves configs/demo/base.yaml's own."""
+    from cascade.demo import FAST, FULL, stage_runs
+
+    data = {"train": tmp_path / "train", "val": tmp_path / "val"}
+    fast, full = stage_runs(tmp_path, data, FAST), stage_runs(tmp_path, data, FULL)
+    flag = "--model.init_args.layout_pretraining.steps"
+    base = fast[0].overrides
+    assert base[base.index(flag) + 1] == str(FAST.layout_pretraining_steps)
+    assert all(flag not in run.overrides for run in fast[1:] + full)

@@ -76,6 +76,9 @@ class DemoPlan:
     dynamic_threshold: float | None = 0.995  # every stage
     aug_levels: tuple[float, float] = (0.1, 0.1)
     batch_size: int = 16
+    # the base's layout pre-training steps (None: configs/demo/base.yaml's; a smoke test's few, over its
+    # train_images)
+    layout_pretraining_steps: int | None = None
     # The settings sweep: the first sweep_captions held-out captions (round-robin over the strata),
     # one image each, for every combination of the axes' values (`cascade.demo.sweep`); the first
     # axis is the plot's x axis. Another setting is one more SweepAxis.
@@ -102,7 +105,7 @@ FULL = DemoPlan()
 FAST = DemoPlan(
     train_images=128, val_images=32, heldout_captions=6, samples_per_caption=1, images_per_stratum=2,
     heldout_unguided=True,
-    train_steps=(8, 4, 4), validations=2, sampling_steps=(4, 3, 3),
+    train_steps=(8, 4, 4), validations=2, sampling_steps=(4, 3, 3), layout_pretraining_steps=4,
     sweep_captions=2, sweep=(SweepAxis("guidance", (1.0, 3.0), stage=0), SweepAxis("aug_level", (0.0, 0.3))),
 )
 
@@ -155,9 +158,13 @@ def stage_runs(out: Path, data: dict[str, Path], plan: DemoPlan) -> list[StageRu
     shared = ("--data.init_args.train_shards", str(data["train"]), "--data.init_args.val_shards", str(data["val"]),
               "--data.init_args.batch_size", str(plan.batch_size),
               "--data.init_args.val_batch_size", str(2 * plan.batch_size))
+    layout = () if plan.layout_pretraining_steps is None else \
+        ("--model.init_args.layout_pretraining.steps", str(plan.layout_pretraining_steps),
+         "--model.init_args.layout_pretraining.images", str(plan.train_images))
     return [
         StageRun(name, CONFIG_DIR / f"{name}.yaml", out / "runs" / name, steps,
-                 shared + ("--trainer.val_check_interval", str(max(1, steps // plan.validations))))
+                 shared + ("--trainer.val_check_interval", str(max(1, steps // plan.validations)))
+                 + (layout if name == STAGES[0] else ()))
         for name, steps in zip(STAGES, plan.train_steps)
     ]
 

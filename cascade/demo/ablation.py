@@ -88,6 +88,9 @@ class AblationPlan:
     images_per_stratum: int = 16
     batch_size: int = 16
     snapshots: int = 8  # post-hoc EMA snapshots per run (train_steps must be a multiple)
+    # the layout pre-training's steps of the rows that have one (None: each row's own; a smoke test's few,
+    # over its train_images)
+    layout_pretraining_steps: int | None = None
     sample_batch: int = 64
 
     @property
@@ -97,7 +100,7 @@ class AblationPlan:
 
 
 FAST_ABLATION = AblationPlan(seeds=(0, 1), train_steps=16, train_images=128, captions=10, images_per_stratum=2,
-                             snapshots=4, sample_batch=16)
+                             snapshots=4, sample_batch=16, layout_pretraining_steps=4)
 
 # The trainings: the baseline (the demo base's recipe before this ablation: min-SNR-5 weighting at a
 # peak learning rate of 1e-3, set here in full, so the rows stay what they were whatever the demo's
@@ -378,6 +381,9 @@ def training_runs(out: Path, data: dict[str, Path], plan: AblationPlan,
                 "--trainer.val_check_interval", str(steps), "--sample_grid", "null",
                 "--posthoc_ema.snapshot_every_n_steps", str(every), *extra,
             )
+            if plan.layout_pretraining_steps is not None and "--model.init_args.layout_pretraining.steps" in extra:
+                overrides += ("--model.init_args.layout_pretraining.steps", str(plan.layout_pretraining_steps),
+                              "--model.init_args.layout_pretraining.images", str(plan.train_images))
             runs[training, seed] = StageRun(f"{training}-seed{seed}", CONFIG_DIR / "base.yaml",
                                             out / "runs" / f"{training}-seed{seed}", steps, overrides, seed)
     return runs
