@@ -172,10 +172,21 @@ def test_text_positions_add_a_learned_embedding_of_each_tokens_index_to_the_cont
 
 
 
+def attention_by_hand(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, real: torch.Tensor, heads: int) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v per head over the keys where `real` is True, heads concatenated;
+    q (N, C), k and v (L, C), real (L,) bool."""
+    width = q.shape[-1] // heads
+    outputs = []
+    for h in range(heads):
+        part = slice(width * h, width * (h + 1))
+        scores = q[:, part] @ k[:, part].T / math.sqrt(width)
+        outputs.append(torch.softmax(scores.masked_fill(~real, float("-inf")), dim=-1) @ v[:, part])
+    return torch.cat(outputs, dim=-1)
+
+
 def test_a_token_refiner_layer_is_pre_norm_attention_then_mlp_over_the_real_tokens():
     """Element-wise against the transformer written out: x + W_o softmax(q k^T / sqrt(d)) v per head
     over the real tokens only, then x + MLP(LN(x)); padding never changes a real token's output."""
-    import math
 
     from cascade.nn.text_conditioning import TokenRefinerLayer
 
@@ -188,12 +199,7 @@ def test_a_token_refiner_layer_is_pre_norm_attention_then_mlp_over_the_real_toke
         expected = []
         for row, real in zip(x, mask):
             q, k, v = layer.to_qkv(layer.attention_norm(row)).chunk(3, dim=-1)
-            heads = []
-            for h in range(2):
-                part = slice(4 * h, 4 * h + 4)
-                scores = q[:, part] @ k[:, part].T / math.sqrt(4)
-                heads.append(torch.softmax(scores.masked_fill(~real, float("-inf")), dim=-1) @ v[:, part])
-            y = row + layer.attention_out(torch.cat(heads, dim=-1))
+            y = row + layer.attention_out(attention_by_hand(q, k, v, real, heads=2))
             expected.append(y + layer.mlp[2](F.gelu(layer.mlp[0](layer.mlp_norm(y)))))
         torch.testing.assert_close(layer(x, mask), torch.stack(expected))
         padded_again = x.clone()
@@ -251,12 +257,7 @@ def test_a_text_layout_map_is_per_cell_queries_attending_to_the_real_tokens_then
             q = layout.queries + layout.from_pooled(row_pooled)
             queries = layout.to_q(layout.query_norm(q))
             keys, values = layout.to_kv(row_context).chunk(2, dim=-1)
-            heads = []
-            for h in range(2):
-                part = slice(4 * h, 4 * h + 4)
-                scores = queries[:, part] @ keys[:, part].T / math.sqrt(4)
-                heads.append(torch.softmax(scores.masked_fill(~real, float("-inf")), dim=-1) @ values[:, part])
-            q = q + layout.attention_out(torch.cat(heads, dim=-1))
+            q = q + layout.attention_out(attention_by_hand(queries, keys, values, real, heads=2))
             q = q + layout.mlp[2](F.gelu(layout.mlp[0](layout.mlp_norm(q))))
             expected.append(q.T.reshape(8, 2, 2))
         torch.testing.assert_close(layout(pooled, context, mask), torch.stack(expected))
