@@ -340,3 +340,18 @@ def test_the_layout_probe_trains_the_bases_own_text_path_and_scores_both_splits(
     assert [score["step"] for score in scores] == [0, 2, 3]
     assert all(0.0 <= score[key] <= 1.0 for score in scores for key in ("train word order", "held-out word order"))
     assert math.isfinite(scores[-1]["loss"])
+
+
+def test_a_smoke_plan_shortens_the_layout_pretraining_of_the_rows_that_have_one_only(tmp_path):
+    """`AblationPlan.layout_pretraining_steps` reaches the trainings whose flags end with a layout
+    pre-training; the baseline names it off (0) and keeps it off."""
+    from cascade.demo.ablation import BASELINE_TRAINING, pretrains_layout
+
+    assert not pretrains_layout(BASELINE_TRAINING)
+    data = {"train": tmp_path / "train", "val": tmp_path / "val"}
+    runs = training_runs(tmp_path, data, FAST_ABLATION, {"sigmoid_b0+lr2e-3", "sigmoid_b0+lr2e-3+layout8+loss+pre3k"})
+    def last(flags: tuple[str, ...]) -> str:  # the value the CLI keeps: the last one given
+        return [flags[i + 1] for i, flag in enumerate(flags[:-1]) if flag == "--model.init_args.layout_pretraining.steps"][-1]
+
+    assert last(runs["sigmoid_b0+lr2e-3+layout8+loss+pre3k", 0].overrides) == str(FAST_ABLATION.layout_pretraining_steps)
+    assert last(runs["sigmoid_b0+lr2e-3", 0].overrides) == "0"

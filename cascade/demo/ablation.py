@@ -362,6 +362,13 @@ def training_steps(training: str, plan: AblationPlan) -> int:
     return steps
 
 
+def pretrains_layout(flags: tuple[str, ...]) -> bool:
+    """Whether a training's flags (later ones win) leave the base a layout pre-training."""
+    key = "--model.init_args.layout_pretraining.steps"
+    values = [flags[i + 1] for i, flag in enumerate(flags[:-1]) if flag == key]
+    return bool(values) and int(values[-1]) > 0
+
+
 def training_runs(out: Path, data: dict[str, Path], plan: AblationPlan,
                   trainings: set[str] | None = None) -> dict[tuple[str, int], StageRun]:
     """One `cascade fit` of the demo's base per training recipe (all, or those in `trainings`) and
@@ -381,7 +388,7 @@ def training_runs(out: Path, data: dict[str, Path], plan: AblationPlan,
                 "--trainer.val_check_interval", str(steps), "--sample_grid", "null",
                 "--posthoc_ema.snapshot_every_n_steps", str(every), *extra,
             )
-            if plan.layout_pretraining_steps is not None and "--model.init_args.layout_pretraining.steps" in extra:
+            if plan.layout_pretraining_steps is not None and pretrains_layout(extra):
                 overrides += ("--model.init_args.layout_pretraining.steps", str(plan.layout_pretraining_steps),
                               "--model.init_args.layout_pretraining.images", str(plan.train_images))
             runs[training, seed] = StageRun(f"{training}-seed{seed}", CONFIG_DIR / "base.yaml",
