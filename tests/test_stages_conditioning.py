@@ -303,7 +303,7 @@ def test_the_layout_loss_is_the_mse_of_the_layout_image_to_the_target_averaged_t
     stage = layout_stage(layout_loss_weight=0.5, p_uncond=0.0)
     make_outputs_nonzero(stage)
     batch = batch_for(stage)
-    monkeypatch.setattr(stage, "per_sample_loss", lambda x0, *args: torch.zeros(x0.shape[0]))
+    monkeypatch.setattr(stage, "weighted_loss", lambda prediction, x0, *args: torch.zeros(x0.shape[0]))
     loss = stage.training_step(batch, 0)
     with torch.no_grad():
         painted = stage.unet.layout_prediction(batch["text_tokens"], batch["text_mask"], torch.zeros(4, dtype=torch.bool))
@@ -311,6 +311,25 @@ def test_the_layout_loss_is_the_mse_of_the_layout_image_to_the_target_averaged_t
         averaged = (x0[..., 0::2, 0::2] + x0[..., 1::2, 0::2] + x0[..., 0::2, 1::2] + x0[..., 1::2, 1::2]) / 4
     assert painted.shape == (4, 3, 8, 8)
     torch.testing.assert_close(loss.detach(), 0.5 * ((painted - averaged) ** 2).mean())
+
+
+def test_one_pass_of_the_text_path_gives_the_denoisers_output_and_the_layout_image():
+    """`UNet(..., return_layout=True)` (what the layout loss trains with) equals the plain forward and
+    `layout_prediction` run apart, with the rows' null flags, so the text path need run once per step."""
+    stage = layout_stage(layout_loss_weight=1.0)
+    make_outputs_nonzero(stage)
+    batch = batch_for(stage)
+    null = torch.tensor([False, True, False, True])
+    x_t, noise_cond = torch.randn_like(batch["image"]), torch.rand(4)
+    kwargs = dict(text_tokens=batch["text_tokens"], text_mask=batch["text_mask"], null_cond=null)
+    with torch.no_grad():
+        output, layout = stage.unet(x_t, noise_cond, **kwargs, return_layout=True)
+        torch.testing.assert_close(output, stage.unet(x_t, noise_cond, **kwargs))
+        torch.testing.assert_close(layout, stage.unet.layout_prediction(batch["text_tokens"], batch["text_mask"], null))
+    with pytest.raises(ValueError, match="return_layout needs unet.text_layout_head"):
+        headless = BaseStage(unet={**UNET, "text_dim": 12, "cross_attention_resolutions": [8], "text_layout_resolution": 8},
+                             image_size=16, conditioning="text", text_encoder={"kind": "minilm"})
+        headless.unet(x_t, noise_cond, **kwargs, return_layout=True)
 
 
 def test_a_layout_stage_with_its_whole_batch_nulled_still_gives_every_parameter_a_gradient():

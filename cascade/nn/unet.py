@@ -65,6 +65,13 @@ def coordinate_grid(x: torch.Tensor) -> torch.Tensor:
     return grid.expand(batch, -1, -1, -1)
 
 
+def _add_layout(h: torch.Tensor, layout: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Add the text layout map to the features where they first reach its size (then None: once)."""
+    if layout is not None and h.shape[-1] == layout.shape[-1]:
+        return h + layout.to(h.dtype), None
+    return h, layout
+
+
 def count_parameters(module: nn.Module) -> int:
     """How many numbers `module`'s parameters hold (also for a module built on the meta device,
     which allocates nothing)."""
@@ -218,7 +225,8 @@ class UNet(nn.Module):
         null_cond: torch.Tensor | None = None,
         lowres: torch.Tensor | None = None,
         aug_cond: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        return_layout: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Predict the stage's target (eps, v or x0) for x_t.
 
         Args:
@@ -233,8 +241,10 @@ class UNet(nn.Module):
             lowres: (B, lowres_channels, H, W) low-res image, already upsampled to H x W and
                 noise-augmented by the stage (SR stages only, required there).
             aug_cond: (B,) float augmentation level of `lowres` (required when use_aug_cond).
+            return_layout: also return `layout_prediction`'s image, from the same pass of the text
+                path (the stage's layout loss; needs `text_layout_head`).
         Returns:
-            (B, out_channels, H, W).
+            (B, out_channels, H, W), or that and the layout image (B, in_channels, r, r).
         """
         self._check_inputs(x_t, noise_cond, class_labels, text_tokens, text_mask, null_cond, lowres, aug_cond)
         batch = x_t.shape[0]
@@ -255,7 +265,9 @@ class UNet(nn.Module):
                 labels = torch.where(null, null_class, class_labels.to(torch.long))
             embedding = embedding + self.class_embedding(labels)
 
-        context = context_mask = None
+        if return_layout and self.layout_head is None:
+            raise ValueError("return_layout needs unet.text_layout_head: true")
+        context = context_mask = layout_map = None
         if self.text_conditioning is not None:
             text_null = null
             if text_tokens is None:
@@ -264,23 +276,17 @@ class UNet(nn.Module):
                 text_tokens = x_t.new_zeros(batch, 1, self.config.text_dim)
                 text_mask = torch.zeros(batch, 1, dtype=torch.bool, device=x_t.device)
                 text_null = torch.ones_like(null)
-            elif text_mask is None:
-                text_mask = torch.ones(text_tokens.shape[:2], dtype=torch.bool, device=x_t.device)
-            pooled, context, context_mask = self.text_conditioning(text_tokens, text_mask.bool(), text_null)
+            pooled, context, context_mask, layout_map = self._text_path(text_tokens, text_mask, text_null)
             embedding = embedding + pooled
-        layout = None if self.text_layout is None else self.layout_in(self.text_layout(pooled, context, context_mask))
+        layout = None if layout_map is None else self.layout_in(layout_map)
 
         h = x_t if lowres is None else torch.cat([x_t, lowres.to(x_t.dtype)], dim=1)
         if self.config.coordinate_channels:
             h = torch.cat([h, coordinate_grid(h)], dim=1)
-        h = self.conv_in(h)
-        if layout is not None and h.shape[-1] == layout.shape[-1]:
-            h, layout = h + layout.to(h.dtype), None
+        h, layout = _add_layout(self.conv_in(h), layout)
         skips = [h] if self.config.block_order == "adm" else []
         for block in self.down_blocks:
-            h = self._run(block, h, embedding, context, context_mask)
-            if layout is not None and h.shape[-1] == layout.shape[-1]:
-                h, layout = h + layout.to(h.dtype), None
+            h, layout = _add_layout(self._run(block, h, embedding, context, context_mask), layout)
             skips.append(h)
         h = self._run(self.middle_block, h, embedding, context, context_mask)
         skip_scale = self.config.skip_scale
@@ -288,7 +294,20 @@ class UNet(nn.Module):
             skip = skips.pop()
             h = torch.cat([h, skip if skip_scale == 1.0 else skip * skip_scale], dim=1)
             h = self._run(block, h, embedding, context, context_mask)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        output = self.conv_out(F.silu(self.norm_out(h)))
+        return (output, self.layout_head(layout_map)) if return_layout else output
+
+    def _text_path(
+        self, text_tokens: torch.Tensor, text_mask: torch.Tensor | None, null: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The text conditioning's (pooled, context, context mask) and the layout map (B,
+        context_channels, r, r) before `layout_in` (None without `text_layout_resolution`);
+        text_mask None = all tokens real."""
+        if text_mask is None:
+            text_mask = torch.ones(text_tokens.shape[:2], dtype=torch.bool, device=text_tokens.device)
+        pooled, context, context_mask = self.text_conditioning(text_tokens, text_mask.bool(), null)
+        layout_map = None if self.text_layout is None else self.text_layout(pooled, context, context_mask)
+        return pooled, context, context_mask, layout_map
 
     def layout_prediction(
         self, text_tokens: torch.Tensor, text_mask: torch.Tensor | None = None, null_cond: torch.Tensor | None = None
@@ -297,12 +316,9 @@ class UNet(nn.Module):
         which `layout_loss_weight` trains towards the target averaged to r x r."""
         if self.layout_head is None:
             raise ValueError("layout_prediction needs unet.text_layout_head: true")
-        batch = text_tokens.shape[0]
-        mask = torch.ones(text_tokens.shape[:2], dtype=torch.bool, device=text_tokens.device) if text_mask is None \
-            else text_mask.bool()
-        null = torch.zeros(batch, dtype=torch.bool, device=text_tokens.device) if null_cond is None else null_cond.bool()
-        pooled, context, context_mask = self.text_conditioning(text_tokens, mask, null)
-        return self.layout_head(self.text_layout(pooled, context, context_mask))
+        null = torch.zeros(text_tokens.shape[0], dtype=torch.bool, device=text_tokens.device) if null_cond is None \
+            else null_cond.bool()
+        return self.layout_head(self._text_path(text_tokens, text_mask, null)[3])
 
     def _run(
         self,

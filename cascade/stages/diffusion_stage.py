@@ -313,7 +313,10 @@ class DiffusionStage(pl.LightningModule):
     ) -> torch.Tensor:
         """The weighted denoising loss (B,) of x0 noised to t with `noise`."""
         x_t = q_sample(x0, t, self.schedule, noise)
-        prediction = self(x_t, t, condition, **image_inputs)
+        return self.weighted_loss(self(x_t, t, condition, **image_inputs), x0, noise, t)
+
+    def weighted_loss(self, prediction: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The stage's weighted denoising loss (B,) of the network's `prediction` at times t."""
         return diffusion_loss(
             prediction, x0, noise, t, self.schedule, self.target, self.loss_weighting, self.min_snr_gamma,
             self.sigmoid_bias,
@@ -328,12 +331,17 @@ class DiffusionStage(pl.LightningModule):
         image_inputs = self.image_inputs(batch, generator=None)
         t = torch.rand(batch_size, device=x0.device)
         noise = torch.randn_like(x0)
-        loss = self.per_sample_loss(x0, t, noise, condition, image_inputs).mean()
         if self.layout_loss_weight > 0:
-            layout = self.unet.layout_prediction(condition.text_tokens, condition.text_mask, condition.null)
+            # one pass of the text path for both the denoiser and the layout image (`UNet.layout_prediction`)
+            x_t = q_sample(x0, t, self.schedule, noise)
+            prediction, layout = self.unet(x_t, self.noise_cond_input(t), **condition.unet_kwargs(), **image_inputs,
+                                           return_layout=True)
+            loss = self.weighted_loss(prediction, x0, noise, t).mean()
             layout_loss = F.mse_loss(layout.float(), F.adaptive_avg_pool2d(x0.float(), layout.shape[-1]))
             self.log("train/layout_loss", layout_loss, batch_size=batch_size)
             loss = loss + self.layout_loss_weight * layout_loss
+        else:
+            loss = self.per_sample_loss(x0, t, noise, condition, image_inputs).mean()
         # Not prog_bar=True: Lightning reads every progress-bar value to the host after every
         # batch (a sync per step); StepProgressBar shows this value on the logging steps.
         self.log("train/loss", loss, batch_size=batch_size)
