@@ -598,12 +598,13 @@ def test_model_info_prints_parameter_counts(capsys):
 def test_model_info_is_a_cascade_subcommand(capsys, tmp_path):
     from cascade.cli import main as cascade_main
 
-    broken = tmp_path / "broken.yaml"
+    broken = tmp_path / ("a-folder-name-long-enough-to-pass-a-terminal-width-" * 2) / "broken.yaml"
+    broken.parent.mkdir()
     broken.write_text("model:\n  init_args: {}\n")
     assert cascade_main(["model-info", str(REPO / "configs" / "demo" / "sr1.yaml"), str(broken)]) == 1
     captured = capsys.readouterr()
     assert "SuperResStage" in captured.out
-    assert "broken.yaml" in captured.err and "unet" in captured.err
+    assert captured.err.splitlines() == [f"{broken}: no `model.init_args.unet` (or `model.unet`) section"]
 
 
 def test_stage_yaml_reader_takes_both_model_layouts_and_names_what_is_missing(capsys, tmp_path):

@@ -92,7 +92,7 @@ def model_info(argv: list[str]) -> int:
     console = Console()
     if not console.is_terminal:  # logs and pipes: wide enough for one line per config
         console = Console(width=160)
-    errors = Console(stderr=True)
+    errors = Console(stderr=True, soft_wrap=True)  # one line per bad config, however long its path
     table = Table(title="UNet parameters and forward FLOPs (batch 1, the config's image_size)")
     for column in ("config", "stage", "size", "conditioning", "level widths", "block order"):
         table.add_column(column)
@@ -104,7 +104,7 @@ def model_info(argv: list[str]) -> int:
         try:
             stage, config, text_length = stage_unet_of(path)
         except (OSError, ValueError, TypeError, yaml.YAMLError) as error:
-            errors.print(f"[red]{path}: {error}[/red]")
+            errors.print(f"{path}: {error}", style="red", markup=False)
             status = 1
             continue
         with torch.device(args.device):

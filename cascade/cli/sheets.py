@@ -79,7 +79,7 @@ def _run(command: str, action, args: argparse.Namespace) -> int:  # noqa: ANN001
     try:
         return action(args)
     except SheetError as error:
-        Console(stderr=True).print(f"[bold red]cascade eval sheets {command}: {len(error.problems)} problem(s)[/]")
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]cascade eval sheets {command}: {len(error.problems)} problem(s)[/]")
         print(error, file=sys.stderr)
         return 1
 
