@@ -138,7 +138,9 @@ def wait_done(cluster: SlurmCluster, job_id: str, run_dir: Path) -> str:
 @pytest.fixture(scope="module")
 def demo_config(tmp_path_factory) -> Path:
     """The tiny demo base, made cheaper still: a few synthetic shards, small batches, a 2-image
-    sample grid at the end of training. Steps, validation and logging are set per job."""
+    sample grid at the end of training, a layout pre-training of 2 steps of 4 (the demo's 3,000 of
+    64 would be most of every job: both ranks compute it, rank 0's is broadcast). Steps,
+    validation and logging are set per job."""
     root = tmp_path_factory.mktemp("demo")
     config = yaml.safe_load(DEMO_BASE.read_text())
     data = config["data"]["init_args"]
@@ -153,6 +155,7 @@ def demo_config(tmp_path_factory) -> Path:
         data[f"{split}_shards"] = str(root / split)
     data.update(batch_size=8, val_batch_size=8, shuffle_buffer=32)
     config["sample_grid"].update(num_samples=2, steps=2)
+    config["model"]["init_args"]["layout_pretraining"].update(steps=2, batch_size=4, images=16)
     path = root / "base.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -201,6 +204,7 @@ def test_two_node_training_completes_with_one_checkpoint(trained_run):
                          re.MULTILINE), log[-3000:]
     assert step_lines(log) == list(range(1, 7))
     assert "training ended at step 6" in log
+    assert re.search(r"^layout pre-training: 2 steps of 4, last layout loss [0-9.]+, ", log, re.MULTILINE), log[-3000:]
     # One checkpoint, written by rank 0 into the shared run directory: not one per node, and
     # no hpc_ckpt since nothing preempted the job. (The demo config keeps last.ckpt and the best.)
     checkpoints = sorted(path.relative_to(run_dir).as_posix() for path in run_dir.rglob("*.ckpt"))
