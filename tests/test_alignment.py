@@ -1,13 +1,14 @@
 """The alignment detector judges real renders of the synthetic dataset (near) perfectly."""
 
 import copy
+import json
 
 import numpy as np
 import pytest
 import torch
 
 from cascade.data.synthetic import COLOURS, render, render_sample, sample_scene
-from cascade.eval.alignment import aggregate, detect, placement, score
+from cascade.eval.alignment import aggregate, detect, placement, score, shape_confusion, shape_readings
 
 
 @pytest.mark.parametrize("resolution", [64, 128])
@@ -100,3 +101,61 @@ def test_placement_reads_colours_only_and_skips_what_it_cannot_judge():
     assert placement(render({**scene, "objects": scene["objects"][:1]}, 64), scene) == {"axis_ok": None, "side_ok": None}
     single = next(s for s in (sample_scene(i, seed=4) for i in range(100)) if s["relation"] is None)
     assert placement(render(single, 64), single) == {"axis_ok": None, "side_ok": None}
+
+
+def test_shape_confusion_reads_real_renders_on_the_diagonal_and_a_round_cornered_square_as_a_circle():
+    """`shape_readings` / `shape_confusion`: every real render's object is read as its own shape; a
+    square whose corners are cut round (what the demo's base draws) reads as a circle, and an object
+    whose colour is missing reads as "none"."""
+    readings = []
+    for index in range(80):
+        image, scene = render_sample(index, 128, seed=11, split="heldout")
+        readings += shape_readings(image, scene)
+    table = shape_confusion(readings)
+    assert set(table) == {"circle", "square", "triangle"}
+    for true, row in table.items():
+        assert row[true] == 1.0 and row["n"] >= 5, (true, row)
+    assert table["square"]["median fill"] == pytest.approx(1.0, abs=0.01)
+
+    scene = {"objects": [{"colour": "red", "shape": "square"}, {"colour": "blue", "shape": "circle"}]}
+    image = np.full((64, 64, 3), 128, dtype=np.uint8)
+    half, radius = 10.0, 8.0  # a 20-px square, corners rounded to radius 8: fill ~ 1 - (4 - pi) 64 / 400 = 0.86
+    x, y = np.abs(np.mgrid[0:64, 0:64] - 31.5)
+    rounded = (x <= half) & (y <= half) & \
+        (np.maximum(x - (half - radius), 0) ** 2 + np.maximum(y - (half - radius), 0) ** 2 <= radius ** 2)
+    image[rounded] = COLOURS["red"]
+    square, circle = shape_readings(image, scene)
+    assert square[:2] == ("square", "circle") and 0.64 < square[2] < 0.89  # the detector's circle band
+    assert circle == ("circle", "none", None)
+    assert shape_confusion([square, circle])["square"] == {"circle": 1.0, "n": 1.0, "median fill": square[2]}
+
+
+def test_the_shape_confusion_command_reads_a_demo_runs_stages_and_its_real_renders(tmp_path, capsys):
+    """`python -m cascade.demo.shape_confusion RUN`: a run whose samples are the real renders reads
+    every shape on the diagonal at every stage; a folder without the run's scenes is named."""
+    from PIL import Image
+
+    from cascade.demo.shape_confusion import main
+
+    scenes = [s for s in (sample_scene(i, seed=3, split="heldout") for i in range(30))][:12]
+    (tmp_path / "reference").mkdir()
+    (tmp_path / "reference" / "scenes.json").write_text(json.dumps(scenes))
+    folder = tmp_path / "samples" / "guidance=3"
+    (folder / "intermediate" / "stage0_32px").mkdir(parents=True)
+    lines = []
+    for index, scene in enumerate(scenes):
+        Image.fromarray(render(scene, 128)).save(tmp_path / "reference" / f"{index:05d}.png")
+        Image.fromarray(render(scene, 128)).save(folder / f"{index:05d}_000.png")
+        Image.fromarray(render(scene, 64)).save(folder / "intermediate" / "stage0_32px" / f"{index:05d}_000.png")
+        lines.append(json.dumps({"file": f"{index:05d}_000.png", "prompt": scene["caption"], "condition_index": index}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    assert main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    for label in ("guidance=3, stage0_32px", "guidance=3, final", "real renders", "real renders box-averaged to 64 px"):
+        assert label in printed
+    rows = [line.split() for line in printed.splitlines() if line.split()[:1] in (["circle"], ["square"], ["triangle"])]
+    assert rows and all(float(row[2 + ("circle", "square", "triangle").index(row[0])]) == 1.0 for row in rows), printed
+
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "nothing")])
+    assert "nothing/reference/scenes.json: not found" in capsys.readouterr().err

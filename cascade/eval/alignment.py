@@ -155,6 +155,39 @@ def placement(image: Any, ground_truth: dict[str, Any], min_area: float = DEFAUL
             "side_ok": bool(_RELATION_TESTS[relation["relation"]](a, b))}
 
 
+def shape_readings(image: Any, ground_truth: dict[str, Any], min_area: float = DEFAULT_MIN_AREA) -> list[tuple[str, str, float | None]]:
+    """Where shape fails: for every object whose colour is its scene's only one of that colour,
+    (true shape, what the detector reads, fill ratio). The reading is "none" / "several" (fill None)
+    when that colour is found 0 or 2+ times; `shape_confusion` tallies them over many images."""
+    detections = detect(image, min_area)
+    colours = Counter(o["colour"] for o in ground_truth["objects"])
+    readings = []
+    for obj in ground_truth["objects"]:
+        if colours[obj["colour"]] != 1:
+            continue
+        found = [d for d in detections if d.colour == obj["colour"]]
+        if len(found) == 1:
+            readings.append((obj["shape"], found[0].shape, found[0].fill))
+        else:
+            readings.append((obj["shape"], "none" if not found else "several", None))
+    return readings
+
+
+def shape_confusion(readings: Iterable[tuple[str, str, float | None]]) -> dict[str, dict[str, float]]:
+    """Per true shape: the fraction of its objects read as each shape (or "none" / "several"), their
+    count "n" and the median fill ratio of those found once ("median fill", NaN if none were)."""
+    by_shape: dict[str, list[tuple[str, float | None]]] = {}
+    for true, read, fill in readings:
+        by_shape.setdefault(true, []).append((read, fill))
+    table = {}
+    for true, rows in sorted(by_shape.items()):
+        counts = Counter(read for read, _ in rows)
+        fills = [fill for _, fill in rows if fill is not None]
+        table[true] = {**{read: count / len(rows) for read, count in sorted(counts.items())},
+                       "n": float(len(rows)), "median fill": float(np.median(fills)) if fills else float("nan")}
+    return table
+
+
 def aggregate(scores: Iterable[dict[str, bool | None]]) -> dict[str, float]:
     """Accuracy per check over the scores (relation over the captions that state one), and n."""
     scores = list(scores)
