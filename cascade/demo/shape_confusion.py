@@ -22,22 +22,16 @@ import numpy as np
 from PIL import Image
 
 from ..eval.alignment import shape_confusion, shape_readings
-from ..files.sample_folder import read_metadata
+from ..eval.heldout import folder_images
 
 __all__ = ["folder_readings", "main"]
 READINGS = ("circle", "square", "triangle", "none", "several")
 
 
 def folder_readings(folder: Path, scenes: list[dict[str, Any]], images: Path | None = None) -> list[tuple[str, str, float | None]]:
-    """`shape_readings` of every image of a sample folder (or of the same files in `images`)
-    against the scene of its condition; ValueError names an image whose prompt is not its scene's."""
-    readings = []
-    for entry in read_metadata(folder):
-        scene = scenes[entry["condition_index"]]
-        if entry.get("prompt") != scene["caption"]:
-            raise ValueError(f"{folder / entry['file']}: prompt {entry.get('prompt')!r} is not {scene['caption']!r}")
-        readings += shape_readings(np.asarray(Image.open((images or folder) / entry["file"]).convert("RGB")), scene)
-    return readings
+    """`shape_readings` of every image of a sample folder (or of the same files in `images`) against
+    the scene of its condition (`cascade.eval.heldout.folder_images`)."""
+    return [reading for _, scene, pixels in folder_images(folder, scenes, images) for reading in shape_readings(pixels, scene)]
 
 
 def _table(label: str, readings: Iterable[tuple[str, str, float | None]]) -> str:

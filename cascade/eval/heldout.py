@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -188,8 +188,10 @@ def images_per_caption(scenes: Sequence[dict[str, Any]], per_caption: int, per_s
     return tuple(max(per_caption, -(-per_stratum // captions[stratum_of(scene)])) for scene in scenes)
 
 
-def score_folder(folder: str | Path, scenes: Sequence[dict[str, Any]], images: str | Path | None = None) -> list[ScoredImage]:
-    """The detector's scores of every image of a sample folder against the scene of its caption.
+def folder_images(
+    folder: str | Path, scenes: Sequence[dict[str, Any]], images: str | Path | None = None
+) -> Iterator[tuple[dict[str, Any], dict[str, Any], np.ndarray]]:
+    """(metadata entry, scene, RGB pixels) of every image of a sample folder, in file order.
 
     `scenes[i]` is the scene of condition i (the folder's ``condition_index``); `images` reads the
     same file names from another folder, e.g. one of its intermediate stages. ValueError names an
@@ -198,7 +200,6 @@ def score_folder(folder: str | Path, scenes: Sequence[dict[str, Any]], images: s
     """
     folder = Path(folder)
     images = Path(images) if images is not None else folder
-    scored = []
     for entry in read_metadata(folder):
         index = entry.get("condition_index")
         if not isinstance(index, int) or not 0 <= index < len(scenes):
@@ -207,9 +208,14 @@ def score_folder(folder: str | Path, scenes: Sequence[dict[str, Any]], images: s
         if entry.get("prompt") != scene["caption"]:
             raise ValueError(f"{folder / entry['file']}: prompt {entry.get('prompt')!r} is not the caption of scene "
                              f"{index}, {scene['caption']!r}")
-        pixels = np.asarray(open_image(images / entry["file"]).convert("RGB"))
-        scored.append(ScoredImage(entry["file"], scene, score(pixels, scene)))
-    return scored
+        yield entry, scene, np.asarray(open_image(images / entry["file"]).convert("RGB"))
+
+
+def score_folder(folder: str | Path, scenes: Sequence[dict[str, Any]], images: str | Path | None = None) -> list[ScoredImage]:
+    """The detector's scores of every image of a sample folder against the scene of its caption
+    (`folder_images`: which scene, which files, and the errors)."""
+    return [ScoredImage(entry["file"], scene, score(pixels, scene))
+            for entry, scene, pixels in folder_images(folder, scenes, images)]
 
 
 class _Stratum(NamedTuple):
