@@ -141,6 +141,25 @@ def test_function_evaluations_count_two_per_guided_step_and_one_per_unguided():
     assert function_evaluations_per_image(Cascade([stage], [heun])) == 2 * (2 * 6 - 1)
 
 
+def test_the_sampler_rows_sample_the_demo_recipes_networks_at_its_nfe_and_change_only_the_sampler():
+    by_key = {row.key: row for row in rows()}
+    reference = by_key["sigmoid_b0+lr2e-3+layout8+loss+pre3k"]
+    stage = BaseStage(unet={"image_size": 16, "base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
+                            "attention_resolutions": [], "norm_groups": 4, "num_classes": 3},
+                      image_size=16, conditioning="class")
+    reference_nfe = function_evaluations_per_image(Cascade([stage], [SamplingSettings().updated(**reference.sampling)]))
+    samplers = {}
+    for suffix in ("logsnr", "ddpm", "sde"):
+        row = by_key[f"{reference.key}+{suffix}"]
+        assert (row.training, row.weights, row.guide) == (reference.training, reference.weights, reference.guide)
+        changed = {key for key in row.sampling if row.sampling[key] != reference.sampling.get(key)}
+        assert changed <= {"sampler", "time_grid"} and changed
+        settings = SamplingSettings().updated(**row.sampling)
+        assert function_evaluations_per_image(Cascade([stage], [settings])) == reference_nfe == 40
+        samplers[row.sampling["sampler"]] = row.sampling["time_grid"]
+    assert samplers == {"dpmpp_2m": "log_snr", "ddpm": "log_snr", "dpmpp_3m_sde": "uniform_t"}
+
+
 def test_each_training_run_records_its_seed_and_trains_with_it(tmp_path):
     """The run record holds the training seed (read back by the table, not parsed from the run's
     name), and its `cascade fit` command sets seed_everything and the data order from it, once."""

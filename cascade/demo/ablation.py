@@ -34,7 +34,7 @@ from rich.console import Console
 
 from ..data.image_io import open_image
 from ..data.transforms import to_tensor
-from ..diffusion import in_guidance_interval, q_sample, sample, x0_from_prediction
+from ..diffusion import DEFAULT_GRIDS, in_guidance_interval, q_sample, sample, x0_from_prediction
 from ..eval.alignment import placement, score
 from ..eval.evaluate import evaluate_samples
 from ..eval.extractors import build_extractor
@@ -305,6 +305,16 @@ def rows() -> list[Row]:
         *(Row(f"+ sigmoid (b = 0), lr 2e-3, guidance {guidance:g}", f"sigmoid_b0+lr2e-3+cfg{guidance:g}",
               training="sigmoid_b0+lr2e-3", sampling={**BASE_SAMPLING, "guidance": guidance})
           for guidance in (2.0, 4.0)),
+        # the demo's recipe with its layout path sampled otherwise (its networks; 20 steps, the same NFE):
+        # an ODE solver follows the average of what an underfit base hedges between (a square's corners
+        # come out round, docs/benchmarks.md), a stochastic one corrects the path as it goes (Karras et
+        # al. 2022, sec. 4); each sampler on its default grid (`DEFAULT_GRIDS`)
+        *(Row(f"+ layout path fitted first, {label} (its networks, the same NFE)",
+              f"sigmoid_b0+lr2e-3+layout8+loss+pre3k+{key}", training="sigmoid_b0+lr2e-3+layout8+loss+pre3k",
+              sampling={**BASE_SAMPLING, "sampler": sampler, "time_grid": DEFAULT_GRIDS[sampler]})
+          for key, label, sampler in (("logsnr", "DPM-Solver++(2M) on the log-SNR grid", "dpmpp_2m"),
+                                      ("ddpm", "DDPM ancestral sampling", "ddpm"),
+                                      ("sde", "DPM-Solver++(3M) SDE", "dpmpp_3m_sde"))),
         Row("+ time grid (log-SNR)", "grid", sampling=grid),
         Row("+ guidance interval", "interval", sampling=interval),
         Row("+ autoguidance", "autoguidance", sampling=BASE_SAMPLING, guide="phema:0.05@0.25"),
