@@ -308,7 +308,9 @@ def rows() -> list[Row]:
         # the demo's recipe with its layout path sampled otherwise (its networks; 20 steps, the same NFE):
         # an ODE solver follows the average of what an underfit base hedges between (a square's corners
         # come out round, docs/benchmarks.md), a stochastic one corrects the path as it goes (Karras et
-        # al. 2022, sec. 4); each sampler on its default grid (`DEFAULT_GRIDS`)
+        # al. 2022, sec. 4); each sampler on its default grid (`DEFAULT_GRIDS`). Refuted at 3 seeds: DDPM
+        # exact -0.06 +- 0.02, the 3M SDE shape -0.06 +- 0.01; the log-SNR grid FID -0.4 +- 0.1, alignment
+        # the same (docs/benchmarks.md, "A stochastic sampler for the underfit base?")
         *(Row(f"+ layout path fitted first, {label} (its networks, the same NFE)",
               f"sigmoid_b0+lr2e-3+layout8+loss+pre3k+{key}", training="sigmoid_b0+lr2e-3+layout8+loss+pre3k",
               sampling={**BASE_SAMPLING, "sampler": sampler, "time_grid": DEFAULT_GRIDS[sampler]})
