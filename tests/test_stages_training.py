@@ -322,6 +322,7 @@ def test_validation_loss_falls_on_the_synthetic_dataset(write_stage_config):
     assert losses[-1] < 0.75 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_compiled_unet_trains_and_checkpoints_like_eager(write_stage_config, monkeypatch):
     """compile_unet: the UNet is torch.compile'd in place; training runs through the compiled
     forward and backward and the checkpoint has the eager model's keys, so it loads into an
