@@ -43,3 +43,9 @@ def test_errors(tmp_path: Path):
         read_prompt_set(tmp_path / "bad.csv")
     with pytest.raises(FileNotFoundError, match="drawbench"):
         read_prompt_set(tmp_path / "absent.csv")
+
+
+def test_a_negative_prompt_column_gives_each_prompt_its_negative_and_an_empty_cell_none(tmp_path: Path):
+    path = tmp_path / "mine.csv"
+    path.write_text("prompt,Negative_Prompt\na red circle,a blue circle\ntwo dogs,\n", encoding="utf-8")
+    assert read_prompt_set(path) == [PromptRecord("a red circle", "", "a blue circle"), PromptRecord("two dogs", "", None)]

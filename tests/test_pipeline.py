@@ -1,5 +1,6 @@
 """The cascade at inference and `cascade sample`, on tiny random-weight stages."""
 
+import io
 import json
 import os
 import signal
@@ -414,3 +415,36 @@ def test_local_ranks_refuse_zero_processes():
 
     with pytest.raises(ValueError, match="processes must be >= 1"):
         LocalRanks(0)
+
+
+def test_negative_prompts_guide_each_image_away_from_its_own_and_none_is_plain_guidance():
+    """Each image's negative prompt takes its unconditional prediction's place in the guided stage
+    (the base here; the SR stage samples unguided): an image without one, or a batch given none, is
+    the plain classifier-free-guided image, an image with one depends on it and on nothing else."""
+    cascade = Cascade(tiny_stages(text=True), SETTINGS)
+    prompts = ["a red circle", "two blue squares"]
+    plain = cascade.generate([5, 6], prompts=prompts)[0]
+    torch.testing.assert_close(cascade.generate([5, 6], prompts=prompts, negative_prompts=[None, None])[0], plain)
+    negative = cascade.generate([5, 6], prompts=prompts, negative_prompts=["a blue circle", None])[0]
+    torch.testing.assert_close(negative[1], plain[1], atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(negative[0], plain[0], atol=1e-3)
+    alone = cascade.generate([5], prompts=prompts[:1], negative_prompts=["a blue circle"])[0]
+    torch.testing.assert_close(alone[0], negative[0], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="1 negative prompts for 2 seeds"):
+        cascade.generate([5, 6], prompts=prompts, negative_prompts=["a blue circle"])
+
+
+def test_sample_reads_negative_prompts_from_the_prompt_file_and_records_them(tmp_path):
+    exports = write_exports(tiny_stages(text=True), tmp_path / "exports")
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("prompt,negative_prompt\na red circle,a blue circle\ntwo blue squares,\n", encoding="utf-8")
+    argv = ["--stages", *exports, "--prompts", str(prompts), "--out", str(tmp_path / "out"), "--steps", "2",
+            "--guidance", "2,1", "--batch-size", "2", "--no-progress"]
+    assert sample_main(argv) == 0
+    lines = read_lines(tmp_path / "out")
+    assert [line.get("negative_prompt") for line in lines] == ["a blue circle", None]
+    cascade = Cascade.from_paths(exports).updated(None, steps=2).updated(0, guidance=2.0)
+    (images,) = cascade.generate([lines[0]["seed"]], prompts=["a red circle"], negative_prompts=["a blue circle"])
+    alone = np.asarray(Image.open(io.BytesIO(png_bytes(images[0]))), dtype=np.int16)
+    written = np.asarray(Image.open(tmp_path / "out" / lines[0]["file"]), dtype=np.int16)
+    assert np.abs(alone - written).max() <= 1  # alone vs in a batch of 2: CPU kernels round otherwise

@@ -401,3 +401,53 @@ def test_a_bad_layout_pretraining_setting_is_refused_naming_its_key(settings, me
 def test_layout_pretraining_needs_the_layout_head():
     with pytest.raises(StageConfigError, match=r"^layout_pretraining.steps: needs unet.text_layout_head: true"):
         text_stage(layout_pretraining={"steps": 10})
+
+
+@pytest.mark.parametrize("make_stage", [class_stage, text_stage], ids=["class", "text"])
+def test_a_negative_condition_takes_the_unconditional_predictions_place_row_by_row(make_stage):
+    """x0 = D(x|neg) + w (D(x|c) - D(x|neg)) in the one pass of 2B rows, element-wise; a row whose
+    negative is null is plain classifier-free guidance."""
+    stage = make_stage().eval()
+    make_outputs_nonzero(stage)
+    condition = stage.condition_from_batch(batch_for(stage, size=3))
+    if make_stage is class_stage:
+        negative = stage.make_condition(class_labels=[4, 2, 0])
+    else:
+        negative = stage.make_condition(text_tokens=torch.randn(3, 6, 12), text_mask=torch.arange(6)[None].expand(3, 6) < 5)
+    negative.null = torch.tensor([False, True, False])
+    x_t, t = torch.randn(3, 3, 16, 16), torch.full((3,), 0.6)
+    with torch.no_grad():
+        cond_x0 = predicted_x0(stage(x_t, t, condition), x_t, t, stage.schedule, stage.target)
+        negative_x0 = predicted_x0(stage(x_t, t, negative), x_t, t, stage.schedule, stage.target)
+    plain_cfg = stage.make_denoiser(condition, guidance=4.0)(x_t, t)
+    calls = RecordUNetCalls(stage)
+    guided = stage.make_denoiser(condition, guidance=4.0, negative=negative)(x_t, t)
+    assert rows_per_call(calls) == [6] and calls.calls[0]["null_cond"].tolist() == [False] * 4 + [True, False]
+    for row in (0, 2):
+        torch.testing.assert_close(guided[row], cfg_combine(cond_x0, negative_x0, 4.0)[row].clamp(-1, 1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(guided[1], plain_cfg[1], atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(guided[0], plain_cfg[0])
+    only_negative = stage.make_denoiser(condition, guidance=0.0, negative=negative)(x_t, t)
+    torch.testing.assert_close(only_negative[[0, 2]], negative_x0[[0, 2]].clamp(-1, 1), atol=1e-5, rtol=1e-4)
+
+
+def test_negative_text_of_another_length_is_padded_with_masked_tokens_that_change_nothing():
+    stage = text_stage().eval()
+    make_outputs_nonzero(stage)
+    condition = stage.condition_from_batch(batch_for(stage, size=2))
+    tokens = torch.randn(2, 4, 12)
+    short = stage.make_condition(text_tokens=tokens, text_mask=torch.ones(2, 4, dtype=torch.bool))
+    padded = stage.make_condition(text_tokens=torch.cat([tokens, torch.randn(2, 5, 12)], dim=1),
+                                  text_mask=torch.arange(9)[None].expand(2, 9) < 4)
+    x_t, t = torch.randn(2, 3, 16, 16), torch.full((2,), 0.4)
+    torch.testing.assert_close(stage.make_denoiser(condition, guidance=3.0, negative=short)(x_t, t),
+                               stage.make_denoiser(condition, guidance=3.0, negative=padded)(x_t, t), atol=1e-6, rtol=1e-5)
+
+
+def test_a_negative_condition_is_refused_with_a_guide_or_the_wrong_number_of_rows():
+    stage = class_stage().eval()
+    condition = stage.make_condition(class_labels=[0, 1])
+    with pytest.raises(ValueError, match="negative condition and an autoguidance guide"):
+        stage.make_denoiser(condition, guidance=2.0, guide=stage, negative=stage.make_condition(class_labels=[2, 3]))
+    with pytest.raises(ValueError, match="3 rows for 2 conditions"):
+        stage.make_denoiser(condition, guidance=2.0, negative=stage.make_condition(class_labels=[2, 3, 4]))

@@ -130,10 +130,15 @@ def sweep_variants(cascade: Cascade, flags: dict[str, list], sweeps: list[SweepA
     return [(point.folder, variant(cascade, sweeps, point.setting)) for point in sweep_points(sweeps, out)]
 
 
-def read_conditions(args: argparse.Namespace) -> list[tuple[str | int, str | None]]:
+def read_conditions(args: argparse.Namespace) -> tuple[list[tuple[str | int, str | None]], tuple[str | None, ...] | None]:
+    """The conditions (prompt or class, category) and the prompts' negative prompts (a prompt file's
+    ``negative_prompt`` column; None when it has none)."""
+    negatives = None
     if args.prompts:
-        records = read_prompt_set(args.prompts)
+        records = read_prompt_set(args.prompts)[: args.limit]
         conditions = [(record.prompt, record.category) for record in records]
+        if any(record.negative_prompt for record in records):
+            negatives = tuple(record.negative_prompt for record in records)
     else:
         try:
             conditions = [(int(value), None) for value in args.classes.split(",") if value.strip()]
@@ -143,14 +148,15 @@ def read_conditions(args: argparse.Namespace) -> list[tuple[str | int, str | Non
         conditions = conditions[: args.limit]
     if not conditions:
         raise ValueError("no conditions to sample: the prompt file or class list is empty")
-    return conditions
+    return conditions, negatives
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cascade sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stages", nargs="+", required=True, help="base then SR stages: .ckpt files or export directories")
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--prompts", help="prompt file (txt, CSV with a prompt column, TSV) or a shipped set: drawbench, partiprompts")
+    which.add_argument("--prompts", help="prompt file (txt, CSV with a prompt column, TSV) or a shipped set: drawbench, partiprompts; "
+                       "a negative_prompt column guides each prompt away from its negative")
     which.add_argument("--classes", help="comma-separated class ids")
     parser.add_argument("--n-per-condition", type=int, default=1, help="images per prompt or class")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
@@ -192,7 +198,7 @@ def sample(argv: list[str]) -> int:
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
         rank, world_size = rank_and_world_size()
-        conditions = read_conditions(args)
+        conditions, negatives = read_conditions(args)
         flags = per_stage_flags(args, len(args.stages))
         sweeps = parse_sweeps(args.sweep, len(args.stages), flags)
         for path in args.stages:
@@ -210,7 +216,7 @@ def sample(argv: list[str]) -> int:
     except (ValueError, FileNotFoundError) as error:  # StageConfigError is a ValueError
         console.print(f"[red]cascade sample: {escape(str(error))}[/red]")  # messages hold [lo, hi]
         return 2
-    job = FolderJob(args.n_per_condition, args.batch_size, args.seed, args.keep_intermediate, not args.no_progress)
+    job = FolderJob(args.n_per_condition, args.batch_size, args.seed, args.keep_intermediate, not args.no_progress, negatives)
     started = time.perf_counter()
     folders = []
     for folder, swept in variants:

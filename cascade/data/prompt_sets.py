@@ -13,8 +13,9 @@ Formats, chosen by the file's suffix:
 - anything else: plain text, one prompt per line; blank lines are skipped.
 
 In the tabular formats the prompt is the first column named ``prompt``, ``prompts``, ``text``
-or ``caption`` (any case), and the category the column named ``category`` (any case); a file
-without a category column gives every record the category ``""``. Prompt text is kept
+or ``caption`` (any case), the category the column named ``category`` (any case) and the negative
+prompt the column named ``negative_prompt`` (any case; empty cells and files without one: None); a
+file without a category column gives every record the category ``""``. Prompt text is kept
 exactly as written (PartiPrompts has prompts with leading or trailing spaces).
 """
 
@@ -36,6 +37,7 @@ SHIPPED_PROMPT_SETS: dict[str, Path] = {
 
 PROMPT_COLUMNS = ("prompt", "prompts", "text", "caption")
 CATEGORY_COLUMN = "category"
+NEGATIVE_PROMPT_COLUMN = "negative_prompt"
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class PromptRecord:
 
     prompt: str
     category: str
+    negative_prompt: str | None = None
 
 
 def resolve_prompt_set(name_or_path: str | Path) -> Path:
@@ -76,13 +79,15 @@ def _read_table(path: Path, delimiter: str, quoting: int) -> list[PromptRecord]:
         if prompt_column is None:
             raise ValueError(f"{path}: no prompt column; the header needs one of {', '.join(PROMPT_COLUMNS)}")
         category_column = header.index(CATEGORY_COLUMN) if CATEGORY_COLUMN in header else None
+        negative_column = header.index(NEGATIVE_PROMPT_COLUMN) if NEGATIVE_PROMPT_COLUMN in header else None
         records = []
         for row in reader:
             if len(row) <= prompt_column or not row[prompt_column].strip():
                 continue
             has_category = category_column is not None and category_column < len(row)
             category = row[category_column].strip() if has_category else ""
-            records.append(PromptRecord(prompt=row[prompt_column], category=category))
+            negative = row[negative_column] if negative_column is not None and negative_column < len(row) else ""
+            records.append(PromptRecord(prompt=row[prompt_column], category=category, negative_prompt=negative or None))
     return records
 
 

@@ -178,6 +178,7 @@ class Cascade:
         keep_intermediate: bool = False,
         progress: bool = False,
         on_stage_end: StageEnd | None = None,
+        negative_prompts: list[str | None] | None = None,
     ) -> list[torch.Tensor]:
         """Images in [-1, 1] for one batch: the final stage's output, or every stage's output
         (low to high resolution) with keep_intermediate.
@@ -185,7 +186,9 @@ class Cascade:
         The condition comes from `prompts` (text cascades) or `class_labels` (class cascades), or
         ready-made from `conditions`, one per stage (e.g. precomputed text encodings).
         `on_stage_end(index, images)` is called as each stage finishes (the benchmark times
-        the stages with it).
+        the stages with it). `negative_prompts` (text cascades; one per seed, None for none) take
+        the unconditional prediction's place wherever a stage is guided by classifier-free guidance
+        (`make_denoiser`; a stage with an autoguidance guide keeps its guide).
         """
         if prompts is not None and len(prompts) != len(seeds):
             raise ValueError(f"got {len(prompts)} prompts for {len(seeds)} seeds")
@@ -199,7 +202,15 @@ class Cascade:
             for index, condition in enumerate(conditions):
                 if condition.batch_size not in (None, len(seeds)):
                     raise ValueError(f"the condition of stage {index} has {condition.batch_size} rows for {len(seeds)} seeds")
+        if negative_prompts is not None:
+            if prompts is None:
+                raise ValueError("negative prompts need prompts (a text cascade)")
+            if len(negative_prompts) != len(seeds):
+                raise ValueError(f"got {len(negative_prompts)} negative prompts for {len(seeds)} seeds")
+            if not any(negative_prompts):
+                negative_prompts = None
         encodings: dict = {}
+        negative_encodings: dict = {}
         outputs = []
         images = None
         for index, (stage, setting) in enumerate(zip(self.stages, self.settings)):
@@ -208,6 +219,13 @@ class Cascade:
             else:
                 condition = self._condition(stage, prompts, class_labels, encodings)
             generators = [torch.Generator(stage.device).manual_seed(seed + 7919 * index) for seed in seeds]
+            negative = None
+            if negative_prompts is not None and stage.conditioning == "text" and setting.guidance != 1.0 \
+                    and self.guide_of(index) is None:
+                # rows without a negative prompt encode their own prompt and are marked null
+                texts = [negative or prompt for negative, prompt in zip(negative_prompts, prompts)]
+                negative = self._condition(stage, texts, None, negative_encodings)
+                negative.null = torch.tensor([not text for text in negative_prompts], device=stage.device)
             shape = stage.output_shape(len(seeds), images)
             images = stage.generate(
                 condition=condition,
@@ -218,6 +236,7 @@ class Cascade:
                 x_T=randn(shape, generators, device=stage.device),
                 progress=progress,
                 guide=self.guide_of(index),
+                negative=negative,
             )
             if on_stage_end is not None:
                 on_stage_end(index, images)

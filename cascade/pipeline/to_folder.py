@@ -42,12 +42,17 @@ class FolderJob:
     seed: int = 0
     keep_intermediate: bool = False
     progress: bool = True
+    # one per condition (None: none): each takes the unconditional prediction's place where a stage
+    # is guided (`Cascade.generate`); written to the image's metadata
+    negative_prompts: tuple[str | None, ...] | None = None
 
 
 def sample_folder(cascade: Cascade, conditions, job: FolderJob, folder: Path, rank: int = 0, world_size: int = 1,
                   console: Console | None = None) -> int:
     """Generate this rank's missing images of one folder; returns how many it wrote."""
     console = console or Console(stderr=True, soft_wrap=True)
+    if job.negative_prompts is not None and len(job.negative_prompts) != len(conditions):
+        raise ValueError(f"got {len(job.negative_prompts)} negative prompts for {len(conditions)} conditions")
     folder.mkdir(parents=True, exist_ok=True)
     items = shard_for_rank(work_items(conditions, job.n_per_condition), rank, world_size)
     todo = [item for item in items if not is_done(folder, item)]
@@ -69,11 +74,13 @@ def sample_folder(cascade: Cascade, conditions, job: FolderJob, folder: Path, ra
             batch = todo[start : start + job.batch_size]
             seeds = [item.seed(job.seed) for item in batch]
             conditions_batch = [item.condition for item in batch]
+            negatives = None if job.negative_prompts is None else [job.negative_prompts[item.condition_index] for item in batch]
             outputs = cascade.generate(
                 seeds,
                 prompts=conditions_batch if text else None,
                 class_labels=None if text else conditions_batch,
                 keep_intermediate=job.keep_intermediate,
+                negative_prompts=negatives,
             )
             for row, (item, seed) in enumerate(zip(batch, seeds)):
                 for directory, images in zip(intermediate_dirs, outputs[:-1]):
@@ -85,6 +92,7 @@ def sample_folder(cascade: Cascade, conditions, job: FolderJob, folder: Path, ra
                     "seed": seed,
                     ("prompt" if text else "class_label"): item.condition,
                     "category": item.category,
+                    **({} if negatives is None or negatives[row] is None else {"negative_prompt": negatives[row]}),
                     "stages": [
                         {"source": source, "sha256": digest, "image_size": stage.image_size, **setting}
                         for source, digest, stage, setting in zip(cascade.sources, hashes, cascade.stages, settings)

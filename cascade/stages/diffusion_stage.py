@@ -583,6 +583,7 @@ class DiffusionStage(pl.LightningModule):
         generator: Generators = None,
         guidance_interval: tuple[float, float] | None = None,
         guide: DiffusionStage | None = None,
+        negative: Condition | None = None,
     ) -> Denoiser:
         """One guided denoising function `denoise(x_t, t) -> x0_hat` for the samplers.
 
@@ -595,6 +596,10 @@ class DiffusionStage(pl.LightningModule):
         low-res input. `guidance_interval` [lambda_lo, lambda_hi] (log-SNR, Kynkaenniemi et al.
         2024; `SamplingSettings.guidance_interval`) guides only the rows whose lambda(t) lies in
         it; a step with none inside is the plain conditional prediction, one pass of B rows.
+        A `negative` condition (negative prompts; B rows, its `null` marking rows without one)
+        takes the unconditional prediction's place row by row: x0 = neg + scale (cond - neg), the
+        same one pass of 2B rows (`Condition.with_negative_rows`); it cannot be combined with a
+        `guide`, which takes that place too.
         x0_hat is then clipped to [-1, 1] (static thresholding) or, with a `dynamic_threshold`
         percentile, dynamically thresholded (Saharia et al. 2022, sec. 2.3). SR stages take
         `lowres` (B,3,h,w) at its own size and the augmentation level `aug_level` in [0, 1] it is
@@ -605,13 +610,20 @@ class DiffusionStage(pl.LightningModule):
         """
         if guide is not None:
             self.check_guide(guide)
+            if negative is not None:
+                raise ValueError("a negative condition and an autoguidance guide both take the unconditional "
+                                 "prediction's place: give one of them")
         image_inputs = self.sampling_inputs(lowres, aug_level, generator)
         guided = guidance != 1.0 and (guide is not None or not condition.is_empty)
-        if guided and guide is None and guidance != 0.0:
-            doubled_condition = condition.with_null_rows()
+        if guided and guide is None:
+            # [cond rows; null rows], or each row's negative condition in place of its null row
+            doubled_condition = condition.with_null_rows() if negative is None else condition.with_negative_rows(negative)
             doubled_inputs = {name: torch.cat([value, value]) for name, value in image_inputs.items()}
         if guided and guide is None and guidance == 0.0:
-            null_condition = condition.with_null(torch.ones(condition.batch_size, dtype=torch.bool, device=self.device))
+            size = condition.batch_size
+            null_condition = Condition(*(None if value is None else value[size:] for value in (
+                doubled_condition.class_labels, doubled_condition.text_tokens, doubled_condition.text_mask,
+                doubled_condition.null)))
 
         def conditional_x0(model: DiffusionStage, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             out = model(x_t, t, condition, **image_inputs)
@@ -676,6 +688,7 @@ class DiffusionStage(pl.LightningModule):
         x_T: torch.Tensor | None = None,
         progress: bool = False,
         guide: DiffusionStage | None = None,
+        negative: Condition | None = None,
     ) -> torch.Tensor:
         """Sample images (clamped to [-1, 1]) with the stage's current weights (see `make_denoiser`).
 
@@ -686,6 +699,7 @@ class DiffusionStage(pl.LightningModule):
         noise, any sampler noise and the SR augmentation noise. `progress` shows a progress bar
         of the sampler's steps (tqdm, cleared when done). `guide`: the loaded model that
         `settings.guide` names (autoguidance; a `Cascade` loads it), required when that is set.
+        `negative`: each row's negative condition in place of the unconditional one (`make_denoiser`).
         """
         condition = condition if condition is not None else Condition()
         settings = self.sampling if settings is None else settings
@@ -705,6 +719,7 @@ class DiffusionStage(pl.LightningModule):
             generator=generator,
             guidance_interval=settings.guidance_interval,
             guide=guide,
+            negative=None if negative is None else negative.to(self.device),
         )
         shape = self.output_shape(batch_size, lowres)
         t_start, x_T = self.sampling_start(shape, lowres, settings, x_T, generator)
