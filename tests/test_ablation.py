@@ -160,6 +160,40 @@ def test_the_sampler_rows_sample_the_demo_recipes_networks_at_its_nfe_and_change
     assert samplers == {"dpmpp_2m": "log_snr", "ddpm": "log_snr", "dpmpp_3m_sde": "uniform_t"}
 
 
+def test_the_rebound_row_samples_the_references_networks_guided_away_from_each_captions_rebound_caption(
+        monkeypatch, tmp_path):
+    from cascade.data.synthetic import rebound_caption
+    from cascade.demo import ablation
+    from cascade.eval.heldout import heldout_caption_set
+
+    by_key = {row.key: row for row in rows()}
+    reference = by_key["sigmoid_b0+lr2e-3+layout8+loss+pre3k"]
+    row = by_key[f"{reference.key}+rebound"]
+    assert (row.training, row.weights, row.guide, row.sampling) == \
+        (reference.training, reference.weights, reference.guide, reference.sampling)
+    assert row.rebound_negatives and not reference.rebound_negatives
+    jobs = []
+
+    class Sampled(Exception):
+        pass
+
+    def sample_folder(cascade, conditions, job, folder, console=None):
+        jobs.append((conditions, job))
+        raise Sampled
+
+    monkeypatch.setattr(ablation, "sample_folder", sample_folder)
+    monkeypatch.setattr(ablation, "weights_path", lambda run, spec: Path(spec))
+    monkeypatch.setattr(ablation.Cascade, "from_paths", classmethod(lambda cls, paths, settings: None))
+    scenes = heldout_caption_set(20)
+    for sampled_row in (reference, row):
+        with pytest.raises(Sampled):
+            ablation.sample_and_score(sampled_row, None, scenes, tmp_path, AblationPlan(), None, None)
+    (conditions, plain), (same_conditions, rebound) = jobs
+    assert conditions == same_conditions and plain.negative_prompts is None
+    assert rebound.negative_prompts == tuple(rebound_caption(scene["caption"]) for scene in scenes)
+    assert sum(negative is not None for negative in rebound.negative_prompts) >= 10
+
+
 def test_each_training_run_records_its_seed_and_trains_with_it(tmp_path):
     """The run record holds the training seed (read back by the table, not parsed from the run's
     name), and its `cascade fit` command sets seed_everything and the data order from it, once."""

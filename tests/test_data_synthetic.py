@@ -97,3 +97,37 @@ def test_class_index_round_trips():
     for colour in COLOURS:
         for shape in SHAPES:
             assert CLASS_NAMES[class_index(colour, shape)] == f"{colour} {shape}"
+
+
+def test_a_rebound_caption_has_the_same_words_in_the_same_places_and_binds_them_otherwise():
+    """The negative prompt of `rebound_caption`: the colour and shape words of the caption, each in
+    a place where the caption has one of its kind, describing another scene; None exactly where
+    every cycle of them describes the same scene (one kind of object)."""
+    from collections import Counter
+
+    from cascade.data.synthetic import rebound_caption
+
+    rebound_kinds = Counter()
+    for index in range(400):
+        scene = sample_scene(index, seed=3)
+        caption, rebound = scene["caption"], rebound_caption(scene["caption"])
+        kinds = {(o["colour"], o["shape"]) for o in scene["objects"]}
+        if len(kinds) == 1:
+            assert rebound is None, caption
+            continue
+        rebound_kinds[len(scene["objects"])] += 1
+        assert rebound is not None and rebound != caption, caption
+        def words_of(text: str) -> list[str]:  # a shape's plural is the same shape word
+            return [word[:-1] if word[:-1] in SHAPES else word for word in text.split()]
+
+        words, rebound_words = words_of(caption), words_of(rebound)
+        assert len(words) == len(rebound_words) and Counter(words) == Counter(rebound_words), (caption, rebound)
+        for word, other in zip(words, rebound_words):
+            if word != other:
+                assert {word, other} <= set(COLOURS) or {word, other} <= set(SHAPES), (caption, rebound)
+    assert rebound_kinds[2] > 20 and rebound_kinds[3] > 20
+    assert rebound_caption("a red circle left of a blue square") == "a red square left of a blue circle"
+    assert rebound_caption("a red square above a blue square") == "a blue square above a red square"
+    # cycling the shapes would only reorder "A and B": the colours are cycled instead
+    assert rebound_caption("a red circle and a red square left of a blue circle") == \
+        "a red circle and a blue square left of a red circle"

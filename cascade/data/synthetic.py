@@ -29,6 +29,7 @@ so no held-out caption ever appears in training data, at any seed.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from typing import Any
 
@@ -43,6 +44,7 @@ __all__ = [
     "SHAPES",
     "SPLITS",
     "caption_split",
+    "rebound_caption",
     "class_index",
     "render",
     "render_sample",
@@ -217,3 +219,36 @@ def _background(rng: np.random.Generator) -> dict[str, Any]:
             ]
         )
     return {"rgb": [round(float(level + t), 2) for t in tint], "waves": waves}
+
+
+_NOUN_PHRASE = re.compile(r"\b(a|two|three) (" + "|".join(COLOURS) + r") (" + "|".join(SHAPES) + r")(s?)\b")
+
+
+def rebound_caption(caption: str) -> str | None:
+    """The caption with its attributes bound to other objects, for a negative prompt that differs
+    from it only in which colour goes with which shape: the shapes cycled one noun phrase on
+    ("a red circle left of a blue square" -> "a red square left of a blue circle"), or, where that
+    describes the same scene (or every phrase has the same shape), the next cycle of the shapes,
+    then of the colours ("a red square above a blue square" -> "a blue square above a red square").
+    The same words in the same places; None where no cycle describes another scene (one noun
+    phrase, or phrases all alike)."""
+    phrases = list(_NOUN_PHRASE.finditer(caption))
+    colours, shapes = [m.group(2) for m in phrases], [m.group(3) for m in phrases]
+
+    def written(new_colours: list[str], new_shapes: list[str]) -> str:
+        parts, end = [], 0
+        for match, colour, shape in zip(phrases, new_colours, new_shapes):
+            parts += [caption[end:match.start()], f"{match.group(1)} {colour} {shape}{match.group(4)}"]
+            end = match.end()
+        return "".join(parts) + caption[end:]
+
+    def scene_of(text: str) -> list[Counter]:
+        """What each side of the relation holds (the order of "A and B" does not matter)."""
+        groups = re.split(" (?:" + "|".join(_OPPOSITE) + ") ", text)
+        return [Counter(m.groups() for m in _NOUN_PHRASE.finditer(group)) for group in groups]
+
+    for shift in range(1, len(phrases)):
+        for candidate in (written(colours, shapes[shift:] + shapes[:shift]), written(colours[shift:] + colours[:shift], shapes)):
+            if scene_of(candidate) != scene_of(caption):
+                return candidate
+    return None

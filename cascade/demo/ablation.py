@@ -33,6 +33,7 @@ import torch
 from rich.console import Console
 
 from ..data.image_io import open_image
+from ..data.synthetic import rebound_caption
 from ..data.transforms import to_tensor
 from ..diffusion import DEFAULT_GRIDS, in_guidance_interval, q_sample, sample, x0_from_prediction
 from ..eval.alignment import placement, score
@@ -65,8 +66,9 @@ class Row:
     """One recipe: which trained runs (`training`), which weights (`weights`: "ema" is the
     checkpoint's EMA; "phema:0.1" a post-hoc EMA of sigma_rel 0.1), how the base samples, and
     an optional guide ("phema:0.05@0.25": the post-hoc EMA of sigma_rel 0.05 at a quarter of
-    training, a weaker version of the same network). `key` names the row's sample folder
-    (`samples/<key>/seed<N>`), so adding or reordering rows resumes the others."""
+    training, a weaker version of the same network), and whether each caption is guided away from
+    its `rebound_caption` (a negative prompt) instead of the unconditional prediction. `key` names
+    the row's sample folder (`samples/<key>/seed<N>`), so adding or reordering rows resumes the others."""
 
     name: str
     key: str
@@ -74,6 +76,7 @@ class Row:
     weights: str = "ema"
     sampling: dict[str, Any] = field(default_factory=dict)
     guide: str | None = None
+    rebound_negatives: bool = False
 
 
 @dataclass(frozen=True)
@@ -317,6 +320,14 @@ def rows() -> list[Row]:
           for key, label, sampler in (("logsnr", "DPM-Solver++(2M) on the log-SNR grid", "dpmpp_2m"),
                                       ("ddpm", "DDPM ancestral sampling", "ddpm"),
                                       ("sde", "DPM-Solver++(3M) SDE", "dpmpp_3m_sde"))),
+        # ... and guided away from each caption's rebound caption (the same words, the shapes, or else the
+        # colours, bound to other objects: `rebound_caption`) in place of the unconditional prediction,
+        # x0 = D(x|rebound) + w (D(x|c) - D(x|rebound)), the same NFE: a base that hedges between which
+        # shape goes with which colour would have that difference amplified (docs/benchmarks.md,
+        # "Guiding away from the other binding")
+        Row("+ layout path fitted first, guided away from the rebound caption (its networks, the same NFE)",
+            "sigmoid_b0+lr2e-3+layout8+loss+pre3k+rebound", training="sigmoid_b0+lr2e-3+layout8+loss+pre3k",
+            sampling=BASE_SAMPLING, rebound_negatives=True),
         Row("+ time grid (log-SNR)", "grid", sampling=grid),
         Row("+ guidance interval", "interval", sampling=interval),
         Row("+ autoguidance", "autoguidance", sampling=BASE_SAMPLING, guide="phema:0.05@0.25"),
@@ -541,7 +552,9 @@ def sample_and_score(row: Row, run: StageRun, scenes: list[dict], folder: Path, 
     cascade = Cascade.from_paths([weights_path(run, row.weights)], [row_settings(row, guide)])
     conditions = [(scene["caption"], stratum_of(scene)) for scene in scenes]
     counts = images_per_caption(scenes, plan.samples_per_caption, plan.images_per_stratum)
-    job = FolderJob(n_per_condition=counts, batch_size=plan.sample_batch, seed=0, progress=False)
+    negatives = tuple(rebound_caption(scene["caption"]) for scene in scenes) if row.rebound_negatives else None
+    job = FolderJob(n_per_condition=counts, batch_size=plan.sample_batch, seed=0, progress=False,
+                    negative_prompts=negatives)
     sample_folder(cascade, conditions, job, folder, console=Console(quiet=True))
     merge_metadata(folder)
     scored = score_folder(folder, scenes)
