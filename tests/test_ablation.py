@@ -90,14 +90,16 @@ def _last_value(argv: list[str], flag: str) -> str:
 
 def test_the_placement_table_pairs_the_side_by_seed_and_is_left_out_without_placement():
     def placed(row: str, seed: int, side: float) -> Sampled:
-        return dataclasses.replace(scored(row, seed, 0.3), placement={"axis": 1.0, "side": side, "n": 40.0, "order": side})
+        return dataclasses.replace(scored(row, seed, 0.3), placement={"axis": 1.0, "side": side, "n": 40.0, "order": side,
+                                                                 "binding": side - 0.1})
 
     sampled = [placed("base", s, 0.4 + 0.1 * s) for s in range(3)] + [placed("coord", s, 0.6 + 0.1 * s) for s in range(3)]
     summary = summarise(sampled, ["base", "coord"])
     assert summary[1]["side"][0] == pytest.approx(0.7)
     assert summary[1]["delta side"] == (pytest.approx(0.2), pytest.approx(0.0, abs=1e-12))
     text = markdown_table(summary, AblationPlan(), "cascade ablation", {check: 1.0 for check in CHECKS})
-    assert "| coord | 40 | 1.00 ± 0.00 | 0.70 ± 0.06 | +0.20 ± 0.00 | 0.70 ± 0.06 | +0.20 ± 0.00 |" in text
+    assert "| coord | 40 | 1.00 ± 0.00 | 0.70 ± 0.06 | +0.20 ± 0.00 | 0.70 ± 0.06 | +0.20 ± 0.00 | 0.60 ± 0.06 | +0.20 ± 0.00 |" \
+        in text
     plain = [scored("base", s, 0.3) for s in range(3)]
     assert "Placement" not in markdown_table(summarise(plain, ["base"]), AblationPlan(), "x", {c: 1.0 for c in CHECKS})
 

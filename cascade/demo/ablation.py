@@ -493,7 +493,8 @@ class Sampled:
     strata: dict[str, dict[str, float]]
     metrics: dict[str, float]
     # `cascade.eval.alignment.placement` over the images it judges: "axis" and "side" accuracy, "n" images;
-    # "order": `word_order_rate` of the sampled weights
+    # "order": `word_order_rate` of the sampled weights; "binding": the same against each caption's
+    # `rebound_caption`, on the captions whose objects differ in shape
     placement: dict[str, float] = field(default_factory=dict)
 
 
@@ -528,7 +529,8 @@ def word_order_rate(stage, images: torch.Tensor, captions: list[str], swapped: l
     """How often the stage's x0 estimate of a real image (B,3,H,W in [-1, 1]) noised to t is closer
     to the image given its caption than given the swapped caption, over `times` x `draws` noise
     draws (the same x_t for both captions; ties count half). 0.5: the denoiser does not read which
-    object the relation is about; 1.0: it always does. Needs no sampling and no detector."""
+    object the relation is about (or, given `rebound_caption`s, which shape goes with which colour);
+    1.0: it always does. Needs no sampling and no detector."""
     generator = torch.Generator().manual_seed(seed)
     wins = []
     with torch.no_grad():
@@ -564,17 +566,22 @@ def sample_and_score(row: Row, run: StageRun, scenes: list[dict], folder: Path, 
     metrics = evaluate_samples(first_images(folder, plan.samples_per_caption), reference, extractor,
                                metrics=("fid", "pr"), progress=False).metrics
     swaps = [(index, swapped) for index, scene in enumerate(scenes) if (swapped := swapped_caption(scene))]
-    order = math.nan
-    if swaps and renders is not None:
-        images = torch.stack([to_tensor(open_image(renders / f"{index:05d}.png").convert("RGB")) for index, _ in swaps])
-        order = word_order_rate(cascade.stages[0], images, [scenes[i]["caption"] for i, _ in swaps],
-                                [caption for _, caption in swaps])
+    rebinds = [(index, rebound) for index, scene in enumerate(scenes)
+               if len({o["shape"] for o in scene["objects"]}) > 1 and (rebound := rebound_caption(scene["caption"]))]
+    order = binding = math.nan
+    if renders is not None:
+        def rate(pairs: list[tuple[int, str]]) -> float:
+            images = torch.stack([to_tensor(open_image(renders / f"{index:05d}.png").convert("RGB")) for index, _ in pairs])
+            return word_order_rate(cascade.stages[0], images, [scenes[i]["caption"] for i, _ in pairs],
+                                   [caption for _, caption in pairs])
+        order = rate(swaps) if swaps else math.nan
+        binding = rate(rebinds) if rebinds else math.nan
     return Sampled(row.name, run.seed, str(folder), function_evaluations_per_image(cascade),
                    {check: stratified[BALANCED][check][0] for check in CHECKS},
                    {name: {check: values[check][0] for check in CHECKS} for name, values in stratified.items()
                     if name != BALANCED},
                    {key: float(value) for key, value in metrics.items()},
-                   {**placement_rates(folder, scored), "order": order})
+                   {**placement_rates(folder, scored), "order": order, "binding": binding})
 
 
 def summarise(sampled: list[Sampled], order: list[str]) -> list[dict[str, Any]]:
@@ -597,7 +604,7 @@ def summarise(sampled: list[Sampled], order: list[str]) -> list[dict[str, Any]]:
             entry[f"delta {metric}"] = mean_and_standard_error(
                 [s.metrics.get(metric, math.nan) - reference[seed].metrics.get(metric, math.nan)
                  for seed, s in seeds.items() if seed in reference])
-        for part in ("axis", "side", "order"):
+        for part in ("axis", "side", "order", "binding"):
             entry[part] = mean_and_standard_error([s.placement.get(part, math.nan) for s in seeds.values()])
             entry[f"delta {part}"] = mean_and_standard_error(
                 [s.placement.get(part, math.nan) - reference[seed].placement.get(part, math.nan)
@@ -666,12 +673,15 @@ def markdown_table(summary: list[dict[str, Any]], plan: AblationPlan, command: s
                        "the pair on the relation's axis, and the subject's colour on the stated side (chance 0.5). "
                        "Word order: how often the base denoises real renders of these captions (t in "
                        f"{', '.join(map(str, WORD_ORDER_TIMES))}) better given the caption than given it with the two "
-                       "objects swapped (`word_order_rate`; chance 0.5):"), "",
-                  "| row | images judged | axis | side | Δ side | word order | Δ word order |", "|---|---|---|---|---|---|---|"]
+                       "objects swapped (`word_order_rate`; chance 0.5). Binding: the same against the caption with its "
+                       "shapes (or colours) bound to other objects (`rebound_caption`), on the captions whose objects "
+                       "differ in shape:"), "",
+                  "| row | images judged | axis | side | Δ side | word order | Δ word order | binding | Δ binding |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for entry in summary:
             lines.append(f"| {entry['row']} | {entry['placement images'][0]:.0f} | {_cell(entry['axis'])} | "
                          f"{_cell(entry['side'])} | {_delta(entry['delta side'])} | {_cell(entry['order'])} | "
-                         f"{_delta(entry['delta order'])} |")
+                         f"{_delta(entry['delta order'])} | {_cell(entry['binding'])} | {_delta(entry['delta binding'])} |")
     return "\n".join(lines) + "\n"
 
 
