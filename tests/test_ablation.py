@@ -196,6 +196,17 @@ def test_the_rebound_row_samples_the_references_networks_guided_away_from_each_c
     assert sum(negative is not None for negative in rebound.negative_prompts) >= 10
 
 
+def test_the_cross_attention_row_is_the_layout_recipe_with_attention_at_32_px_for_the_same_compute():
+    reference, changed = "sigmoid_b0+lr2e-3+layout8+loss+pre3k", "sigmoid_b0+lr2e-3+layout8+loss+pre3k+xattn32"
+    assert TRAININGS[changed] == (*TRAININGS[reference], "--model.init_args.unet.cross_attention_resolutions",
+                                  "[32, 16, 8]", "--model.init_args.unet.head_channels", "16")
+    plan = AblationPlan(train_steps=1200)
+    # the same layout pre-training taken off both, then the dearer step trains fewer of the rest
+    cost = TRAINING_STEP_COST[changed] / TRAINING_STEP_COST[reference]
+    assert 1.1 < cost < 1.15
+    assert training_steps(changed, plan) == pytest.approx(training_steps(reference, plan) / cost, abs=8)
+
+
 def test_each_training_run_records_its_seed_and_trains_with_it(tmp_path):
     """The run record holds the training seed (read back by the table, not parsed from the run's
     name), and its `cascade fit` command sets seed_everything and the data order from it, once."""

@@ -194,6 +194,17 @@ _DEMO_CHANGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "layout8+loss+pre3k": ("a text layout map at 8 px trained to paint the image at 8 px, fitted alone first for 3,000 steps",
                            (*_LAYOUT8_LOSS[1], "--model.init_args.layout_pretraining.steps", "3000")),
 }
+# Changes to the demo's recipe as it is since the ninth session (the layout path fitted first), read
+# against it (`--reference sigmoid_b0+lr2e-3+layout8+loss+pre3k`):
+# - xattn32: cross-attention to the text at 32 px too, where the base draws a shape's corners (it reads
+#   which shape goes with which colour only weakly: binding 0.64-0.69 at mid noise levels against word
+#   order 0.94), with 16-channel heads (a 16-channel level has no 32-channel head; 16-channel heads
+#   alone changed nothing at 1,200 steps)
+_LAYOUT_RECIPE_CHANGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "xattn32": ("cross-attention at 32 px too (16-channel heads)",
+                ("--model.init_args.unet.cross_attention_resolutions", "[32, 16, 8]",
+                 "--model.init_args.unet.head_channels", "16")),
+}
 TRAINING_COMPUTE: dict[str, int] = {**_YARDSTICKS,
                                      **{f"sigmoid_b0+lr2e-3+{change}+steps2x": 2 for change in _YARDSTICK_CHANGES}}
 TRAININGS: dict[str, tuple[str, ...]] = {
@@ -235,6 +246,9 @@ TRAININGS: dict[str, tuple[str, ...]] = {
        for change, (_, flags) in _YARDSTICK_CHANGES.items()},
     **{f"sigmoid_b0+lr2e-3+{change}": (*BASELINE_TRAINING, *_SIGMOID_B0, *_LR_2E3, *flags)
        for change, (_, flags) in _DEMO_CHANGES.items()},
+    **{f"sigmoid_b0+lr2e-3+layout8+loss+pre3k+{change}": (*BASELINE_TRAINING, *_SIGMOID_B0, *_LR_2E3,
+                                                          *_DEMO_CHANGES["layout8+loss+pre3k"][1], *flags)
+       for change, (_, flags) in _LAYOUT_RECIPE_CHANGES.items()},
 }
 # Trainings at another batch than the plan's; they train plan.train_steps x plan.batch_size images
 # like every other row, in proportionally more or fewer steps.
@@ -261,12 +275,18 @@ TRAINING_STEP_COST: dict[str, float] = {"sigmoid_b0+lr2e-3+attn16": 169 / 145.5,
                                          **dict.fromkeys(("sigmoid_b0+lr2e-3+layout8+loss",
                                                           "sigmoid_b0+lr2e-3+layout8+loss+pre",
                                                           "sigmoid_b0+lr2e-3+layout8+loss+pre3k",
-                                                          "sigmoid_b0+lr2e-3+layout8+loss+steps2x"), LAYOUT_LOSS_COST)}
+                                                          "sigmoid_b0+lr2e-3+layout8+loss+steps2x"), LAYOUT_LOSS_COST),
+                                         # cross-attention at 32 px: 651.5-660.7 vs 578.7-581.1 ms, 3 alternating
+                                         # runs of 10 steps each of the demo's base config (layout path and
+                                         # loss included), 1 thread, batch 16 (AMD EPYC, avx2 only)
+                                         "sigmoid_b0+lr2e-3+layout8+loss+pre3k+xattn32": LAYOUT_LOSS_COST * 653.4 / 580.8}
 # Trainings that spend compute before their first step, in steps of the demo's base (taken off their
 # steps): the layout pre-training, LAYOUT_PRETRAINING_COST.
 TRAINING_FIXED_COST: dict[str, int] = {"sigmoid_b0+lr2e-3+layout8+loss+pre": LAYOUT_PRETRAINING_COST,
                                        # 3,000 steps: all of it taken as 1.5x (an upper bound: the reading is not)
-                                       "sigmoid_b0+lr2e-3+layout8+loss+pre3k": LAYOUT_PRETRAINING_COST * 3 // 2}
+                                       "sigmoid_b0+lr2e-3+layout8+loss+pre3k": LAYOUT_PRETRAINING_COST * 3 // 2,
+                                       **{f"sigmoid_b0+lr2e-3+layout8+loss+pre3k+{change}": LAYOUT_PRETRAINING_COST * 3 // 2
+                                          for change in _LAYOUT_RECIPE_CHANGES}}
 BASE_SAMPLING = {"sampler": "dpmpp_2m", "steps": 20, "guidance": 3.0, "time_grid": "uniform_t"}
 
 
@@ -325,6 +345,10 @@ def rows() -> list[Row]:
         # x0 = D(x|rebound) + w (D(x|c) - D(x|rebound)), the same NFE: a base that hedges between which
         # shape goes with which colour would have that difference amplified (docs/benchmarks.md,
         # "Guiding away from the other binding")
+        *(Row(f"+ layout path fitted first, {label} (fewer steps for its step cost: same compute)",
+              f"sigmoid_b0+lr2e-3+layout8+loss+pre3k+{change}", training=f"sigmoid_b0+lr2e-3+layout8+loss+pre3k+{change}",
+              sampling=BASE_SAMPLING)
+          for change, (label, _) in _LAYOUT_RECIPE_CHANGES.items()),
         Row("+ layout path fitted first, guided away from the rebound caption (its networks, the same NFE)",
             "sigmoid_b0+lr2e-3+layout8+loss+pre3k+rebound", training="sigmoid_b0+lr2e-3+layout8+loss+pre3k",
             sampling=BASE_SAMPLING, rebound_negatives=True),
