@@ -159,3 +159,16 @@ def test_the_shape_confusion_command_reads_a_demo_runs_stages_and_its_real_rende
     with pytest.raises(SystemExit):
         main([str(tmp_path / "nothing")])
     assert "nothing/reference/scenes.json: not found" in capsys.readouterr().err
+
+
+def test_blurring_the_renders_rounds_triangles_long_before_squares():
+    """`cascade.demo.shape_confusion.blurred_render_readings`: unblurred renders at 32 px read on the
+    diagonal; a Gaussian blur of 1 px turns most triangles into circles and leaves the squares square
+    (so a base that only drew unsharply would lose triangles first, docs/benchmarks.md)."""
+    from cascade.demo.shape_confusion import blurred_render_readings
+    from cascade.eval.heldout import heldout_caption_set
+
+    scenes = heldout_caption_set(40)
+    sharp, blurred = (shape_confusion(blurred_render_readings(scenes, 32, sigma)) for sigma in (0.0, 1.0))
+    assert sharp["square"]["square"] == 1.0 and sharp["circle"]["circle"] == 1.0
+    assert blurred["square"].get("square", 0.0) >= 0.9 and blurred["triangle"].get("triangle", 0.0) <= 0.3
