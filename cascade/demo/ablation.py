@@ -199,7 +199,8 @@ _DEMO_CHANGES: dict[str, tuple[str, tuple[str, ...]]] = {
 # - xattn32: cross-attention to the text at 32 px too, where the base draws a shape's corners (it reads
 #   which shape goes with which colour only weakly: binding 0.64-0.69 at mid noise levels against word
 #   order 0.94), with 16-channel heads (a 16-channel level has no 32-channel head; 16-channel heads
-#   alone changed nothing at 1,200 steps)
+#   alone changed nothing at 1,200 steps). Refuted at 3 seeds: nothing beyond two standard errors (shape
+#   -0.04 +- 0.03, binding +0.01 +- 0.01; docs/benchmarks.md, "Which shape goes with which colour")
 _LAYOUT_RECIPE_CHANGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "xattn32": ("cross-attention at 32 px too (16-channel heads)",
                 ("--model.init_args.unet.cross_attention_resolutions", "[32, 16, 8]",
@@ -344,7 +345,7 @@ def rows() -> list[Row]:
         # colours, bound to other objects: `rebound_caption`) in place of the unconditional prediction,
         # x0 = D(x|rebound) + w (D(x|c) - D(x|rebound)), the same NFE: a base that hedges between which
         # shape goes with which colour would have that difference amplified (docs/benchmarks.md,
-        # "Guiding away from the other binding")
+        # "Which shape goes with which colour"; refuted at 3 seeds: colour -0.05*, FID -0.8*)
         *(Row(f"+ layout path fitted first, {label} (fewer steps for its step cost: same compute)",
               f"sigmoid_b0+lr2e-3+layout8+loss+pre3k+{change}", training=f"sigmoid_b0+lr2e-3+layout8+loss+pre3k+{change}",
               sampling=BASE_SAMPLING)
