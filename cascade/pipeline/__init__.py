@@ -224,8 +224,8 @@ class Cascade:
                     and self.guide_of(index) is None:
                 # rows without a negative prompt encode their own prompt and are marked null
                 texts = [negative or prompt for negative, prompt in zip(negative_prompts, prompts)]
-                negative = self._condition(stage, texts, None, negative_encodings)
-                negative.null = torch.tensor([not text for text in negative_prompts], device=stage.device)
+                negative = self._condition(stage, texts, None, negative_encodings).with_null(
+                    torch.tensor([not text for text in negative_prompts], device=stage.device))
             shape = stage.output_shape(len(seeds), images)
             images = stage.generate(
                 condition=condition,

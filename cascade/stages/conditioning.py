@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 CONDITIONINGS = ("none", "class", "text")
 
@@ -76,43 +77,35 @@ class Condition:
         """[cond rows; the same rows nulled]: the 2B-row batch of one guided forward pass."""
         if self.is_empty:
             raise ValueError("classifier-free guidance needs a class or text condition; this one is empty")
-
-        def twice(value):
-            return None if value is None else torch.cat([value, value])
-
-        size = self.batch_size
-        device = (self.class_labels if self.class_labels is not None else self.text_tokens).device
-        null = torch.arange(2 * size, device=device) >= size
-        return Condition(twice(self.class_labels), twice(self.text_tokens), twice(self.text_mask), null)
+        return self.with_negative_rows(self.with_null(torch.ones(self.batch_size, dtype=torch.bool)))
 
     def with_negative_rows(self, negative: "Condition") -> "Condition":
         """[cond rows; negative rows]: the 2B-row batch of one guided forward pass in which each
-        row's negative condition (a negative prompt, a negative class) takes the null condition's
-        place; rows whose `negative.null` is set keep the null condition. Text of two lengths is
-        padded to the longer with masked zero tokens."""
+        row's negative condition (a negative prompt, a negative class; `with_null_rows`: the null
+        one) takes the second half; rows whose `negative.null` is set use the null condition. Text
+        of two lengths is padded to the longer with masked zero tokens."""
         if self.is_empty:
             raise ValueError("classifier-free guidance needs a class or text condition; this one is empty")
         if negative.batch_size != self.batch_size:
             raise ValueError(f"the negative condition has {negative.batch_size} rows for {self.batch_size} conditions")
-        size = self.batch_size
         device = (self.class_labels if self.class_labels is not None else self.text_tokens).device
-        negative_null = torch.zeros(size, dtype=torch.bool, device=device) if negative.null is None else negative.null.to(device)
-        null = torch.cat([torch.zeros(size, dtype=torch.bool, device=device), negative_null])
+        no_null = torch.zeros(self.batch_size, dtype=torch.bool, device=device)
+        null = torch.cat([no_null, no_null if negative.null is None else negative.null.to(device)])
         if self.class_labels is not None:
             if negative.class_labels is None:
                 raise ValueError("a class condition needs a class negative")
             return Condition(torch.cat([self.class_labels, negative.class_labels.to(device)]), null=null)
         if negative.text_tokens is None:
             raise ValueError("a text condition needs a text negative")
-        tokens, masks = [self.text_tokens, negative.text_tokens.to(device)], []
-        for value, condition in zip(tokens, (self, negative)):
-            mask = condition.text_mask
-            masks.append(torch.ones(value.shape[:2], dtype=torch.bool, device=device) if mask is None else mask.to(device))
+        tokens = [self.text_tokens, negative.text_tokens.to(device)]
+        if self.text_mask is None and negative.text_mask is None and tokens[0].shape == tokens[1].shape:
+            return Condition(None, torch.cat(tokens), None, null)
         length = max(value.shape[1] for value in tokens)
-        tokens = [torch.nn.functional.pad(value, (0, 0, 0, length - value.shape[1])) for value in tokens]
-        masks = [torch.nn.functional.pad(mask, (0, length - mask.shape[1]), value=False) for mask in masks]
-        both_masked = self.text_mask is None and negative.text_mask is None and tokens[0].shape == tokens[1].shape
-        return Condition(None, torch.cat(tokens), None if both_masked else torch.cat(masks), null)
+        masks = [torch.ones(value.shape[:2], dtype=torch.bool, device=device) if condition.text_mask is None
+                 else condition.text_mask.to(device) for value, condition in zip(tokens, (self, negative))]
+        tokens = [F.pad(value, (0, 0, 0, length - value.shape[1])) for value in tokens]
+        masks = [F.pad(mask, (0, length - mask.shape[1]), value=False) for mask in masks]
+        return Condition(None, torch.cat(tokens), torch.cat(masks), null)
 
     def unet_kwargs(self) -> dict:
         """Keyword arguments for `UNet.forward`."""

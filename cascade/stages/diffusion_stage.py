@@ -616,14 +616,12 @@ class DiffusionStage(pl.LightningModule):
         image_inputs = self.sampling_inputs(lowres, aug_level, generator)
         guided = guidance != 1.0 and (guide is not None or not condition.is_empty)
         if guided and guide is None:
-            # [cond rows; null rows], or each row's negative condition in place of its null row
-            doubled_condition = condition.with_null_rows() if negative is None else condition.with_negative_rows(negative)
-            doubled_inputs = {name: torch.cat([value, value]) for name, value in image_inputs.items()}
-        if guided and guide is None and guidance == 0.0:
-            size = condition.batch_size
-            null_condition = Condition(*(None if value is None else value[size:] for value in (
-                doubled_condition.class_labels, doubled_condition.text_tokens, doubled_condition.text_mask,
-                doubled_condition.null)))
+            # what takes the unconditional prediction's place: the null condition, or each row's negative
+            uncond = negative if negative is not None else \
+                condition.with_null(torch.ones(condition.batch_size, dtype=torch.bool, device=self.device))
+            if guidance != 0.0:
+                doubled_condition = condition.with_negative_rows(uncond)
+                doubled_inputs = {name: torch.cat([value, value]) for name, value in image_inputs.items()}
 
         def conditional_x0(model: DiffusionStage, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             out = model(x_t, t, condition, **image_inputs)
@@ -634,7 +632,7 @@ class DiffusionStage(pl.LightningModule):
                 guide_x0 = conditional_x0(guide, x_t, t)
                 return guide_x0 if guidance == 0.0 else cfg_combine(conditional_x0(self, x_t, t), guide_x0, guidance)
             if guidance == 0.0:
-                out = self(x_t, t, null_condition, **image_inputs)
+                out = self(x_t, t, uncond, **image_inputs)
                 return predicted_x0(out.float(), x_t.float(), t, self.schedule, self.target)
             x_in, t_in = torch.cat([x_t, x_t]), torch.cat([t, t])
             out = self(x_in, t_in, doubled_condition, **doubled_inputs)
