@@ -304,6 +304,45 @@ def test_the_text_layout_map_is_added_where_the_features_first_reach_its_resolut
 # ---- conditioning is used ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("attend_to_image, context_channels", [(True, 0), (False, 12), (True, 12)])
+def test_qk_norm_attention_reads_the_directions_of_queries_and_keys_not_their_scale(attend_to_image, context_channels):
+    """With qk_norm each head's queries and keys are RMS-normalised, so scaling the query and key
+    projections (weights and biases) leaves the block's output unchanged; without it the same
+    scaling sharpens the softmax and changes the output (the check is not vacuous)."""
+    from cascade.nn.attention import AttentionBlock
+
+    torch.manual_seed(0)
+    x, context = torch.randn(2, 16, 4, 4), torch.randn(2, 5, 12)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    for qk_norm in (True, False):
+        block = AttentionBlock(16, 2, 4, attend_to_image, context_channels, qk_norm=qk_norm)
+        with torch.no_grad():
+            for parameter in block.to_out.parameters():
+                parameter.normal_()  # the zero-initialised output projection would hide every difference
+            before = block(x, context, mask)
+            projections = [block.to_query] + [p for p in (block.to_image_kv, block.to_context_kv) if p is not None]
+            for linear in projections:  # scale the queries and the keys, not the values
+                rows = linear.out_features if linear is block.to_query else linear.out_features // 2
+                linear.weight[:rows] *= 5.0
+                linear.bias[:rows] *= 5.0
+            after = block(x, context, mask)
+        if qk_norm:
+            torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+        else:
+            assert (after - before).abs().max() > 1e-2
+
+
+def test_qk_norm_adds_only_the_two_gains_per_attention_block_and_old_weights_load_without_it():
+    plain, normed = build(**TEXT_CONFIG), build(**TEXT_CONFIG, qk_norm=True)
+    added = set(normed.state_dict()) - set(plain.state_dict())
+    blocks = [name for name, module in normed.named_modules() if module.__class__.__name__ == "AttentionBlock"]
+    assert added == {f"{block}.{norm}.weight" for block in blocks for norm in ("query_norm", "key_norm")}
+    assert set(plain.state_dict()) <= set(normed.state_dict())
+    build(**TEXT_CONFIG).load_state_dict(plain.state_dict())  # qk_norm off (the default): the same keys as before
+    values = inputs(normed)
+    assert torch.isfinite(normed(**values)).all()
+
+
 def test_class_label_changes_output():
     unet = build(**CLASS_CONFIG).eval()
     values = inputs(unet)
@@ -532,6 +571,7 @@ def test_wrong_inputs_raise_clear_errors():
         (dict(time_embedding="learned"), "time_embedding"),
         (dict(image_size=17), "divisible"),
         (dict(coordinate_channels="yes"), "coordinate_channels must be true or false, got 'yes'"),
+        (dict(qk_norm=1), "qk_norm must be true or false, got 1"),
         (dict(text_positions=-1, **TEXT_CONFIG), "text_positions must be an int >= 0, got -1"),
         (dict(text_positions=8, text_dim=TEXT_DIM), "text_positions needs attention that reads text"),
         (dict(text_refiner_layers=True, **TEXT_CONFIG), "text_refiner_layers must be an int >= 0, got True"),

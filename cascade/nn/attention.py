@@ -31,6 +31,8 @@ class AttentionBlock(nn.Module):
         norm_groups: GroupNorm groups for the queries' normalisation.
         attend_to_image: keys/values include the feature map's own pixels (self-attention).
         context_channels: width of the text tokens to attend to (0 = no text).
+        qk_norm: RMS-normalise each head's queries and keys (learned gain per channel) before
+            their dot product (QK-norm: Dehghani et al. 2023; Esser et al. 2024).
     The output projection is zero-initialised, so the block starts as the identity (ADM).
     """
 
@@ -41,6 +43,7 @@ class AttentionBlock(nn.Module):
         norm_groups: int,
         attend_to_image: bool = True,
         context_channels: int = 0,
+        qk_norm: bool = False,
     ):
         super().__init__()
         if not attend_to_image and context_channels <= 0:
@@ -51,6 +54,9 @@ class AttentionBlock(nn.Module):
         self.to_image_kv = nn.Linear(channels, 2 * channels) if attend_to_image else None
         self.to_context_kv = nn.Linear(context_channels, 2 * channels) if context_channels > 0 else None
         self.to_out = zero_init(nn.Linear(channels, channels))
+        head_channels = channels // num_heads
+        self.query_norm = nn.RMSNorm(head_channels, eps=1e-6) if qk_norm else None
+        self.key_norm = nn.RMSNorm(head_channels, eps=1e-6) if qk_norm else None
 
     def forward(
         self,
@@ -78,12 +84,15 @@ class AttentionBlock(nn.Module):
             values.append(value)
             masks.append(context_mask)
 
+        query = self._split_heads(query)
         key = self._split_heads(torch.cat(keys, dim=1))
         value = self._split_heads(torch.cat(values, dim=1))
+        if self.query_norm is not None:
+            query, key = self.query_norm(query), self.key_norm(key)
         attn_mask = None
         if self.to_context_kv is not None:
             attn_mask = torch.cat(masks, dim=1)[:, None, None, :]  # (B, 1, 1, L_keys)
-        out = F.scaled_dot_product_attention(self._split_heads(query), key, value, attn_mask=attn_mask)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask)
         out = self.to_out(out.transpose(1, 2).reshape(batch, height * width, channels))
         return x + out.transpose(1, 2).reshape(batch, channels, height, width)
 

@@ -107,6 +107,12 @@ class UNetConfig:
             tied to a place; the coordinates let cross-attention queries carry it. For a base
             stage sampled at its training size (an SR stage trained on crops would see crop
             coordinates; leave it off there).
+        qk_norm: RMS-normalise each attention head's queries and keys, with a learned gain per
+            channel, before their dot product (Dehghani et al. 2023, "Scaling Vision Transformers
+            to 22 Billion Parameters"; Esser et al. 2024, "Scaling Rectified Flow Transformers for
+            High-Resolution Image Synthesis"): the logits stay bounded, so a high learning rate
+            cannot blow them up, and a pixel picks a text token by the direction of its key, not
+            by its norm.
         use_aug_cond: embed the noise-augmentation level of the low-res image (Ho et al. 2021
             "Cascaded Diffusion Models", Imagen) and add it to the conditioning vector.
         time_embedding: features of the noise level before its MLP: "sinusoidal" (ADM /
@@ -145,6 +151,7 @@ class UNetConfig:
     lowres_channels: int = 0
     use_aug_cond: bool = False
     coordinate_channels: bool = False
+    qk_norm: bool = False
     time_embedding: str = "sinusoidal"
     fourier_scale: float = 16.0
     gradient_checkpointing: bool = False
@@ -273,6 +280,8 @@ class UNetConfig:
             errors.append("text_layout_head needs text_layout_resolution > 0")
         if not isinstance(self.coordinate_channels, bool):
             errors.append(f"coordinate_channels must be true or false, got {self.coordinate_channels!r}")
+        if not isinstance(self.qk_norm, bool):
+            errors.append(f"qk_norm must be true or false, got {self.qk_norm!r}")
         if self.time_embedding not in TIME_EMBEDDINGS:
             errors.append(f"time_embedding must be one of {TIME_EMBEDDINGS}, got {self.time_embedding!r}")
         attended = set(self.attention_resolutions) | set(self.cross_attention_resolutions)

@@ -151,9 +151,10 @@ class UNet(nn.Module):
             heads = config.heads_for(channels)
             if resolution in config.attention_resolutions:
                 concat_text = context_channels if config.text_concat_to_self_attn else 0
-                layers.append(AttentionBlock(channels, heads, config.norm_groups, True, concat_text))
+                layers.append(AttentionBlock(channels, heads, config.norm_groups, True, concat_text, config.qk_norm))
             if resolution in config.cross_attention_resolutions:
-                layers.append(AttentionBlock(channels, heads, config.norm_groups, False, context_channels))
+                layers.append(AttentionBlock(channels, heads, config.norm_groups, False, context_channels,
+                                             config.qk_norm))
             return layers
 
         def res_block(in_channels: int, out_channels: int, resample: str | None = None) -> ResBlock:
