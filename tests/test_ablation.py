@@ -13,6 +13,8 @@ from cascade.cli import main
 from cascade.demo.ablation import (
     CHECKS,
     FAST_ABLATION,
+    TRAINING_BATCH,
+    TRAINING_FIXED_COST,
     TRAINING_STEP_COST,
     TRAININGS,
     AblationPlan,
@@ -185,7 +187,7 @@ def test_the_rebound_row_samples_the_references_networks_guided_away_from_each_c
 
     monkeypatch.setattr(ablation, "sample_folder", sample_folder)
     monkeypatch.setattr(ablation, "weights_path", lambda run, spec: Path(spec))
-    monkeypatch.setattr(ablation.Cascade, "from_paths", classmethod(lambda cls, paths, settings: None))
+    monkeypatch.setattr(ablation.Cascade, "from_paths", classmethod(lambda cls, paths, settings, device="cpu": None))
     scenes = heldout_caption_set(20)
     for sampled_row in (reference, row):
         with pytest.raises(Sampled):
@@ -205,6 +207,39 @@ def test_the_cross_attention_row_is_the_layout_recipe_with_attention_at_32_px_fo
     cost = TRAINING_STEP_COST[changed] / TRAINING_STEP_COST[reference]
     assert 1.1 < cost < 1.15
     assert training_steps(changed, plan) == pytest.approx(training_steps(reference, plan) / cost, abs=8)
+
+
+def test_the_scale_yardsticks_are_the_layout_recipe_given_16_and_64_times_its_compute_at_batch_256(tmp_path):
+    """The GPU yardsticks spend 16x / 64x the reference's compute (its denoiser steps at their step
+    cost and the layout pre-training's fixed cost, both in steps of 16 images), in steps of 256."""
+    reference = "sigmoid_b0+lr2e-3+layout8+loss+pre3k"
+    plan = AblationPlan(train_steps=1200, batch_size=16, snapshots=8)
+
+    def compute(training: str) -> float:  # in steps of 16 images of the plain base
+        return (training_steps(training, plan) * TRAINING_BATCH.get(training, 16) / 16 * TRAINING_STEP_COST[training]
+                + TRAINING_FIXED_COST[training])
+
+    assert training_steps(reference, plan) == 736 and compute(reference) == pytest.approx(1200, abs=8)
+    for factor in (16, 64):
+        training = f"{reference}+b256x{factor}"
+        assert TRAININGS[training] == TRAININGS[reference]
+        assert training_steps(training, plan) % plan.snapshots == 0
+        assert compute(training) == pytest.approx(1200 * factor, abs=8 * 16 * TRAINING_STEP_COST[training])
+        run = training_runs(tmp_path, {"train": tmp_path / "train", "val": tmp_path / "val"}, plan, {training})[training, 0]
+        assert _last_value(run.command(), "--data.init_args.batch_size") == "256"
+
+
+def test_a_gpu_ablation_trains_every_run_on_the_gpu_with_the_loader_workers_asked_for(tmp_path):
+    plan = dataclasses.replace(FAST_ABLATION, accelerator="gpu", loader_workers=3)
+    assert plan.device == "cuda" and FAST_ABLATION.device == "cpu"
+    runs = training_runs(tmp_path, {"train": tmp_path / "train", "val": tmp_path / "val"}, plan, {"min_snr"})
+    for run in runs.values():
+        argv = run.command()
+        assert _last_value(argv, "--trainer.accelerator") == "gpu"
+        assert _last_value(argv, "--data.init_args.num_workers") == "3"
+    for run in training_runs(tmp_path, {"train": tmp_path / "train", "val": tmp_path / "val"}, FAST_ABLATION,
+                             {"min_snr"}).values():
+        assert "--trainer.accelerator" not in run.command()  # the config's (cpu)
 
 
 def test_each_training_run_records_its_seed_and_trains_with_it(tmp_path):
@@ -325,7 +360,7 @@ class _MirrorStage:
     def __init__(self, images: torch.Tensor, captions: list[str], reads_order: bool):
         from cascade.diffusion import NoiseSchedule
 
-        self.schedule, self.target = NoiseSchedule.cosine(), "x0"
+        self.schedule, self.target, self.device = NoiseSchedule.cosine(), "x0", torch.device("cpu")
         self.images, self.captions, self.reads_order = images, captions, reads_order
 
     def make_condition(self, prompts: list[str]) -> list[str]:
@@ -372,6 +407,10 @@ def test_training_lanes_have_about_equal_steps_and_keep_every_run():
     (["--train-steps", "801"], "--train-steps: must be a multiple of 8"),
     (["--seeds", "0,a"], "--seeds: expected comma-separated integers"),
     (["--captions", "0"], "--captions: must be >= 1"),
+    (["--lanes", "0"], "--lanes: must be >= 1"),
+    (["--train-images", "0"], "--train-images: must be >= 1"),
+    (["--loader-workers", "-1"], "--loader-workers: must be >= 0"),
+    (["--accelerator", "tpu"], "--accelerator: invalid choice: 'tpu'"),
 ])
 def test_bad_flags_are_refused_naming_the_flag_before_anything_runs(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -95,6 +95,16 @@ class AblationPlan:
     # over its train_images)
     layout_pretraining_steps: int | None = None
     sample_batch: int = 64
+    # where the trainings and the sampling run: "cpu", or "gpu" (each `cascade fit` on one CUDA device,
+    # `lanes` of them at once; sampling and the word-order rates on that device too)
+    accelerator: str = "cpu"
+    lanes: int = 2
+    loader_workers: int | None = None  # DataLoader workers per training (None: the config's)
+
+    @property
+    def device(self) -> str:
+        """The torch device the sampling runs on."""
+        return "cuda" if self.accelerator == "gpu" else "cpu"
 
     @property
     def dataset_plan(self) -> DemoPlan:
@@ -201,12 +211,25 @@ _DEMO_CHANGES: dict[str, tuple[str, tuple[str, ...]]] = {
 #   order 0.94), with 16-channel heads (a 16-channel level has no 32-channel head; 16-channel heads
 #   alone changed nothing at 1,200 steps). Refuted at 3 seeds: nothing beyond two standard errors (shape
 #   -0.04 +- 0.03, binding +0.01 +- 0.01; docs/benchmarks.md, "Which shape goes with which colour")
+# - qknorm: each head's queries and keys RMS-normalised (`unet.qk_norm`): a pixel of the purple object
+#   must pick the shape token bound to "purple" by the direction of its key; without the norm a key's
+#   length (a frequent word's, say) weighs as much, and at lr 2e-3 the logits can grow faster than the
+#   directions sort out. Refuted at 3 seeds: shape -0.04 +- 0.02*, exact -0.03 +- 0.02, binding rate
+#   +0.02 +- 0.01* (docs/benchmarks.md, "QK-norm for binding?")
 _LAYOUT_RECIPE_CHANGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "xattn32": ("cross-attention at 32 px too (16-channel heads)",
                 ("--model.init_args.unet.cross_attention_resolutions", "[32, 16, 8]",
                  "--model.init_args.unet.head_channels", "16")),
+    "qknorm": ("QK-norm in every attention block", ("--model.init_args.unet.qk_norm", "true")),
 }
-TRAINING_COMPUTE: dict[str, int] = {**_YARDSTICKS,
+# The demo's recipe (the layout path fitted first) given 16 and 64 times every other row's compute, at
+# batch 256 (the same layout pre-training, then about 24 and 97 times the reference's denoiser images in
+# 1.5 and 6 times its steps): how far compute alone moves each score, past the CPU's 2x-8x yardsticks.
+# For a GPU (`--accelerator gpu`), where a step of 256 images of this 32-px network costs about what a
+# step of 16 does (the step is bound by kernel launches).
+_SCALE_YARDSTICKS: dict[str, int] = {f"sigmoid_b0+lr2e-3+layout8+loss+pre3k+b256x{factor}": factor
+                                     for factor in (16, 64)}
+TRAINING_COMPUTE: dict[str, int] = {**_YARDSTICKS, **_SCALE_YARDSTICKS,
                                      **{f"sigmoid_b0+lr2e-3+{change}+steps2x": 2 for change in _YARDSTICK_CHANGES}}
 TRAININGS: dict[str, tuple[str, ...]] = {
     "min_snr": BASELINE_TRAINING,
@@ -250,10 +273,12 @@ TRAININGS: dict[str, tuple[str, ...]] = {
     **{f"sigmoid_b0+lr2e-3+layout8+loss+pre3k+{change}": (*BASELINE_TRAINING, *_SIGMOID_B0, *_LR_2E3,
                                                           *_DEMO_CHANGES["layout8+loss+pre3k"][1], *flags)
        for change, (_, flags) in _LAYOUT_RECIPE_CHANGES.items()},
+    **{training: (*BASELINE_TRAINING, *_SIGMOID_B0, *_LR_2E3, *_DEMO_CHANGES["layout8+loss+pre3k"][1])
+       for training in _SCALE_YARDSTICKS},
 }
 # Trainings at another batch than the plan's; they train plan.train_steps x plan.batch_size images
 # like every other row, in proportionally more or fewer steps.
-TRAINING_BATCH: dict[str, int] = {"sigmoid_b0+lr2e-3+b8": 8}
+TRAINING_BATCH: dict[str, int] = {"sigmoid_b0+lr2e-3+b8": 8, **dict.fromkeys(_SCALE_YARDSTICKS, 256)}
 # Trainings whose step costs more than the baseline's (measured: `cascade bench train` of the two
 # configs one after the other, batch 16, 1 thread, median of 15 steps; AMD EPYC, avx512_bf16):
 # they train for proportionally fewer steps, so that every row has the same compute.
@@ -280,14 +305,20 @@ TRAINING_STEP_COST: dict[str, float] = {"sigmoid_b0+lr2e-3+attn16": 169 / 145.5,
                                          # cross-attention at 32 px: 651.5-660.7 vs 578.7-581.1 ms, 3 alternating
                                          # runs of 10 steps each of the demo's base config (layout path and
                                          # loss included), 1 thread, batch 16 (AMD EPYC, avx2 only)
-                                         "sigmoid_b0+lr2e-3+layout8+loss+pre3k+xattn32": LAYOUT_LOSS_COST * 653.4 / 580.8}
+                                         "sigmoid_b0+lr2e-3+layout8+loss+pre3k+xattn32": LAYOUT_LOSS_COST * 653.4 / 580.8,
+                                         # QK-norm: medians of 6 alternating runs of 10 steps, 657.5 vs 624.5 ms (the
+                                         # demo's base config, layout path included; 1 thread, batch 16, avx2 only)
+                                         "sigmoid_b0+lr2e-3+layout8+loss+pre3k+qknorm": LAYOUT_LOSS_COST * 657.5 / 624.5,
+                                         **dict.fromkeys(_SCALE_YARDSTICKS, LAYOUT_LOSS_COST)}
 # Trainings that spend compute before their first step, in steps of the demo's base (taken off their
 # steps): the layout pre-training, LAYOUT_PRETRAINING_COST.
 TRAINING_FIXED_COST: dict[str, int] = {"sigmoid_b0+lr2e-3+layout8+loss+pre": LAYOUT_PRETRAINING_COST,
-                                       # 3,000 steps: all of it taken as 1.5x (an upper bound: the reading is not)
-                                       "sigmoid_b0+lr2e-3+layout8+loss+pre3k": LAYOUT_PRETRAINING_COST * 3 // 2,
-                                       **{f"sigmoid_b0+lr2e-3+layout8+loss+pre3k+{change}": LAYOUT_PRETRAINING_COST * 3 // 2
-                                          for change in _LAYOUT_RECIPE_CHANGES}}
+                                       # 3,000 steps: all of it taken as 1.5x (an upper bound: the reading is not),
+                                       # for the demo's recipe and every row built on it
+                                       **dict.fromkeys(("sigmoid_b0+lr2e-3+layout8+loss+pre3k",
+                                                        *(f"sigmoid_b0+lr2e-3+layout8+loss+pre3k+{change}"
+                                                          for change in _LAYOUT_RECIPE_CHANGES),
+                                                        *_SCALE_YARDSTICKS), LAYOUT_PRETRAINING_COST * 3 // 2)}
 BASE_SAMPLING = {"sampler": "dpmpp_2m", "steps": 20, "guidance": 3.0, "time_grid": "uniform_t"}
 
 
@@ -350,6 +381,10 @@ def rows() -> list[Row]:
               f"sigmoid_b0+lr2e-3+layout8+loss+pre3k+{change}", training=f"sigmoid_b0+lr2e-3+layout8+loss+pre3k+{change}",
               sampling=BASE_SAMPLING)
           for change, (label, _) in _LAYOUT_RECIPE_CHANGES.items()),
+        # the demo's recipe given 16 and 64 times the compute at batch 256: yardsticks for a GPU (`_SCALE_YARDSTICKS`)
+        *(Row(f"demo recipe, {factor}x the compute at batch 256 (a yardstick, not a recipe)",
+              training, training=training, sampling=BASE_SAMPLING)
+          for training, factor in _SCALE_YARDSTICKS.items()),
         Row("+ layout path fitted first, guided away from the rebound caption (its networks, the same NFE)",
             "sigmoid_b0+lr2e-3+layout8+loss+pre3k+rebound", training="sigmoid_b0+lr2e-3+layout8+loss+pre3k",
             sampling=BASE_SAMPLING, rebound_negatives=True),
@@ -397,8 +432,9 @@ def select_rows(keys: list[str] | None, reference: str | None = None) -> tuple[l
 def training_steps(training: str, plan: AblationPlan) -> int:
     """Optimiser steps of a training: the plan's, scaled so that every training sees
     plan.train_steps x plan.batch_size images whatever its batch (times its `TRAINING_COMPUTE`),
-    less the steps its work before the first step costs (`TRAINING_FIXED_COST`), and divided by its
-    step cost (rounded down to a multiple of plan.snapshots) where its step costs more."""
+    less the images its work before the first step costs (`TRAINING_FIXED_COST`, in steps of
+    plan.batch_size), and divided by its step cost (rounded down to a multiple of plan.snapshots)
+    where its step costs more."""
     batch = TRAINING_BATCH.get(training, plan.batch_size)
     if (plan.train_steps * plan.batch_size) % batch:
         raise ValueError(f"training {training!r}: {plan.train_steps} x {plan.batch_size} images do not divide "
@@ -406,7 +442,8 @@ def training_steps(training: str, plan: AblationPlan) -> int:
     steps = plan.train_steps * plan.batch_size // batch * TRAINING_COMPUTE.get(training, 1)
     cost, fixed = TRAINING_STEP_COST.get(training, 1.0), TRAINING_FIXED_COST.get(training, 0)
     if cost != 1.0 or fixed:
-        steps = max(plan.snapshots, int((steps - fixed) / cost) // plan.snapshots * plan.snapshots)
+        steps = max(plan.snapshots, int((steps - fixed * plan.batch_size / batch) / cost) // plan.snapshots
+                    * plan.snapshots)
     return steps
 
 
@@ -436,6 +473,10 @@ def training_runs(out: Path, data: dict[str, Path], plan: AblationPlan,
                 "--trainer.val_check_interval", str(steps), "--sample_grid", "null",
                 "--posthoc_ema.snapshot_every_n_steps", str(every), *extra,
             )
+            if plan.accelerator != "cpu":
+                overrides += ("--trainer.accelerator", plan.accelerator)
+            if plan.loader_workers is not None:
+                overrides += ("--data.init_args.num_workers", str(plan.loader_workers))
             if plan.layout_pretraining_steps is not None and pretrains_layout(extra):
                 overrides += ("--model.init_args.layout_pretraining.steps", str(plan.layout_pretraining_steps),
                               "--model.init_args.layout_pretraining.images", str(plan.train_images))
@@ -556,15 +597,16 @@ def word_order_rate(stage, images: torch.Tensor, captions: list[str], swapped: l
     draws (the same x_t for both captions; ties count half). 0.5: the denoiser does not read which
     object the relation is about (or, given `rebound_caption`s, which shape goes with which colour);
     1.0: it always does. Needs no sampling and no detector."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # the noise is drawn on the CPU whatever the stage's device
+    images = images.to(stage.device)
     wins = []
     with torch.no_grad():
         conditions = [stage.make_condition(prompts=list(texts)) for texts in (captions, swapped)]
         for t_value in times:
-            t = torch.full((len(captions),), t_value)
+            t = torch.full((len(captions),), t_value, device=stage.device)
             alpha, sigma = stage.schedule.alpha_sigma(t)
             for _ in range(draws):
-                x_t = q_sample(images, t, stage.schedule, torch.randn(images.shape, generator=generator))
+                x_t = q_sample(images, t, stage.schedule, torch.randn(images.shape, generator=generator).to(stage.device))
                 right, wrong = (((x0_from_prediction(stage(x_t, t, c), x_t, alpha, sigma, stage.target) - images) ** 2)
                                 .mean(dim=(1, 2, 3)) for c in conditions)
                 wins.append((right < wrong).float() + 0.5 * (right == wrong).float())  # a tie is a coin toss
@@ -576,7 +618,7 @@ def sample_and_score(row: Row, run: StageRun, scenes: list[dict], folder: Path, 
     """Sample the row's base on the held-out captions into `folder` (resumable) and score it; with
     the scenes' real renders (`reference_renders`), also its `word_order_rate` on them."""
     guide = weights_path(run, row.guide) if row.guide else None
-    cascade = Cascade.from_paths([weights_path(run, row.weights)], [row_settings(row, guide)])
+    cascade = Cascade.from_paths([weights_path(run, row.weights)], [row_settings(row, guide)], device=plan.device)
     conditions = [(scene["caption"], stratum_of(scene)) for scene in scenes]
     counts = images_per_caption(scenes, plan.samples_per_caption, plan.images_per_stratum)
     negatives = tuple(rebound_caption(scene["caption"]) for scene in scenes) if row.rebound_negatives else None
@@ -737,12 +779,13 @@ def run_ablation(out: Path, plan: AblationPlan, threads: int, command: str, cons
     main_rows, sweep_rows = select_rows(row_keys, reference)
     out.mkdir(parents=True, exist_ok=True)
     console.rule("ablation 1/4: data")
-    data, _ = write_datasets(out, plan.dataset_plan, console)
+    # the shards are the same whatever the number of processes that render them
+    data, _ = write_datasets(out, plan.dataset_plan, console, workers=threads if threads > 2 else 0)
     scenes = heldout_scenes(plan.dataset_plan)
     reference_dir = reference_renders(scenes, out / "reference32", 32)
-    console.rule("ablation 2/4: training (two processes)")
+    console.rule(f"ablation 2/4: training ({plan.lanes} processes at once, {plan.accelerator})")
     runs = training_runs(out, data, plan, {row.training for row in main_rows + sweep_rows})
-    train_concurrently(training_lanes(list(runs.values())), max(1, threads // 2), console)
+    train_concurrently(training_lanes(list(runs.values()), plan.lanes), max(1, threads // plan.lanes), console)
     console.rule("ablation 3/4: sampling and scoring every row")
     torch.set_num_threads(threads)
     extractor = build_extractor("random-inception", random_input_size=FEATURE_INPUT_SIZE, device="cpu")
