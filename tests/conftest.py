@@ -1,11 +1,21 @@
-"""Shared fixtures: tiny synthetic shards (written once per session) and micro stage configs."""
+"""Shared fixtures: tiny synthetic shards (written once per session), micro stage configs, and the
+project built as a wheel that runs `cascade demo --fast` once per session."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import venv
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -107,3 +117,60 @@ def write_stage_config(synthetic_shards, tmp_path):
         return path, run_dir
 
     return write
+
+
+def source_copy(target: Path) -> Path:
+    """The project's files (no virtual environment, git data, build outputs or run artefacts)."""
+    ignore = shutil.ignore_patterns(".venv", "venv", ".git", "build", "dist", "runs", "*.egg-info", "__pycache__",
+                                    ".pytest_cache", ".hypothesis")
+    shutil.copytree(REPO, target, symlinks=True, ignore=ignore)
+    return target
+
+
+@dataclass(frozen=True)
+class WheelDemo:
+    """The wheel, the virtual environment it is installed in, and its `cascade demo --fast` run."""
+
+    wheel: Path
+    names: list[str]  # the wheel's members
+    site: str  # the environment's site-packages
+    python: Path
+    cascade: Path  # the environment's `cascade` script
+    env: dict[str, str]  # the environment the commands run in (no PYTHONPATH)
+    empty: Path  # the folder the demo ran in, empty before
+    out: Path  # the demo's output folder (empty / "demo")
+    result: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="session")
+def wheel_demo(tmp_path_factory) -> WheelDemo:
+    """`pip wheel` of a copy of the project, installed (outside the checkout) into a fresh virtual
+    environment that sees this test environment's packages (torch and friends) but not its cascade,
+    then `cascade demo --fast --out demo` in an empty folder: one demo run serves the wheel's test
+    (tests/test_architecture.py) and the demo's (tests/test_demo.py)."""
+    root = tmp_path_factory.mktemp("wheel")
+    source = source_copy(root / "source")
+    wheels = root / "wheels"
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
+             str(source)]
+    subprocess.run(build, check=True, cwd=root, capture_output=True)
+    (wheel,) = wheels.glob("cascade_diffusion-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    env_dir = root / "venv"
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    python = env_dir / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    test_site = subprocess.run([sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip()
+    Path(site, "test_environment.pth").write_text(test_site + "\n")
+    install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)]
+    subprocess.run(install, check=True, capture_output=True)
+    empty = root / "empty"
+    empty.mkdir()
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    cascade = env_dir / "bin" / "cascade"
+    result = subprocess.run([str(cascade), "demo", "--fast", "--out", "demo", "--threads", "2"], cwd=empty, env=env,
+                            capture_output=True, text=True, timeout=1200)
+    return WheelDemo(wheel, names, site, python, cascade, env, empty, empty / "demo", result)

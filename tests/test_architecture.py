@@ -11,8 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import venv
-import zipfile
 from pathlib import Path
 
 import grimp
@@ -84,50 +82,21 @@ def test_a_users_data_and_eval_modules_do_not_shadow_ours(tmp_path):
     assert len(list(out.glob("*.tar"))) == 1
 
 
-def _source_copy(target: Path) -> Path:
-    """The project's files (no virtual environment, git data, build outputs or run artefacts)."""
-    ignore = shutil.ignore_patterns(".venv", "venv", ".git", "build", "dist", "runs", "*.egg-info", "__pycache__",
-                                    ".pytest_cache", ".hypothesis")
-    shutil.copytree(REPO, target, symlinks=True, ignore=ignore)
-    return target
-
-
 @pytest.mark.slow
-def test_the_built_wheel_runs_the_demo_from_an_empty_folder(tmp_path):
+def test_the_built_wheel_runs_the_demo_from_an_empty_folder(wheel_demo):
     """`pip install` of the wheel (outside the checkout), then `cascade demo --fast` in an empty
-    folder: the configs, sbatch templates and prompt sets travel inside the package."""
-    source = _source_copy(tmp_path / "source")
-    wheels = tmp_path / "wheels"
-    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
-             str(source)]
-    subprocess.run(build, check=True, cwd=tmp_path, capture_output=True)
-    (wheel,) = wheels.glob("cascade_diffusion-*.whl")
-    with zipfile.ZipFile(wheel) as archive:
-        names = archive.namelist()
+    folder (the `wheel_demo` fixture): the configs, sbatch templates and prompt sets travel inside
+    the package."""
+    wheel, names = wheel_demo.wheel, wheel_demo.names
     assert {name.split("/")[0] for name in names} == {"cascade", wheel.name.split("-py3")[0] + ".dist-info"}
     assert {"cascade/shipped/configs/demo/base.yaml", "cascade/shipped/slurm/train.sbatch",
             "cascade/shipped/prompts/drawbench.csv"} <= set(names)
 
-    # A venv that sees this test environment's packages (torch and friends) but not its cascade.
-    env_dir = tmp_path / "venv"
-    venv.EnvBuilder(with_pip=False).create(env_dir)
-    python = env_dir / "bin" / "python"
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
-    test_site = subprocess.run([sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               check=True, capture_output=True, text=True).stdout.strip()
-    Path(site, "test_environment.pth").write_text(test_site + "\n")
-    install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)]
-    subprocess.run(install, check=True, capture_output=True)
-
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    where = subprocess.run([str(python), "-c", "import cascade; print(cascade.__file__)"], cwd=empty, env=env,
+    empty, env, cascade = wheel_demo.empty, wheel_demo.env, wheel_demo.cascade
+    where = subprocess.run([str(wheel_demo.python), "-c", "import cascade; print(cascade.__file__)"], cwd=empty, env=env,
                            check=True, capture_output=True, text=True).stdout
-    assert where.startswith(site), where
+    assert where.startswith(wheel_demo.site), where
 
-    cascade = env_dir / "bin" / "cascade"
     init = subprocess.run([str(cascade), "init", "project"], cwd=empty, env=env, capture_output=True, text=True)
     assert init.returncode == 0, init.stderr
     assert (empty / "project" / "configs" / "demo" / "base.yaml").is_file()
@@ -136,7 +105,6 @@ def test_the_built_wheel_runs_the_demo_from_an_empty_folder(tmp_path):
                              cwd=empty, env=env, capture_output=True, text=True)
     assert dry_run.returncode == 0 and "#SBATCH" in dry_run.stdout, dry_run.stderr
 
-    demo = subprocess.run([str(cascade), "demo", "--fast", "--out", "demo", "--threads", "2"], cwd=empty, env=env,
-                          capture_output=True, text=True, timeout=900)
+    demo = wheel_demo.result
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
-    assert (empty / "demo" / "report.html").is_file()
+    assert (wheel_demo.out / "report.html").is_file()

@@ -15,10 +15,10 @@ from cascade.eval.heldout import stratum_of
 
 
 @pytest.mark.slow
-def test_demo_fast_trains_samples_evaluates_and_writes_the_report(tmp_path):
-    out = tmp_path / "demo"
-    result = subprocess.run([sys.executable, "-m", "cascade", "demo", "--fast", "--out", str(out)],
-                            check=False, capture_output=True, text=True, timeout=1200)
+def test_demo_fast_trains_samples_evaluates_and_writes_the_report(wheel_demo):
+    """`cascade demo --fast` (run once per session by the installed wheel, the `wheel_demo` fixture),
+    then a rerun into the same folder."""
+    out, result = wheel_demo.out, wheel_demo.result
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     html = (out / "report.html").read_text()
     for section in ("Caption alignment", "Guidance off vs on", "Every stage of the cascade", "Automatic metrics",
@@ -66,10 +66,11 @@ def test_demo_fast_trains_samples_evaluates_and_writes_the_report(tmp_path):
     assert "| sweep sampling |" in markdown and "| sweep evaluation |" in markdown
 
     first_times = _report_times(out)
-    (tmp_path / "ablation").mkdir()
-    (tmp_path / "ablation" / "ablation.md").write_text(ABLATION_MD)  # what `cascade ablation --out` writes
-    rerun = subprocess.run([sys.executable, "-m", "cascade", "demo", "--fast", "--out", str(out)],
-                           check=False, capture_output=True, text=True, timeout=600)
+    (out.parent / "ablation").mkdir()
+    (out.parent / "ablation" / "ablation.md").write_text(ABLATION_MD)  # what `cascade ablation --out` writes
+    rerun = subprocess.run([str(wheel_demo.cascade), "demo", "--fast", "--out", str(out), "--threads", "2"],
+                           cwd=wheel_demo.empty, env=wheel_demo.env, check=False, capture_output=True, text=True,
+                           timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert rerun.stdout.count("already trained") == 3, "a rerun resumes: finished stages are not retrained"
     rerun_times = _report_times(out)
