@@ -50,10 +50,15 @@ from .train_step import TrainStep, prepare_train_step, run_train_benchmark
 
 PARTS = ("train_step", "largest_batch", "peer_train_step", "cascade_sampling", "data_loader", "train_step_compiled")
 # Share of the budget each part may spend (see `Budget`). torch.compile runs last and may use
-# all that is left of the total: one compilation of a 600M UNet's train step takes about a
-# minute and cannot be interrupted, so it must not eat the other parts' time.
+# all that is left of the total: one compilation cannot be interrupted, so it must not eat the
+# other parts' time.
 SHARES = {"train_step": 0.12, "largest_batch": 0.15, "peer_train_step": 0.12, "cascade_sampling": 0.2,
           "data_loader": 0.06, "train_step_compiled": 1.0}
+# What a part's first measurement is expected to take, before any has run (later ones: the longest so
+# far). Compiling base64_text's train step (597 M parameters, mode "default") took 253 s on an H200
+# (torch 2.11, 2026-12-04, docs/benchmarks.md): started with 67 s of a 200 s budget left, it ran the
+# whole run to 395 s. The tiny dry run has no estimates (it does not compile).
+FIRST_MEASUREMENT_S = {"train_step_compiled": 260.0}
 JSONL_NAME = "gpu-bench.jsonl"
 MARKDOWN_NAME = "gpu-bench.md"
 
@@ -133,10 +138,12 @@ def tiny_plan(full: GpuBenchPlan, folder: str | Path) -> GpuBenchPlan:
 @dataclass
 class Budget:
     """Wall-clock budget: `total_s` in all, of which each part has its `SHARES`. A part may start
-    a measurement while that measurement, taking as long as the part's longest one so far, would
-    end within both its share and the total. A measurement that starts is not interrupted."""
+    a measurement while that measurement, taking as long as the part's longest one so far (its
+    first: `first_s`, else nothing), would end within both its share and the total. A measurement
+    that starts is not interrupted."""
 
     total_s: float
+    first_s: dict[str, float] = field(default_factory=dict)
     start: float = field(default_factory=lambda: time.monotonic())
     spent: dict[str, float] = field(default_factory=dict)
     longest: dict[str, float] = field(default_factory=dict)
@@ -146,10 +153,12 @@ class Budget:
 
     def refusal(self, part: str) -> str | None:
         """None when `part` may start another measurement, else the reason it may not."""
-        share, spent, next_s = SHARES[part] * self.total_s, self.spent.get(part, 0.0), self.longest.get(part, 0.0)
+        share, spent = SHARES[part] * self.total_s, self.spent.get(part, 0.0)
+        next_s = self.longest.get(part, self.first_s.get(part, 0.0))
         if self.elapsed() + next_s >= self.total_s:
+            takes = "are expected to take" if part not in self.longest else "take"
             return (f"budget spent: {self.elapsed():.0f} s of --budget-s {self.total_s:.0f} elapsed"
-                    + (f", and this part's measurements take {next_s:.0f} s" if next_s else ""))
+                    + (f", and this part's measurements {takes} {next_s:.0f} s" if next_s else ""))
         if spent + next_s > share:
             return f"budget spent: part {part} used {spent:.0f} s of its {share:.0f} s share (longest {next_s:.0f} s)"
         return None
@@ -170,7 +179,7 @@ class GpuBench:
         self.out.mkdir(parents=True, exist_ok=True)
         self.jsonl = self.out / JSONL_NAME
         self.jsonl.unlink(missing_ok=True)
-        self.budget = Budget(budget_s)
+        self.budget = Budget(budget_s, {} if plan.tiny else FIRST_MEASUREMENT_S)
         self.echo = echo
         self.environment = environment(device)
         self.records: list[dict] = []
