@@ -164,7 +164,7 @@ class BenchRun:
             records = run_peer_benchmark(config, self.device, self.settings, batch, guidance, a.warmup, a.iters, a.seed,
                                          memory_efficient)
         except PeerUnavailable as error:
-            self.console.print(f"[yellow]peer comparison skipped: {error}[/yellow]")
+            self.console.print(f"peer comparison skipped: {error}", style="yellow", markup=False)
             return False
         self.emit("Ours vs imagen-pytorch (interleaved, same process)", records, PEER_COLUMNS)
         if not records[0]["parameters_matched"]:
@@ -188,7 +188,7 @@ def _run(args: argparse.Namespace, benchmark) -> int:
         if benchmark(run) is False:
             return 1
     except (ValueError, FileNotFoundError) as error:
-        console.print(f"[red]cascade bench: {error}[/red]")
+        console.print(f"cascade bench: {error}", style="red", markup=False)
         return 2
     console.print(f"{len(run.records)} result(s) appended to {args.jsonl}")
     return 0
@@ -310,7 +310,7 @@ def gpu(argv: list[str]) -> int:
         records = run_gpu_bench(args.out, args.budget_s, device, tiny=args.tiny or args.dry_run,
                                 configs_dir=args.configs_dir, echo=lambda line: console.print(line, markup=False))
     except (ValueError, FileNotFoundError) as error:
-        console.print(f"[red]cascade bench gpu: {error}[/red]")
+        console.print(f"cascade bench gpu: {error}", style="red", markup=False)
         return 2
     console.print(f"{len(records)} record(s) in {args.out}/{JSONL_NAME}; table in {args.out}/{MARKDOWN_NAME}")
     return 0

@@ -234,7 +234,7 @@ def run_demo(out: Path, plan: DemoPlan, threads: int, fast: bool = False, ablati
     try:
         trained = train_concurrently(lanes, max(1, threads // 2), console)
     except StageTrainingError as error:
-        console.print(f"[red]cascade demo: {error}[/red]")
+        console.print(f"cascade demo: {error}", style="red", markup=False)
         return 1
     for name in STAGES:
         if name in trained:
