@@ -156,6 +156,8 @@ def _config_error(write_stage_config, capsys, *arguments: str) -> list[str]:
         (["--trainer.strategy.init_args.param_dtype=null", "--posthoc_ema=cascade.stages.PostHocEMA"], "posthoc_ema"),
         (["--trainer.strategy.init_args.param_dtype=null", "--model.init_args.compile_unet=default"],
          "model.init_args.compile_unet"),
+        (["--trainer.strategy.init_args.param_dtype=null", "--model.init_args.optimizer.algorithm=muon"],
+         "model.init_args.optimizer.algorithm"),
     ],
 )
 def test_fsdp_refuses_what_it_does_not_support_in_one_line_naming_the_key(write_stage_config, capsys, arguments, key):

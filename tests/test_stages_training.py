@@ -99,6 +99,16 @@ class RecordStartWeights(Callback):
         RecordStartWeights.weights = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
 
 
+class RecordStartMomentum(Callback):
+    """Keeps the optimiser's momentum buffers when training starts (added through the CLI)."""
+
+    buffers: list[torch.Tensor] = []
+
+    def on_train_start(self, trainer, pl_module):
+        state = trainer.optimizers[0].state.values()
+        RecordStartMomentum.buffers = [s["momentum_buffer"].clone() for s in state if "momentum_buffer" in s]
+
+
 def test_resume_from_last_continues_exactly(write_stage_config):
     steps = 4
     straight, straight_dir = write_stage_config("straight", max_steps=2 * steps, val_every=steps)
@@ -390,3 +400,41 @@ def test_a_sigmoid_weighted_stage_trains_on_sigmoid_of_bias_minus_log_snr_times_
     for bad in (float("nan"), float("inf"), "high"):
         with pytest.raises(StageConfigError, match="^sigmoid_bias: must be a finite number"):
             BaseStage(unet=unet, image_size=8, conditioning="none", loss_weighting="sigmoid", sigmoid_bias=bad)
+
+
+def test_a_muon_stage_resumes_its_momentum_and_skips_a_nonfinite_step(write_stage_config, monkeypatch):
+    """`optimizer.algorithm: muon`: its momentum buffers are checkpointed and resumed (two steps and
+    two more end where four straight end), and a NaN step changes no weight or moment."""
+    muon = ["--model.init_args.optimizer.algorithm", "muon"]
+    straight, straight_dir = write_stage_config("straight", max_steps=4, val_every=2)
+    assert fit_main(["-c", str(straight), *muon]) == 0
+    split, split_dir = write_stage_config("split", max_steps=4, val_every=2)
+    assert fit_main(["-c", str(split), *muon, "--trainer.max_steps", "2"]) == 0
+    first_half = load(split_dir / "checkpoints" / "last.ckpt")["optimizer_states"][0]["state"]
+    record = f"--trainer.callbacks+={__name__}.RecordStartMomentum"
+    assert fit_main(["-c", str(split), *muon, "--ckpt_path", "last", record]) == 0
+    saved = [s["momentum_buffer"] for s in first_half.values() if "momentum_buffer" in s]
+    assert len(saved) == len(RecordStartMomentum.buffers) > 0
+    assert all(torch.equal(x, y) for x, y in zip(saved, RecordStartMomentum.buffers))
+    assert sum(bool(x.any()) for x in saved) >= 10  # not a fresh (zero) buffer
+    a, b = load(straight_dir / "checkpoints" / "last.ckpt"), load(split_dir / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 4
+    groups = a["optimizer_states"][0]["param_groups"]
+    assert [group["muon"] for group in groups] == [True, False, False]
+    muon_state = a["optimizer_states"][0]["state"][groups[0]["params"][0]]
+    assert set(muon_state) == {"momentum_buffer"}
+    assert set(a["optimizer_states"][0]["state"]) == set(b["optimizer_states"][0]["state"])
+    # the resumed stream of training images is not the straight run's (as for AdamW, above)
+    resumed_rows = read_metrics(split_dir, version=1)
+    val_resumed, val_straight = series(resumed_rows, "val/loss")[3], series(read_metrics(straight_dir), "val/loss")[3]
+    assert math.isclose(val_resumed, val_straight, rel_tol=0.02)
+    assert sorted(series(resumed_rows, "lr-Muon/pg1")) == [2, 3]  # one optimiser, three groups
+    assert series(resumed_rows, "lr-Muon/pg1") == series(resumed_rows, "lr-Muon/pg3")
+
+    monkeypatch.setattr(diffusion_stage, "diffusion_loss", nan_loss_at({1}))
+    skipped, skipped_dir = write_stage_config("skipped", max_steps=2, val_every=2)
+    assert fit_main(["-c", str(skipped), *muon]) == 0
+    checkpoint = load(skipped_dir / "checkpoints" / "last.ckpt")
+    assert checkpoint["cascade_nonfinite"] == {"total": 1, "in_a_row": 1}
+    assert all(torch.isfinite(v).all() for v in checkpoint["current_model_state"].values())
+    assert {float(s["step"]) for s in checkpoint["optimizer_states"][0]["state"].values() if "step" in s} == {1.0}

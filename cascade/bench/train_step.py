@@ -3,7 +3,7 @@
 One step is what Lightning's automatic optimisation runs for a stage, called directly so no
 Trainer overhead is timed: zero the gradients, `training_step` (CFG dropout, t and noise,
 q_sample, UNet, weighted loss) under the precision's autocast, backward, the stage's
-`on_before_optimizer_step` (the NaN/inf guard), and the stage's fused AdamW step.
+`on_before_optimizer_step` (the NaN/inf guard), and the stage's optimiser step (`optimizer.algorithm`).
 Gradient clipping and EMA (trainer settings) are not part of it.
 """
 
@@ -17,7 +17,7 @@ import torch
 
 from ..nn import count_parameters
 from ..stages.diffusion_stage import DiffusionStage
-from ..stages.optim import build_adamw
+from ..stages.optim import build_optimizer
 from .flops import count_flops, device_peak, mfu
 from .harness import Timing, measure, peak_memory, reset_peak_memory
 from .kernels import attention_kernels
@@ -54,10 +54,10 @@ class TrainStep:
 def prepare_train_step(
     stage: DiffusionStage, batch_size: int, resolution: int | None, settings: SpeedSettings, seed: int = 0
 ) -> TrainStep:
-    """The stage in training mode in the settings' memory format, its AdamW and a batch."""
+    """The stage in training mode in the settings' memory format, its optimiser and a batch."""
     stage.train()
     settings.apply_memory_format(stage.unet)
-    optimizer = build_adamw(list(stage.unet.named_parameters()), stage.optimizer_config)
+    optimizer = build_optimizer(stage.unet, stage.optimizer_config)
     return TrainStep(stage, training_batch(stage, batch_size, resolution, settings, seed), optimizer, settings)
 
 

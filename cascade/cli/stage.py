@@ -266,6 +266,9 @@ def sharding_problems(
     if model.compile_unet is not None:
         message = "must be null with FSDP2Strategy (the UNet is compiled before it is sharded; untested together)"
         problems.append(("model.init_args.compile_unet", message))
+    if model.optimizer_config.algorithm == "muon":
+        message = "must be adamw with FSDP2Strategy (Muon orthogonalises whole matrices, each rank holds shards)"
+        problems.append(("model.init_args.optimizer.algorithm", message))
     return problems
 
 

@@ -60,7 +60,7 @@ from .config import (
     as_dataclass,
     to_plain,
 )
-from .optim import OptimizerConfig, build_adamw, build_lr_scheduler, check_optimizer_config
+from .optim import OptimizerConfig, build_lr_scheduler, build_optimizer, check_optimizer_config
 from .sharding import FSDP2Strategy
 
 NOISE_CONDS = ("t1000", "log_snr")
@@ -510,8 +510,13 @@ class DiffusionStage(pl.LightningModule):
         total_steps = config.total_steps
         if total_steps is None and self.trainer.max_steps > 0:
             total_steps = self.trainer.max_steps
-        # Fused (CPU and CUDA): one kernel per step, and `found_inf` skips a step on the device.
-        optimizer = build_adamw(list(self.unet.named_parameters()), config)
+        if config.algorithm == "muon" and isinstance(self.trainer.strategy, FSDP2Strategy):
+            # (`cascade fit` refuses this before training; a Trainer built in Python gets here)
+            raise StageConfigError([("optimizer.algorithm", "must be adamw with FSDP2Strategy (Muon orthogonalises "
+                                                            "whole matrices, each rank holds shards)")])
+        # Fused AdamW (CPU and CUDA) for all or, under Muon, the first and last layers: `found_inf`
+        # skips a step on the device.
+        optimizer = build_optimizer(self.unet, config)
         scheduler = build_lr_scheduler(optimizer, config, total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

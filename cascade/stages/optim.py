@@ -1,4 +1,5 @@
-"""AdamW with linear warm-up and a cosine or constant learning-rate schedule."""
+"""AdamW (or Muon for the hidden weight matrices) with linear warm-up and a cosine or constant
+learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -6,8 +7,13 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch.optim.adamw import adamw  # the functional form torch.optim.AdamW steps with
 
 LR_SCHEDULES = ("cosine", "constant")
+ALGORITHMS = ("adamw", "muon")
+# Newton-Schulz quintic coefficients (Jordan et al. 2024): the slope at 0 is maximised, so 5 steps take
+# every singular value of a normalised matrix into about [0.7, 1.2] instead of exactly to 1.
+NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
 
 
 @dataclass(frozen=True)
@@ -19,6 +25,10 @@ class OptimizerConfig:
       max_steps); "constant" stays at `lr` after warm-up.
     weight_decay: applied to weight matrices and kernels only (not biases, norms, embeddings' 1-D
       parameters).
+    algorithm: "adamw", or "muon": the weights of the network's hidden linear and convolution layers
+      take Muon's orthogonalised momentum (`Muon`), everything else (the first and last layers,
+      biases, norms, embeddings, learned tokens) AdamW with the settings above, at the same lr.
+    muon_momentum: Muon's (Nesterov) momentum.
     """
 
     lr: float = 1e-4
@@ -29,6 +39,8 @@ class OptimizerConfig:
     schedule: str = "constant"
     min_lr_ratio: float = 0.0
     total_steps: int | None = None
+    algorithm: str = "adamw"
+    muon_momentum: float = 0.95
 
 
 def check_optimizer_config(config: OptimizerConfig) -> list[tuple[str, str]]:
@@ -46,6 +58,10 @@ def check_optimizer_config(config: OptimizerConfig) -> list[tuple[str, str]]:
         problems.append(("optimizer.total_steps", f"must be >= 1 or null, got {config.total_steps}"))
     if config.weight_decay < 0:
         problems.append(("optimizer.weight_decay", f"must be >= 0, got {config.weight_decay}"))
+    if config.algorithm not in ALGORITHMS:
+        problems.append(("optimizer.algorithm", f"must be one of {ALGORITHMS}, got {config.algorithm!r}"))
+    if not 0.0 <= config.muon_momentum < 1.0:
+        problems.append(("optimizer.muon_momentum", f"must be in [0, 1), got {config.muon_momentum}"))
     return problems
 
 
@@ -77,6 +93,129 @@ def build_adamw(named_parameters: list[tuple[str, torch.nn.Parameter]], config: 
         eps=config.eps,
         fused=True,
     )
+
+
+def orthogonalize(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """About U V^T for each matrix G = U S V^T of a (..., rows, columns) batch, by `steps` Newton-Schulz
+    iterations X <- a X + (b X X^T + c (X X^T)^2) X (Jordan et al. 2024), in float32."""
+    a, b, c = NEWTON_SCHULZ
+    X = G.float()
+    tall = X.shape[-2] > X.shape[-1]
+    if tall:  # iterate on the smaller Gram matrix
+        X = X.mT
+    # Frobenius >= spectral norm: every singular value <= 1
+    X = X / (torch.linalg.matrix_norm(X, keepdim=True) + 1e-7)
+    for _ in range(steps):
+        A = X @ X.mT
+        X = a * X + (b * A + c * A @ A) @ X
+    return X.mT if tall else X
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon (Jordan et al. 2024) for groups with `muon: True`, with the update scaled to AdamW's RMS
+    (Liu et al. 2025, "Muon is Scalable for LLM Training": 0.2 sqrt(max(rows, columns))) so that both
+    share one learning rate and weight decay; torch's fused AdamW for the other groups.
+
+    Like the fused AdamW it honours `found_inf` (set by `DiffusionStage.on_before_optimizer_step`):
+    when 1, no parameter, momentum or step count changes, without a host sync.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.95, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, ns_steps: int = 5):
+        defaults = dict(lr=lr, momentum=momentum, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        ns_steps=ns_steps, muon=False)
+        super().__init__(params, defaults)
+        self.found_inf: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params and group["muon"]:
+                self._muon_step(group, params)
+            elif params:
+                self._adamw_step(group, params)
+        return loss
+
+    def _muon_step(self, group: dict, params: list[torch.Tensor]) -> None:
+        mu, lr, decay = group["momentum"], group["lr"], group["weight_decay"]
+        skip = self.found_inf
+        if skip is not None and skip.device.type == "cpu":  # read without a device sync
+            if skip.item():
+                return
+            skip = None
+        keep = None if skip is None else skip.to(params[0].device).bool()
+        grads = [p.grad for p in params]
+        bufs = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params]
+        # m <- mu m + g; the Nesterov direction g + mu m
+        if keep is None:
+            torch._foreach_mul_(bufs, mu)
+            torch._foreach_add_(bufs, grads)
+        else:
+            for buf, grad in zip(bufs, grads):
+                buf.copy_(torch.where(keep, buf, mu * buf + grad))
+        directions = torch._foreach_add(grads, bufs, alpha=mu)
+        # orthogonalised as (output channels, the rest) matrices, one batch per matrix shape, and scaled
+        # to AdamW's update RMS: 0.2 sqrt(max(rows, columns))
+        by_shape: dict[tuple[int, int], list[int]] = {}
+        for index, p in enumerate(params):
+            by_shape.setdefault((p.shape[0], p[0].numel()), []).append(index)
+        steps = [None] * len(params)
+        for shape, indices in by_shape.items():
+            matrices = torch.stack([directions[i].reshape(shape) for i in indices])
+            update = orthogonalize(matrices, group["ns_steps"]).mul_(lr * 0.2 * math.sqrt(max(shape)))
+            for index, matrix in zip(indices, update):
+                steps[index] = matrix.reshape(params[index].shape).to(params[index].dtype)
+        if keep is None:
+            if decay:
+                torch._foreach_mul_(params, 1.0 - lr * decay)
+            torch._foreach_sub_(params, steps)
+        else:
+            for p, step in zip(params, steps):
+                p.copy_(torch.where(keep, p, p * (1.0 - lr * decay) - step))
+
+    def _adamw_step(self, group: dict, params: list[torch.Tensor]) -> None:
+        for p in params:
+            if not self.state[p]:
+                self.state[p].update(step=torch.zeros((), dtype=torch.float32, device=p.device),
+                                     exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+        states = [self.state[p] for p in params]
+        adamw(
+            params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+            [], [s["step"] for s in states], fused=True, found_inf=self.found_inf, amsgrad=False,
+            beta1=group["betas"][0], beta2=group["betas"][1], lr=group["lr"], weight_decay=group["weight_decay"],
+            eps=group["eps"], maximize=False,
+        )
+
+
+def build_muon(module: torch.nn.Module, config: OptimizerConfig, io_layers: tuple[str, ...]) -> Muon:
+    """Muon for the weights of `module`'s linear and convolution layers but `io_layers` (the first and
+    last: Muon is for hidden layers); AdamW for the rest, decaying >= 2-D tensors as `build_adamw` does."""
+    excluded = {id(getattr(module, name)) for name in io_layers if getattr(module, name, None) is not None}
+    hidden = [m.weight for m in module.modules()
+              if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d))
+              and id(m) not in excluded and m.weight.requires_grad]
+    hidden_ids = {id(p) for p in hidden}
+    rest = [p for p in module.parameters() if p.requires_grad and id(p) not in hidden_ids]
+    groups = [
+        {"params": hidden, "muon": True, "weight_decay": config.weight_decay},
+        {"params": [p for p in rest if p.ndim >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in rest if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return Muon([g for g in groups if g["params"]], lr=config.lr, momentum=config.muon_momentum,
+                betas=config.betas, eps=config.eps)
+
+
+def build_optimizer(unet: torch.nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
+    """The optimiser `config.algorithm` names, over a `cascade.nn.unet.UNet`'s parameters (Muon: all but
+    its first layer, `conv_in`, and the layers that paint images, `conv_out` and `layout_head`)."""
+    if config.algorithm == "muon":
+        return build_muon(unet, config, io_layers=("conv_in", "conv_out", "layout_head"))
+    return build_adamw(list(unet.named_parameters()), config)
 
 
 def build_lr_scheduler(
