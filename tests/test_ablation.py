@@ -209,6 +209,15 @@ def test_the_cross_attention_row_is_the_layout_recipe_with_attention_at_32_px_fo
     assert training_steps(changed, plan) == pytest.approx(training_steps(reference, plan) / cost, abs=8)
 
 
+def test_the_muon_row_is_the_layout_recipe_with_muon_for_the_same_compute():
+    reference, changed = "sigmoid_b0+lr2e-3+layout8+loss+pre3k", "sigmoid_b0+lr2e-3+layout8+loss+pre3k+muon"
+    assert TRAININGS[changed] == (*TRAININGS[reference], "--model.init_args.optimizer.algorithm", "muon")
+    plan = AblationPlan(train_steps=1200)
+    cost = TRAINING_STEP_COST[changed] / TRAINING_STEP_COST[reference]
+    assert 1.15 < cost < 1.25  # its optimiser step: 55 ms against AdamW's 4 ms, on a 259 ms step
+    assert training_steps(changed, plan) == pytest.approx(training_steps(reference, plan) / cost, abs=8)
+
+
 def test_the_scale_yardsticks_are_the_layout_recipe_given_16_and_64_times_its_compute_at_batch_256(tmp_path):
     """The GPU yardsticks spend 16x / 64x the reference's compute (its denoiser steps at their step
     cost and the layout pre-training's fixed cost, both in steps of 16 images), in steps of 256."""

@@ -216,11 +216,16 @@ _DEMO_CHANGES: dict[str, tuple[str, tuple[str, ...]]] = {
 #   length (a frequent word's, say) weighs as much, and at lr 2e-3 the logits can grow faster than the
 #   directions sort out. Refuted at 3 seeds: shape -0.04 +- 0.02*, exact -0.03 +- 0.02, binding rate
 #   +0.02 +- 0.01* (docs/benchmarks.md, "QK-norm for binding?")
+# - muon: Muon for the weights of the hidden layers (`optimizer.algorithm: muon`, AdamW's lr and update
+#   RMS; AdamW for the first and last layers and the rest): compute is the one lever that moved shape
+#   (2x / 4x / 8x the steps: 0.53 / 0.64 / 0.72), and an orthogonalised update trains a network in
+#   fewer steps elsewhere (Jordan et al. 2024; Liu et al. 2025); is that compute here?
 _LAYOUT_RECIPE_CHANGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "xattn32": ("cross-attention at 32 px too (16-channel heads)",
                 ("--model.init_args.unet.cross_attention_resolutions", "[32, 16, 8]",
                  "--model.init_args.unet.head_channels", "16")),
     "qknorm": ("QK-norm in every attention block", ("--model.init_args.unet.qk_norm", "true")),
+    "muon": ("Muon for the hidden layers' weights", ("--model.init_args.optimizer.algorithm", "muon")),
 }
 # The demo's recipe (the layout path fitted first) given 16 and 64 times every other row's compute, at
 # batch 256 (the same layout pre-training, then about 24 and 97 times the reference's denoiser images in
@@ -309,6 +314,11 @@ TRAINING_STEP_COST: dict[str, float] = {"sigmoid_b0+lr2e-3+attn16": 169 / 145.5,
                                          # QK-norm: medians of 6 alternating runs of 10 steps, 657.5 vs 624.5 ms (the
                                          # demo's base config, layout path included; 1 thread, batch 16, avx2 only)
                                          "sigmoid_b0+lr2e-3+layout8+loss+pre3k+qknorm": LAYOUT_LOSS_COST * 657.5 / 624.5,
+                                         # Muon: 8 alternating blocks of 10 steps in one process (1 thread, batch 16,
+                                         # the demo's base config): median of the blocks' ratios 1.156, ratio of the
+                                         # medians 1.229; its step alone 55 ms against AdamW's 4 ms, on a 259 ms step
+                                         # (Intel Xeon, avx512_bf16, no AMX)
+                                         "sigmoid_b0+lr2e-3+layout8+loss+pre3k+muon": LAYOUT_LOSS_COST * 1.18,
                                          **dict.fromkeys(_SCALE_YARDSTICKS, LAYOUT_LOSS_COST)}
 # Trainings that spend compute before their first step, in steps of the demo's base (taken off their
 # steps): the layout pre-training, LAYOUT_PRETRAINING_COST.
