@@ -219,13 +219,23 @@ _DEMO_CHANGES: dict[str, tuple[str, tuple[str, ...]]] = {
 # - muon: Muon for the weights of the hidden layers (`optimizer.algorithm: muon`, AdamW's lr and update
 #   RMS; AdamW for the first and last layers and the rest): compute is the one lever that moved shape
 #   (2x / 4x / 8x the steps: 0.53 / 0.64 / 0.72), and an orthogonalised update trains a network in
-#   fewer steps elsewhere (Jordan et al. 2024; Liu et al. 2025); is that compute here?
+#   fewer steps elsewhere (Jordan et al. 2024; Liu et al. 2025); is that compute here? At 3 seeds: count
+#   +0.08 +- 0.02*, relation 0.11 -> 0.16, word order +0.04*, binding +0.03*, shape +0.03 +- 0.04, FID +0.6 +- 0.4
+#   (docs/benchmarks.md, "Muon")
+# - muon+lr4e-3: and twice the peak learning rate (an orthogonalised step's size does not grow with the
+#   gradient's, so Muon is usually run hotter than AdamW). At 3 seeds: shape +0.10 +- 0.03*, count +0.06 +- 0.01*,
+#   relation +0.08 +- 0.02*, exact +0.07 +- 0.02*, FID +0.0 +- 0.7: the demo's base since
+# - muon+lr8e-3: is the optimum higher still? No: count +0.04 +- 0.01*, the rest inside two standard errors,
+#   and one seed of three loses colour, side, word order and binding (0.86 / 0.83 / 0.84 / 0.66)
 _LAYOUT_RECIPE_CHANGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "xattn32": ("cross-attention at 32 px too (16-channel heads)",
                 ("--model.init_args.unet.cross_attention_resolutions", "[32, 16, 8]",
                  "--model.init_args.unet.head_channels", "16")),
     "qknorm": ("QK-norm in every attention block", ("--model.init_args.unet.qk_norm", "true")),
     "muon": ("Muon for the hidden layers' weights", ("--model.init_args.optimizer.algorithm", "muon")),
+    **{f"muon+lr{lr}": (f"Muon for the hidden layers' weights, lr {lr}",
+                        ("--model.init_args.optimizer.algorithm", "muon", "--model.init_args.optimizer.lr", lr))
+       for lr in ("4e-3", "8e-3")},
 }
 # The demo's recipe (the layout path fitted first) given 16 and 64 times every other row's compute, at
 # batch 256 (the same layout pre-training, then about 24 and 97 times the reference's denoiser images in
@@ -318,7 +328,9 @@ TRAINING_STEP_COST: dict[str, float] = {"sigmoid_b0+lr2e-3+attn16": 169 / 145.5,
                                          # the demo's base config): median of the blocks' ratios 1.156, ratio of the
                                          # medians 1.229; its step alone 55 ms against AdamW's 4 ms, on a 259 ms step
                                          # (Intel Xeon, avx512_bf16, no AMX)
-                                         "sigmoid_b0+lr2e-3+layout8+loss+pre3k+muon": LAYOUT_LOSS_COST * 1.18,
+                                         **dict.fromkeys((f"sigmoid_b0+lr2e-3+layout8+loss+pre3k+{change}"
+                                                          for change in _LAYOUT_RECIPE_CHANGES if "muon" in change),
+                                                         LAYOUT_LOSS_COST * 1.18),
                                          **dict.fromkeys(_SCALE_YARDSTICKS, LAYOUT_LOSS_COST)}
 # Trainings that spend compute before their first step, in steps of the demo's base (taken off their
 # steps): the layout pre-training, LAYOUT_PRETRAINING_COST.
