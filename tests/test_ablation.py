@@ -8,10 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from conftest import REPO
 
 from cascade.cli import main
+from cascade.demo import FULL
 from cascade.demo.ablation import (
     CHECKS,
+    LAYOUT_LOSS_COST,
     FAST_ABLATION,
     TRAINING_BATCH,
     TRAINING_FIXED_COST,
@@ -216,6 +220,17 @@ def test_the_muon_row_is_the_layout_recipe_with_muon_for_the_same_compute():
     cost = TRAINING_STEP_COST[changed] / TRAINING_STEP_COST[reference]
     assert 1.15 < cost < 1.25  # its optimiser step: 55 ms against AdamW's 4 ms, on a 259 ms step
     assert training_steps(changed, plan) == pytest.approx(training_steps(reference, plan) / cost, abs=8)
+    for lr in ("4e-3", "8e-3"):
+        assert TRAININGS[f"{changed}+lr{lr}"] == (*TRAININGS[changed], "--model.init_args.optimizer.lr", lr)
+        assert TRAINING_STEP_COST[f"{changed}+lr{lr}"] == TRAINING_STEP_COST[changed]
+
+
+def test_the_demos_base_trains_with_the_muon_recipe_the_ablation_chose():
+    base = yaml.safe_load((REPO / "configs" / "demo" / "base.yaml").read_text())["model"]["init_args"]
+    assert (base["optimizer"]["algorithm"], base["optimizer"]["lr"]) == ("muon", 4.0e-3)
+    # its 1,000 steps cost what the 1,200 AdamW steps did: the same compute at 1.18x the step
+    cost = TRAINING_STEP_COST["sigmoid_b0+lr2e-3+layout8+loss+pre3k+muon+lr4e-3"] / LAYOUT_LOSS_COST
+    assert FULL.train_steps[0] * cost == pytest.approx(1200, rel=0.02)
 
 
 def test_the_scale_yardsticks_are_the_layout_recipe_given_16_and_64_times_its_compute_at_batch_256(tmp_path):
