@@ -87,9 +87,12 @@ def test_muon_moves_the_other_parameters_exactly_as_torchs_fused_adamw():
         assert torch.equal(a.detach(), b.detach())
 
 
-def test_a_muon_step_with_found_inf_changes_no_parameter_momentum_or_step_count():
+@pytest.mark.parametrize("read_cpu_flag", [True, False], ids=["flag read", "on-device path"])
+def test_a_muon_step_with_found_inf_changes_no_parameter_momentum_or_step_count(read_cpu_flag, monkeypatch):
+    monkeypatch.setattr(Muon, "read_cpu_flag", read_cpu_flag)
     hidden, bias = torch.nn.Parameter(torch.randn(8, 8)), torch.nn.Parameter(torch.randn(8))
-    optimizer = Muon([{"params": [hidden], "muon": True}, {"params": [bias]}], lr=1e-2)
+    optimizer = Muon([{"params": [hidden], "muon": True, "weight_decay": 0.1}, {"params": [bias]}], lr=1e-2)
+    optimizer.found_inf = torch.zeros(())
     hidden.grad, bias.grad = torch.randn(8, 8), torch.randn(8)
     optimizer.step()
     saved = {name: t.detach().clone() for name, t in (("hidden", hidden), ("bias", bias),
@@ -103,6 +106,24 @@ def test_a_muon_step_with_found_inf_changes_no_parameter_momentum_or_step_count(
              "exp_avg": optimizer.state[bias]["exp_avg"], "step": optimizer.state[bias]["step"]}
     for name, value in after.items():
         assert torch.equal(value.detach(), saved[name]), name
+
+
+def test_the_on_device_skip_path_steps_exactly_as_the_read_flag_path(monkeypatch):
+    generator = torch.Generator().manual_seed(3)
+    start, grads = torch.randn(16, 8, 3, 3, generator=generator), [torch.randn(16, 8, 3, 3, generator=generator)
+                                                                     for _ in range(3)]
+    results = []
+    for read_cpu_flag in (True, False):
+        monkeypatch.setattr(Muon, "read_cpu_flag", read_cpu_flag)
+        weight = torch.nn.Parameter(start.clone())
+        optimizer = Muon([{"params": [weight], "muon": True, "weight_decay": 0.1}], lr=1e-2)
+        optimizer.found_inf = torch.zeros(())
+        for grad in grads:
+            weight.grad = grad.clone()
+            optimizer.step()
+        results.append(weight.detach())
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-7)
+    assert not torch.equal(results[0], start)
 
 
 def test_muon_takes_the_hidden_layers_weights_and_adamw_the_first_and_last_layers_and_the_rest():

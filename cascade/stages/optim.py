@@ -120,6 +120,8 @@ class Muon(torch.optim.Optimizer):
     when 1, no parameter, momentum or step count changes, without a host sync.
     """
 
+    read_cpu_flag = True  # False: keep even a CPU `found_inf` on the device path (torch.where), as on a GPU
+
     def __init__(self, params, lr: float, momentum: float = 0.95, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, ns_steps: int = 5):
         defaults = dict(lr=lr, momentum=momentum, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
@@ -144,7 +146,7 @@ class Muon(torch.optim.Optimizer):
     def _muon_step(self, group: dict, params: list[torch.Tensor]) -> None:
         mu, lr, decay = group["momentum"], group["lr"], group["weight_decay"]
         skip = self.found_inf
-        if skip is not None and skip.device.type == "cpu":  # read without a device sync
+        if skip is not None and skip.device.type == "cpu" and self.read_cpu_flag:  # read: no device to sync
             if skip.item():
                 return
             skip = None
