@@ -77,6 +77,7 @@ from ..stages import (
     TrainingSpeed,
 )
 from ..stages.export import CONFIG_FILE, WEIGHTS_FILE, export_stage
+from ..stages.optim import MUON_UNDER_FSDP
 
 SHARED_DEFAULTS: dict[str, Any] = {
     "trainer.check_val_every_n_epoch": None,  # validate every val_check_interval optimiser steps
@@ -267,8 +268,7 @@ def sharding_problems(
         message = "must be null with FSDP2Strategy (the UNet is compiled before it is sharded; untested together)"
         problems.append(("model.init_args.compile_unet", message))
     if model.optimizer_config.algorithm == "muon":
-        message = "must be adamw with FSDP2Strategy (Muon orthogonalises whole matrices, each rank holds shards)"
-        problems.append(("model.init_args.optimizer.algorithm", message))
+        problems.append(("model.init_args.optimizer.algorithm", MUON_UNDER_FSDP))
     return problems
 
 

@@ -60,7 +60,7 @@ from .config import (
     as_dataclass,
     to_plain,
 )
-from .optim import OptimizerConfig, build_lr_scheduler, build_optimizer, check_optimizer_config
+from .optim import MUON_UNDER_FSDP, OptimizerConfig, build_lr_scheduler, build_optimizer, check_optimizer_config
 from .sharding import FSDP2Strategy
 
 NOISE_CONDS = ("t1000", "log_snr")
@@ -512,8 +512,7 @@ class DiffusionStage(pl.LightningModule):
             total_steps = self.trainer.max_steps
         if config.algorithm == "muon" and isinstance(self.trainer.strategy, FSDP2Strategy):
             # (`cascade fit` refuses this before training; a Trainer built in Python gets here)
-            raise StageConfigError([("optimizer.algorithm", "must be adamw with FSDP2Strategy (Muon orthogonalises "
-                                                            "whole matrices, each rank holds shards)")])
+            raise StageConfigError([("optimizer.algorithm", MUON_UNDER_FSDP)])
         # Fused AdamW (CPU and CUDA) for all or, under Muon, the first and last layers: `found_inf`
         # skips a step on the device.
         optimizer = build_optimizer(self.unet, config)

@@ -11,6 +11,7 @@ from torch.optim.adamw import adamw  # the functional form torch.optim.AdamW ste
 
 LR_SCHEDULES = ("cosine", "constant")
 ALGORITHMS = ("adamw", "muon")
+MUON_UNDER_FSDP = "must be adamw with FSDP2Strategy (Muon orthogonalises whole matrices, each rank holds shards)"
 # Newton-Schulz quintic coefficients (Jordan et al. 2024): the slope at 0 is maximised, so 5 steps take
 # every singular value of a normalised matrix into about [0.7, 1.2] instead of exactly to 1.
 NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
@@ -75,19 +76,22 @@ def lr_multiplier(step: int, warmup_steps: int, schedule: str, total_steps: int 
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def decay_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
+    """Parameter groups: decayed (>= 2-D tensors: matrices, kernels) and not decayed (biases, norms'
+    gains); an empty group is left out."""
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
 def build_adamw(named_parameters: list[tuple[str, torch.nn.Parameter]], config: OptimizerConfig) -> torch.optim.AdamW:
-    """Fused AdamW with two parameter groups: decayed (>= 2-D tensors) and not decayed (the rest).
+    """Fused AdamW with two parameter groups (`decay_groups`).
 
     Fused on every device: one kernel per step, and it honours `optimizer.found_inf`, which
     `DiffusionStage` sets to skip a non-finite step without a host sync."""
-    decayed = [p for _, p in named_parameters if p.requires_grad and p.ndim >= 2]
-    not_decayed = [p for _, p in named_parameters if p.requires_grad and p.ndim < 2]
-    groups = [
-        {"params": decayed, "weight_decay": config.weight_decay},
-        {"params": not_decayed, "weight_decay": 0.0},
-    ]
+    params = [p for _, p in named_parameters if p.requires_grad]
     return torch.optim.AdamW(
-        [g for g in groups if g["params"]],
+        decay_groups(params, config.weight_decay),
         lr=config.lr,
         betas=tuple(config.betas),
         eps=config.eps,
@@ -196,19 +200,15 @@ class Muon(torch.optim.Optimizer):
 
 def build_muon(module: torch.nn.Module, config: OptimizerConfig, io_layers: tuple[str, ...]) -> Muon:
     """Muon for the weights of `module`'s linear and convolution layers but `io_layers` (the first and
-    last: Muon is for hidden layers); AdamW for the rest, decaying >= 2-D tensors as `build_adamw` does."""
+    last: Muon is for hidden layers); AdamW for the rest, in `decay_groups` as `build_adamw`."""
     excluded = {id(getattr(module, name)) for name in io_layers if getattr(module, name, None) is not None}
     hidden = [m.weight for m in module.modules()
               if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d))
               and id(m) not in excluded and m.weight.requires_grad]
     hidden_ids = {id(p) for p in hidden}
     rest = [p for p in module.parameters() if p.requires_grad and id(p) not in hidden_ids]
-    groups = [
-        {"params": hidden, "muon": True, "weight_decay": config.weight_decay},
-        {"params": [p for p in rest if p.ndim >= 2], "weight_decay": config.weight_decay},
-        {"params": [p for p in rest if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    return Muon([g for g in groups if g["params"]], lr=config.lr, momentum=config.muon_momentum,
+    groups = [{"params": hidden, "muon": True, "weight_decay": config.weight_decay}] if hidden else []
+    return Muon(groups + decay_groups(rest, config.weight_decay), lr=config.lr, momentum=config.muon_momentum,
                 betas=config.betas, eps=config.eps)
 
 
