@@ -183,3 +183,10 @@ def test_every_sr_row_upsamples_the_same_base_images_and_scores_its_final_images
     assert got.shape == expected.shape and (got - expected.clamp(-1, 1)).abs().mean() < 0.02
     final = stratified_alignment(score_folder(first, scenes, upsampled), resamples=10)[BALANCED]
     assert control[0].final["exact"] == pytest.approx(final["exact"][0])
+
+
+def test_the_demos_sr_stages_sample_as_the_sr_ablation_chose():
+    """From log-SNR 10: the row whose final images keep the base's scores (docs/benchmarks.md)."""
+    chosen = sr_settings(next(row for row in SR_ROWS if row.key == "start10"))
+    assert (FULL.sr_start_log_snr, FULL.sampling_steps[1:], FULL.aug_levels, FULL.dynamic_threshold) == (
+        chosen.start_log_snr, (chosen.steps, chosen.steps), (chosen.aug_level, chosen.aug_level), chosen.dynamic_threshold)
