@@ -210,14 +210,13 @@ def sample_and_score_sr(row: SRRow, base: Path, runs: dict[str, StageRun], scene
                      {key: float(value) for key, value in metrics.items()})
 
 
-def upsampling_control(folder: Path, cascade_sources: list[Path], scenes: list[dict], plan: SRAblationPlan,
-                       reference, extractor, seeds: tuple[int, ...]) -> list[SRSampled]:
+def upsampling_control(folder: Path, target: Path, cascade_sources: list[Path], scenes: list[dict],
+                       plan: SRAblationPlan, reference, extractor, seeds: tuple[int, ...]) -> list[SRSampled]:
     """The row of SR stages that change nothing: the base's images of a sampled `folder` brought to
     the final size by the SR stages' own upsampling (`SuperResStage.upsample_lowres`, no network), into
-    `folder`/../../upsampled, scored like a row; the same for every seed (no training involved)."""
+    `target`, scored like a row; the same for every seed (no training involved)."""
     from ..stages.export import load_stage
 
-    target = folder.parent.parent / UPSAMPLED_KEY
     target.mkdir(parents=True, exist_ok=True)
     _, base_dir = intermediate_dirs(folder)[0]
     stages = [load_stage(path).eval() for path in cascade_sources]
@@ -322,8 +321,9 @@ def run_sr_ablation(out: Path, base: Path, plan: SRAblationPlan, threads: int, c
                                 f"FID {result.metrics.get('fid', math.nan):.1f}", markup=False)
                 sampled.append(result)
     first = out / "samples" / rows[0].key / f"seed{plan.seeds[0]}"
-    sampled += upsampling_control(first, [runs[rows[0].training, plan.seeds[0], stage].last_checkpoint for stage in SR_STAGES],
-                                  scenes, plan, reference_stats, extractor, plan.seeds)
+    stages = [runs[rows[0].training, plan.seeds[0], stage].last_checkpoint for stage in SR_STAGES]
+    sampled += upsampling_control(first, out / "samples" / UPSAMPLED_KEY, stages, scenes, plan, reference_stats,
+                                  extractor, plan.seeds)
     summary = summarise_sr(sampled, [row.name for row in rows] + [UPSAMPLED_ROW])
     text = sr_markdown_table(summary, plan, command, base)
     write_text(out / "sr_ablation.json", json.dumps({"plan": asdict(plan), "base": str(base),
