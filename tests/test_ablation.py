@@ -233,6 +233,19 @@ def test_the_demos_base_trains_with_the_muon_recipe_the_ablation_chose():
     assert FULL.train_steps[0] * cost == pytest.approx(1200, rel=0.02)
 
 
+def test_the_muon_recipes_sampling_rows_reuse_its_networks_and_change_only_the_guidance_or_the_ema_length():
+    by_key = {row.key: row for row in rows()}
+    recipe = "sigmoid_b0+lr2e-3+layout8+loss+pre3k+muon+lr4e-3"
+    reference = by_key[recipe]
+    changes = {"cfg2": ("ema", 2.0), "cfg5": ("ema", 5.0), "phema0.05": ("phema:0.05", 3.0),
+               "phema0.2": ("phema:0.2", 3.0)}
+    for key, (weights, guidance) in changes.items():
+        row = by_key[f"{recipe}+{key}"]
+        assert row.training == recipe and (row.weights, row.guide) == (weights, None)
+        assert row.sampling == {**reference.sampling, "guidance": guidance}
+        assert (f"guidance {guidance:g}" if weights == "ema" else f"sigma_rel {weights[6:]}") in row.name
+
+
 def test_the_scale_yardsticks_are_the_layout_recipe_given_16_and_64_times_its_compute_at_batch_256(tmp_path):
     """The GPU yardsticks spend 16x / 64x the reference's compute (its denoiser steps at their step
     cost and the layout pre-training's fixed cost, both in steps of 16 images), in steps of 256."""

@@ -237,6 +237,8 @@ _LAYOUT_RECIPE_CHANGES: dict[str, tuple[str, tuple[str, ...]]] = {
                         ("--model.init_args.optimizer.algorithm", "muon", "--model.init_args.optimizer.lr", lr))
        for lr in ("4e-3", "8e-3")},
 }
+# the demo's base recipe since the fifteenth session (its `configs/demo/base.yaml`)
+_MUON_RECIPE = "sigmoid_b0+lr2e-3+layout8+loss+pre3k+muon+lr4e-3"
 # The demo's recipe (the layout path fitted first) given 16 and 64 times every other row's compute, at
 # batch 256 (the same layout pre-training, then about 24 and 97 times the reference's denoiser images in
 # 1.5 and 6 times its steps): how far compute alone moves each score, past the CPU's 2x-8x yardsticks.
@@ -403,6 +405,15 @@ def rows() -> list[Row]:
               f"sigmoid_b0+lr2e-3+layout8+loss+pre3k+{change}", training=f"sigmoid_b0+lr2e-3+layout8+loss+pre3k+{change}",
               sampling=BASE_SAMPLING)
           for change, (label, _) in _LAYOUT_RECIPE_CHANGES.items()),
+        # the demo's Muon recipe sampled otherwise (its networks, the same NFE): other guidance weights, and
+        # post-hoc EMA lengths shorter than its EMA (decay 0.995: about sigma_rel 0.3 at these steps), since an
+        # underfit base's latest weights may draw sharper shapes than its average
+        *(Row(f"+ layout path fitted first, Muon at lr 4e-3, {label} (its networks, the same NFE)",
+              f"{_MUON_RECIPE}+{key}", training=_MUON_RECIPE, weights=weights,
+              sampling={**BASE_SAMPLING, "guidance": guidance})
+          for key, label, weights, guidance in (("cfg2", "guidance 2", "ema", 2.0), ("cfg5", "guidance 5", "ema", 5.0),
+                                                ("phema0.05", "post-hoc EMA sigma_rel 0.05", "phema:0.05", 3.0),
+                                                ("phema0.2", "post-hoc EMA sigma_rel 0.2", "phema:0.2", 3.0))),
         # the demo's recipe given 16 and 64 times the compute at batch 256: yardsticks for a GPU (`_SCALE_YARDSTICKS`)
         *(Row(f"demo recipe, {factor}x the compute at batch 256 (a yardstick, not a recipe)",
               training, training=training, sampling=BASE_SAMPLING)
