@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -199,15 +199,22 @@ def sample_and_score_sr(row: SRRow, base: Path, runs: dict[str, StageRun], scene
     (ranks or LocalRanks(1)).fill(cascade, [(scene["caption"], None) for scene in scenes], job, folder,
                                   console=Console(quiet=True))
     merge_metadata(folder)
-    final = score_folder(folder, scenes)
+    return scored(row.name, runs[SR_STAGES[0]].seed, folder, folder, sr_function_evaluations(cascade.settings[1:]),
+                  scenes, plan, reference, extractor)
+
+
+def scored(row: str, seed: int, folder: Path, final_dir: Path, nfe: int, scenes: list[dict], plan: SRAblationPlan,
+           reference, extractor) -> SRSampled:
+    """The final images in `final_dir` (named as in the sampled `folder`) scored: the detector balanced
+    over the strata, final minus the base's images of `folder` paired by image, FID / precision / recall."""
+    final = score_folder(folder, scenes, final_dir)
     _, base_dir = intermediate_dirs(folder)[0]
     effect = paired_difference(score_folder(folder, scenes, base_dir), final, resamples=200)
     balanced = stratified_alignment(final, resamples=200)[BALANCED]
-    metrics = evaluate_samples(first_images(folder, plan.samples_per_caption), reference, extractor,
+    metrics = evaluate_samples(first_images(final_dir, plan.samples_per_caption), reference, extractor,
                                metrics=("fid", "pr"), progress=False).metrics
-    return SRSampled(row.name, runs[SR_STAGES[0]].seed, str(folder), sr_function_evaluations(cascade.settings[1:]),
-                     {check: balanced[check][0] for check in CHECKS}, {check: effect[check][0] for check in CHECKS},
-                     {key: float(value) for key, value in metrics.items()})
+    return SRSampled(row, seed, str(final_dir), nfe, {check: balanced[check][0] for check in CHECKS},
+                     {check: effect[check][0] for check in CHECKS}, {key: float(value) for key, value in metrics.items()})
 
 
 def upsampling_control(folder: Path, target: Path, cascade_sources: list[Path], scenes: list[dict],
@@ -227,14 +234,8 @@ def upsampling_control(folder: Path, target: Path, cascade_sources: list[Path], 
                 pixels = stage.upsample_lowres(pixels)
             write_bytes(target / image.name, png_bytes(pixels[0]))
     shutil.copyfile(folder / METADATA_FILE, target / METADATA_FILE)
-    final = score_folder(folder, scenes, target)
-    effect = paired_difference(score_folder(folder, scenes, base_dir), final, resamples=200)
-    balanced = stratified_alignment(final, resamples=200)[BALANCED]
-    metrics = evaluate_samples(first_images(target, plan.samples_per_caption), reference, extractor,
-                               metrics=("fid", "pr"), progress=False).metrics
-    return [SRSampled(UPSAMPLED_ROW, seed, str(target), 0, {check: balanced[check][0] for check in CHECKS},
-                      {check: effect[check][0] for check in CHECKS},
-                      {key: float(value) for key, value in metrics.items()}) for seed in seeds]
+    control = scored(UPSAMPLED_ROW, seeds[0], folder, target, 0, scenes, plan, reference, extractor)
+    return [replace(control, seed=seed) for seed in seeds]
 
 
 def summarise_sr(sampled: list[SRSampled], order: list[str]) -> list[dict[str, Any]]:
