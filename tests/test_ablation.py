@@ -233,6 +233,26 @@ def test_the_demos_base_trains_with_the_muon_recipe_the_ablation_chose():
     assert FULL.train_steps[0] * cost == pytest.approx(1200, rel=0.02)
 
 
+def test_the_muon_yardstick_is_the_demos_recipe_given_1_4_times_its_compute_and_1_6_times_its_steps():
+    """The layout pre-training is a fixed cost, so 1.4x the compute is 1.6x the denoiser steps: what the
+    demo's base gains from 1,000 to 1,600 steps."""
+    recipe, longer = "sigmoid_b0+lr2e-3+layout8+loss+pre3k+muon+lr4e-3", \
+        "sigmoid_b0+lr2e-3+layout8+loss+pre3k+muon+lr4e-3+compute1.4x"
+    assert TRAININGS[longer] == TRAININGS[recipe]
+    assert (TRAINING_STEP_COST[longer], TRAINING_FIXED_COST[longer]) == (TRAINING_STEP_COST[recipe],
+                                                                         TRAINING_FIXED_COST[recipe])
+    plan = AblationPlan(train_steps=1200, batch_size=16, snapshots=8)
+
+    def compute(training: str) -> float:  # in steps of 16 images of the plain base
+        return training_steps(training, plan) * TRAINING_STEP_COST[training] + TRAINING_FIXED_COST[training]
+
+    assert compute(longer) == pytest.approx(1.4 * compute(recipe), rel=0.02)
+    assert training_steps(longer, plan) / training_steps(recipe, plan) == pytest.approx(1.6, abs=0.03)
+    row = {row.key: row for row in rows()}[longer]
+    assert row.training == longer and row.sampling == {row.key: row for row in rows()}[recipe].sampling
+    assert "1.4x the compute" in row.name and "yardstick" in row.name
+
+
 def test_the_muon_recipes_sampling_rows_reuse_its_networks_and_change_only_the_guidance_or_the_ema_length():
     by_key = {row.key: row for row in rows()}
     recipe = "sigmoid_b0+lr2e-3+layout8+loss+pre3k+muon+lr4e-3"
