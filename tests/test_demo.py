@@ -33,7 +33,7 @@ def test_demo_fast_trains_samples_evaluates_and_writes_the_report(wheel_demo):
     assert len({scene["caption"] for scene in scenes}) == 6  # distinct captions, one real render each
     assert len(list((out / "reference").glob("*.png"))) == 6
     assert (out / "report.md").exists()
-    for guidance in ("1", "3"):
+    for guidance in ("1", "2"):
         folder = out / "samples" / f"guidance={guidance}"
         lines = (folder / "metadata.jsonl").read_text().splitlines()
         # one image per caption, two of a caption that is its stratum's only one (images_per_stratum=2)
@@ -388,7 +388,7 @@ def test_the_full_demo_samples_the_held_out_set_guided_only_and_the_fast_one_als
             folder.mkdir(parents=True)
             return 0
 
-    for name, plan, expected in (("full", demo.FULL, [3.0]), ("fast", demo.FAST, [1.0, 3.0])):
+    for name, plan, expected in (("full", demo.FULL, [2.0]), ("fast", demo.FAST, [1.0, 2.0])):
         asked.clear()
         folders, written = demo.sample_heldout(Cascade(), demo.heldout_scenes(demo.FAST)[:1], tmp_path / name, plan,
                                                Console(file=io.StringIO()), Ranks())

@@ -426,6 +426,16 @@ def rows() -> list[Row]:
         *(Row(f"+ layout path fitted first, Muon at lr 4e-3, {factor:g}x the compute (a yardstick, not "
               "a recipe)", training, training=training, sampling=BASE_SAMPLING)
           for training, factor in _MUON_YARDSTICKS.items()),
+        # ... and its networks sampled unguided, at guidance 2, and guided only for log-SNR in EDM2's
+        # interval: the demo's 16-caption sweep of the 1,600-step base read guidance 1 and the interval
+        # above guidance 3 (exact 0.65 against 0.52)
+        *(Row(f"+ layout path fitted first, Muon at lr 4e-3, 1.4x the compute, {label} (its networks)",
+              f"{training}+{key}", training=training, sampling={**BASE_SAMPLING, **change})
+          for training in _MUON_YARDSTICKS
+          for key, label, change in (("cfg1", "unguided (half the NFE)", {"guidance": 1.0}),
+                                     ("cfg2", "guidance 2", {"guidance": 2.0}),
+                                     ("interval", "guidance 3 for log-SNR in [-2.13, 2.55] only",
+                                      {"guidance_interval": [-2.13, 2.55]}))),
         # the demo's recipe given 16 and 64 times the compute at batch 256: yardsticks for a GPU (`_SCALE_YARDSTICKS`)
         *(Row(f"demo recipe, {factor}x the compute at batch 256 (a yardstick, not a recipe)",
               training, training=training, sampling=BASE_SAMPLING)
