@@ -410,6 +410,25 @@ def test_local_ranks_split_every_folder_and_draw_the_images_one_process_draws(ex
         assert np.abs(a - b).max() <= 1, line["file"]
 
 
+def test_a_folder_sampled_with_other_settings_or_weights_is_not_resumed(exports, tmp_path):
+    """Resuming would mix images of two settings in one folder: refused, naming the folder, the stage
+    and the key, before anything is written; the same settings resume."""
+    from cascade.pipeline.to_folder import FolderJob, sample_folder
+
+    cascade = Cascade.from_paths(exports, SETTINGS)
+    conditions = [(label, None) for label in (0, 1)]
+    sample_folder(cascade, conditions, FolderJob(n_per_condition=1, batch_size=4, progress=False), tmp_path,
+                  console=None)
+    more = FolderJob(n_per_condition=2, batch_size=4, progress=False)
+    before = sorted(path.name for path in tmp_path.iterdir())
+    for changed in (cascade.updated(0, guidance=SETTINGS[0].guidance + 1.0),
+                    cascade.updated(0, guidance_interval=(-2.0, 2.0))):
+        with pytest.raises(ValueError, match=r"stage 0 guidance(_interval)?=.*another folder"):
+            sample_folder(changed, conditions, more, tmp_path, console=None)
+        assert sorted(path.name for path in tmp_path.iterdir()) == before
+    assert sample_folder(cascade, conditions, more, tmp_path, console=None) == 2
+
+
 def test_local_ranks_refuse_zero_processes():
     from cascade.pipeline.to_folder import LocalRanks
 

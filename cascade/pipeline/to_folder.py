@@ -8,6 +8,7 @@ ranks as local processes of one torch thread each (on a small CPU they beat one 
 
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -65,6 +66,9 @@ def sample_folder(cascade: Cascade, conditions, job: FolderJob, folder: Path, ra
             intermediate_dirs[-1].mkdir(parents=True, exist_ok=True)
     for directory in (folder, *intermediate_dirs):
         remove_stale_writes(directory, todo)
+    if len(todo) < len(items):
+        pending = {item.name for item in todo}
+        check_resumable(folder, next(item.name for item in items if item.name not in pending), hashes, settings)
     if len(todo) < len(items):
         console.print(f"rank {rank}: {folder}: {len(items) - len(todo)} of {len(items)} images already done, resuming", markup=False)
     text = cascade.conditioning == "text"
@@ -159,6 +163,23 @@ def _fill_rank(sources: list[str], settings: list, conditions, job: FolderJob, f
     loaded = _LOADED[key]
     cascade = Cascade(loaded.stages, settings, loaded.sources, loaded.guides)
     return sample_folder(cascade, conditions, job, folder, rank, world_size, console=Console(quiet=True))
+
+
+def check_resumable(folder: Path, name: str, hashes: list[str | None], settings: list[dict]) -> None:
+    """Refuse to resume a folder whose images came from other weights or settings: a resumed folder
+    would mix them. Reads the sidecar of one done image (every image of a folder is written alike)."""
+    stages = json.loads((folder / f"{name}.json").read_text()).get("stages", [])
+    if len(stages) != len(settings):
+        raise ValueError(f"{folder}: {name}.json was sampled by {len(stages)} stage(s), this run has "
+                         f"{len(settings)}; sample into another folder, or delete its images to resample them")
+    for index, (stage, digest, setting) in enumerate(zip(stages, hashes, settings)):
+        old = {"sha256": stage.get("sha256"), **{key: stage.get(key) for key in setting}}
+        new = {"sha256": digest, **json.loads(json.dumps(setting))}  # tuples as the sidecar spells them
+        changed = [key for key in new if old[key] != new[key]]
+        if changed:
+            key = changed[0]
+            raise ValueError(f"{folder}: {name}.json was sampled with stage {index} {key}={old[key]!r}, this run "
+                             f"has {new[key]!r}; sample into another folder, or delete its images to resample them")
 
 
 def _source_hash(source: str) -> str | None:
