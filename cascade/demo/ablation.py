@@ -435,7 +435,10 @@ def rows() -> list[Row]:
           for key, label, change in (("cfg1", "unguided (half the NFE)", {"guidance": 1.0}),
                                      ("cfg2", "guidance 2", {"guidance": 2.0}),
                                      ("interval", "guidance 3 for log-SNR in [-2.13, 2.55] only",
-                                      {"guidance_interval": [-2.13, 2.55]}))),
+                                      {"guidance_interval": [-2.13, 2.55]}),
+                                     # the demo's guidance 2 without guidance where the count is decided
+                                     ("cfg2+interval", "guidance 2 for log-SNR in [-2.13, 2.55] only",
+                                      {"guidance": 2.0, "guidance_interval": [-2.13, 2.55]}))),
         # the demo's recipe given 16 and 64 times the compute at batch 256: yardsticks for a GPU (`_SCALE_YARDSTICKS`)
         *(Row(f"demo recipe, {factor}x the compute at batch 256 (a yardstick, not a recipe)",
               training, training=training, sampling=BASE_SAMPLING)
