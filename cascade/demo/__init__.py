@@ -78,7 +78,7 @@ class DemoPlan:
     # count +0.04*, FID -1.6*, at 32 of 40 network evaluations (3 training seeds; docs/benchmarks.md)
     guidance_interval: tuple[float, float] | None = (-2.13, 2.55)
     # Also sample the held-out set with the base unguided (guidance 1). Off in the full run to keep
-    # it within 15 minutes on 2 cores: the sweep compares guidance 1 / 3 / 5 on its captions anyway.
+    # it within 15 minutes on 2 cores: the sweep compares guidance 1 / 2 / 3 on its captions anyway.
     heldout_unguided: bool = False
     # The SR stages start from their upsampled input noised to log-SNR 10 (SDEdit): their x0
     # estimates at higher noise are worse than that input (docs/benchmarks.md), so 5 steps from

@@ -69,7 +69,6 @@ def sample_folder(cascade: Cascade, conditions, job: FolderJob, folder: Path, ra
     if len(todo) < len(items):
         pending = {item.name for item in todo}
         check_resumable(folder, next(item.name for item in items if item.name not in pending), hashes, settings)
-    if len(todo) < len(items):
         console.print(f"rank {rank}: {folder}: {len(items) - len(todo)} of {len(items)} images already done, resuming", markup=False)
     text = cascade.conditioning == "text"
     with _progress(console, job.progress) as progress:
