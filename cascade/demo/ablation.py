@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -709,38 +710,44 @@ def sample_and_score(row: Row, run: StageRun, scenes: list[dict], folder: Path, 
                    {**placement_rates(folder, scored), "order": order, "binding": binding})
 
 
-def summarise(sampled: list[Sampled], order: list[str]) -> list[dict[str, Any]]:
-    """Per row: mean and standard error over training seeds of every score, and the paired (same
-    seed) difference of each alignment check from the reference (the first row)."""
-    by_row: dict[str, dict[int, Sampled]] = {}
+def paired_summary(sampled: list, order: list[str], scores: Callable[[Any], dict[str, float]]) -> list[dict[str, Any]]:
+    """Per row of `order` (items with .row, .seed, .nfe): the mean and standard error over training seeds
+    of every score `scores(item)` gives, and as "delta <score>" its paired (same seed) difference from the
+    reference (the first row)."""
+    by_row: dict[str, dict[int, Any]] = {}
     for item in sampled:
         by_row.setdefault(item.row, {})[item.seed] = item
-    reference = by_row[order[0]]
+    reference = {seed: scores(item) for seed, item in by_row[order[0]].items()}
     summary = []
     for name in order:
-        seeds = by_row[name]
-        entry: dict[str, Any] = {"row": name, "seeds": sorted(seeds), "nfe": max(s.nfe for s in seeds.values())}
-        for check in CHECKS:
-            entry[check] = mean_and_standard_error([s.balanced[check] for s in seeds.values()])
-            entry[f"delta {check}"] = mean_and_standard_error(
-                [s.balanced[check] - reference[seed].balanced[check] for seed, s in seeds.items() if seed in reference])
-        for metric in ("fid", "precision", "recall"):
-            entry[metric] = mean_and_standard_error([s.metrics.get(metric, math.nan) for s in seeds.values()])
-            entry[f"delta {metric}"] = mean_and_standard_error(
-                [s.metrics.get(metric, math.nan) - reference[seed].metrics.get(metric, math.nan)
-                 for seed, s in seeds.items() if seed in reference])
-        for part in ("axis", "side", "order", "binding"):
-            entry[part] = mean_and_standard_error([s.placement.get(part, math.nan) for s in seeds.values()])
-            entry[f"delta {part}"] = mean_and_standard_error(
-                [s.placement.get(part, math.nan) - reference[seed].placement.get(part, math.nan)
-                 for seed, s in seeds.items() if seed in reference])
-        entry["placement images"] = mean_and_standard_error([s.placement.get("n", math.nan) for s in seeds.values()])
-        entry["strata"] = {
-            stratum: {check: mean_and_standard_error([s.strata[stratum][check] for s in seeds.values()
-                                                      if stratum in s.strata]) for check in CHECKS}
-            for stratum in next(iter(seeds.values())).strata
-        }
+        seeds = {seed: scores(item) for seed, item in by_row[name].items()}
+        entry: dict[str, Any] = {"row": name, "seeds": sorted(seeds), "nfe": max(s.nfe for s in by_row[name].values())}
+        for key in next(iter(seeds.values())):
+            entry[key] = mean_and_standard_error([values[key] for values in seeds.values()])
+            entry[f"delta {key}"] = mean_and_standard_error(
+                [values[key] - reference[seed][key] for seed, values in seeds.items() if seed in reference])
         summary.append(entry)
+    return summary
+
+
+def summarise(sampled: list[Sampled], order: list[str]) -> list[dict[str, Any]]:
+    """Per row: mean and standard error over training seeds of every score, and the paired (same
+    seed) difference of each alignment check, metric and placement rate from the reference (the first
+    row); the placement's image count and each stratum's checks without."""
+    def scores(item: Sampled) -> dict[str, float]:
+        return {**{check: item.balanced[check] for check in CHECKS},
+                **{metric: item.metrics.get(metric, math.nan) for metric in ("fid", "precision", "recall")},
+                **{part: item.placement.get(part, math.nan) for part in ("axis", "side", "order", "binding")}}
+
+    summary = paired_summary(sampled, order, scores)
+    for entry in summary:
+        seeds = list({item.seed: item for item in sampled if item.row == entry["row"]}.values())
+        entry["placement images"] = mean_and_standard_error([s.placement.get("n", math.nan) for s in seeds])
+        entry["strata"] = {
+            stratum: {check: mean_and_standard_error([s.strata[stratum][check] for s in seeds
+                                                      if stratum in s.strata]) for check in CHECKS}
+            for stratum in seeds[0].strata
+        }
     return summary
 
 

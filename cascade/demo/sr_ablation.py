@@ -46,7 +46,7 @@ from ..pipeline import Cascade
 from ..pipeline.to_folder import FolderJob, LocalRanks
 from ..stages.config import SamplingSettings
 from . import CONFIG_DIR, STAGES, DemoPlan, heldout_scenes, write_datasets
-from .ablation import CHECKS, _cell, _delta, mean_and_standard_error, training_lanes
+from .ablation import CHECKS, _cell, _delta, paired_summary, training_lanes
 from .evaluation import feature_space, first_images
 from .training import StageRun, train_concurrently
 
@@ -241,25 +241,11 @@ def upsampling_control(folder: Path, target: Path, cascade_sources: list[Path], 
 def summarise_sr(sampled: list[SRSampled], order: list[str]) -> list[dict[str, Any]]:
     """Per row: mean and standard error over training seeds of every score, and the paired (same
     seed) difference of each from the reference (the first row)."""
-    by_row: dict[str, dict[int, SRSampled]] = {}
-    for item in sampled:
-        by_row.setdefault(item.row, {})[item.seed] = item
-    reference = by_row[order[0]]
-
     def scores(item: SRSampled) -> dict[str, float]:
         return {**item.final, **{f"effect {check}": value for check, value in item.effect.items()},
                 **{metric: item.metrics.get(metric, math.nan) for metric in ("fid", "precision", "recall")}}
 
-    summary = []
-    for name in order:
-        seeds = by_row[name]
-        entry: dict[str, Any] = {"row": name, "seeds": sorted(seeds), "nfe": max(s.nfe for s in seeds.values())}
-        for key in scores(next(iter(seeds.values()))):
-            entry[key] = mean_and_standard_error([scores(s)[key] for s in seeds.values()])
-            entry[f"delta {key}"] = mean_and_standard_error(
-                [scores(s)[key] - scores(reference[seed])[key] for seed, s in seeds.items() if seed in reference])
-        summary.append(entry)
-    return summary
+    return paired_summary(sampled, order, scores)
 
 
 def sr_markdown_table(summary: list[dict[str, Any]], plan: SRAblationPlan, command: str, base: Path) -> str:

@@ -174,9 +174,8 @@ def check_resumable(folder: Path, name: str, hashes: list[str | None], settings:
     for index, (stage, digest, setting) in enumerate(zip(stages, hashes, settings)):
         old = {"sha256": stage.get("sha256"), **{key: stage.get(key) for key in setting}}
         new = {"sha256": digest, **json.loads(json.dumps(setting))}  # tuples as the sidecar spells them
-        changed = [key for key in new if old[key] != new[key]]
-        if changed:
-            key = changed[0]
+        key = next((key for key in new if old[key] != new[key]), None)
+        if key is not None:
             raise ValueError(f"{folder}: {name}.json was sampled with stage {index} {key}={old[key]!r}, this run "
                              f"has {new[key]!r}; sample into another folder, or delete its images to resample them")
 
