@@ -265,6 +265,26 @@ def test_the_muon_yardstick_is_the_demos_recipe_given_1_4_times_its_compute_and_
         assert sampled.sampling == {**row.sampling, **change}
 
 
+def test_the_layout_choices_row_is_the_longer_muon_base_with_four_choices_at_the_same_compute_and_sampling():
+    """Four layout choices cost the same per step (their FLOPs) and more in the layout pre-training (its
+    measured time): fewer denoiser steps for the same compute, sampled as the row it is read against."""
+    longer = "sigmoid_b0+lr2e-3+layout8+loss+pre3k+muon+lr4e-3+compute1.4x"
+    choices = f"{longer}+choices4"
+    assert TRAININGS[choices] == (*TRAININGS[longer], "--model.init_args.unet.text_layout_choices", "4")
+    assert TRAINING_STEP_COST[choices] == TRAINING_STEP_COST[longer]
+    assert TRAINING_FIXED_COST[choices] > TRAINING_FIXED_COST[longer]
+    plan = AblationPlan(train_steps=1200, batch_size=16, snapshots=8)
+
+    def compute(training: str) -> float:  # in steps of 16 images of the plain base
+        return training_steps(training, plan) * TRAINING_STEP_COST[training] + TRAINING_FIXED_COST[training]
+
+    assert compute(choices) == pytest.approx(compute(longer), rel=0.01)
+    assert training_steps(choices, plan) < training_steps(longer, plan)
+    by_key = {row.key: row for row in rows()}
+    row, reference = by_key[f"{choices}+cfg2+interval"], by_key[f"{longer}+cfg2+interval"]
+    assert row.training == choices and (row.sampling, row.weights, row.guide) == (reference.sampling, "ema", None)
+
+
 def test_the_demo_samples_its_base_at_the_guidance_the_ablation_chose_for_its_length():
     """Guidance 2 in EDM2's interval on the networks of the yardstick that trains the demo's base length:
     exact +0.09 +- 0.04*, count +0.04*, FID -1.6* against 3 everywhere (docs/benchmarks.md)."""

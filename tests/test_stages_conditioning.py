@@ -306,7 +306,7 @@ def test_the_layout_loss_is_the_mse_of_the_layout_image_to_the_target_averaged_t
     monkeypatch.setattr(stage, "weighted_loss", lambda prediction, x0, *args: torch.zeros(x0.shape[0]))
     loss = stage.training_step(batch, 0)
     with torch.no_grad():
-        painted = stage.unet.layout_prediction(batch["text_tokens"], batch["text_mask"], torch.zeros(4, dtype=torch.bool))
+        painted = stage.unet.layout_prediction(batch["text_tokens"], batch["text_mask"], torch.zeros(4, dtype=torch.bool)).images
         x0 = batch["image"]
         averaged = (x0[..., 0::2, 0::2] + x0[..., 1::2, 0::2] + x0[..., 0::2, 1::2] + x0[..., 1::2, 1::2]) / 4
     assert painted.shape == (4, 3, 8, 8)
@@ -325,7 +325,8 @@ def test_one_pass_of_the_text_path_gives_the_denoisers_output_and_the_layout_ima
     with torch.no_grad():
         output, layout = stage.unet(x_t, noise_cond, **kwargs, return_layout=True)
         torch.testing.assert_close(output, stage.unet(x_t, noise_cond, **kwargs))
-        torch.testing.assert_close(layout, stage.unet.layout_prediction(batch["text_tokens"], batch["text_mask"], null))
+        torch.testing.assert_close(layout.images,
+                                   stage.unet.layout_prediction(batch["text_tokens"], batch["text_mask"], null).images)
     with pytest.raises(ValueError, match="return_layout needs unet.text_layout_head"):
         headless = BaseStage(unet={**UNET, "text_dim": 12, "cross_attention_resolutions": [8], "text_layout_resolution": 8},
                              image_size=16, conditioning="text", text_encoder={"kind": "minilm"})
@@ -371,7 +372,7 @@ def test_layout_pretraining_fits_the_layout_path_alone_on_the_first_images():
 
     def layout_loss() -> float:
         with torch.no_grad():
-            return float(((stage.unet.layout_prediction(tokens, masks) - target) ** 2).mean())
+            return float(((stage.unet.layout_prediction(tokens, masks).images - target) ** 2).mean())
 
     before_loss = layout_loss()
     before = {name: p.detach().clone() for name, p in stage.unet.named_parameters()}
@@ -451,3 +452,130 @@ def test_a_negative_condition_is_refused_with_a_guide_or_the_wrong_number_of_row
         stage.make_denoiser(condition, guidance=2.0, guide=stage, negative=stage.make_condition(class_labels=[2, 3]))
     with pytest.raises(ValueError, match="3 rows for 2 conditions"):
         stage.make_denoiser(condition, guidance=2.0, negative=stage.make_condition(class_labels=[2, 3, 4]))
+
+
+# ------------------------------------------------------------------ layout choices (`unet.text_layout_choices`)
+def choices_stage(choices: int = 3, **kwargs) -> BaseStage:
+    unet = {**UNET, "text_dim": 12, "cross_attention_resolutions": [8], "text_layout_resolution": 8,
+            "text_layout_head": True, "text_layout_choices": choices}
+    return BaseStage(unet=unet, image_size=16, conditioning="text", text_encoder={"kind": "minilm"},
+                     layout_loss_weight=1.0, **kwargs)
+
+
+def test_relaxed_winner_takes_all_fits_each_choice_to_its_mode_and_the_classifier_to_the_modes_frequencies():
+    """Fitted by `layout_loss` to a target that is layout A in 7 rows of 10 and layout B in 3, two
+    choices converge to the stationary points of the relaxed winner-takes-all loss with eps = 0.05,
+    c_A = (0.7 (1 - eps) A + 0.3 eps B) / (0.7 (1 - eps) + 0.3 eps) (and c_B alike), not to the
+    mean 0.7 A + 0.3 B that one map fitted by squared error paints; the classifier's probabilities
+    converge to the frequencies (0.7, 0.3)."""
+    from cascade.nn.unet import LayoutPrediction, layout_loss
+
+    torch.manual_seed(0)
+    a, b = torch.randn(3, 8, 8), torch.randn(3, 8, 8)
+    target = torch.stack([a] * 7 + [b] * 3)
+    choices = torch.stack([0.8 * a + 0.2 * b, 0.2 * a + 0.8 * b]).requires_grad_()
+    logits = torch.zeros(2, requires_grad=True)
+    optimizer = torch.optim.Adam([choices, logits], lr=0.02)
+    for step in range(3000):
+        if step == 2000:  # Adam's last steps jitter by its lr: finish at a smaller one
+            optimizer.param_groups[0]["lr"] = 1e-3
+        loss = layout_loss(LayoutPrediction(choices[None].expand(10, -1, -1, -1, -1), logits[None].expand(10, -1)),
+                           target, relaxation=0.05)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    eps = 0.05
+    c_a = (0.7 * (1 - eps) * a + 0.3 * eps * b) / (0.7 * (1 - eps) + 0.3 * eps)
+    c_b = (0.3 * (1 - eps) * b + 0.7 * eps * a) / (0.3 * (1 - eps) + 0.7 * eps)
+    torch.testing.assert_close(choices.detach(), torch.stack([c_a, c_b]), atol=2e-3, rtol=0)
+    torch.testing.assert_close(logits.detach().softmax(0), torch.tensor([0.7, 0.3]), atol=2e-3, rtol=0)
+    one = layout_loss(LayoutPrediction(target), target)  # one choice: the plain mean squared error
+    assert float(one) == 0.0 and torch.isclose(layout_loss(LayoutPrediction(torch.zeros_like(target)), target),
+                                               (target ** 2).mean())
+
+
+def test_the_layout_loss_weighs_the_nearest_choice_and_teaches_the_classifier_which_it_is():
+    from cascade.nn.unet import LayoutPrediction, layout_loss, nearest_choice
+
+    target = torch.zeros(2, 1, 1, 1)
+    images = torch.tensor([[1.0, 2.0, 3.0], [3.0, -1.0, 2.0]]).reshape(2, 3, 1, 1, 1)  # errors 1,4,9 / 9,1,4
+    logits = torch.tensor([[0.0, 1.0, 2.0], [0.5, 0.0, 0.0]])
+    assert nearest_choice(images, target).tolist() == [0, 1]
+    eps = 0.1
+    expected = ((1 - eps) * 1 + eps / 2 * 13 + (1 - eps) * 1 + eps / 2 * 13) / 2 \
+        + torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1]))
+    torch.testing.assert_close(layout_loss(LayoutPrediction(images, logits), target, relaxation=eps), expected)
+
+
+def test_training_feeds_the_denoiser_the_choice_nearest_the_target_and_sampling_the_given_or_most_probable_one():
+    stage = choices_stage(3)
+    make_outputs_nonzero(stage)
+    batch = batch_for(stage)
+    x_t, noise_cond = torch.randn_like(batch["image"]), torch.rand(4)
+    kwargs = dict(text_tokens=batch["text_tokens"], text_mask=batch["text_mask"])
+    with torch.no_grad():
+        painted = stage.unet.layout_prediction(**kwargs)
+        assert painted.images.shape == (4, 3, 3, 8, 8) and painted.logits.shape == (4, 3)
+        target = painted.images[torch.arange(4), torch.tensor([2, 0, 1, 2])] + 0.01
+        by_target, returned = stage.unet(x_t, noise_cond, **kwargs, layout_target=target, return_layout=True)
+        torch.testing.assert_close(by_target, stage.unet(x_t, noise_cond, **kwargs, layout_choice=torch.tensor([2, 0, 1, 2])))
+        torch.testing.assert_close(returned.images, painted.images)
+        outputs = [stage.unet(x_t, noise_cond, **kwargs, layout_choice=torch.full((4,), k)) for k in range(3)]
+        assert not torch.allclose(outputs[0], outputs[1]) and not torch.allclose(outputs[1], outputs[2])
+        torch.testing.assert_close(stage.unet(x_t, noise_cond, **kwargs),
+                                   stage.unet(x_t, noise_cond, **kwargs, layout_choice=painted.logits.argmax(1)))
+
+
+def test_a_rows_layout_choice_is_drawn_from_the_classifier_by_its_own_seed_not_its_batch():
+    """`with_layout_choices`: each choice as often as the classifier says (2,000 rows, within 4 standard
+    errors), the same choice for a seed alone or in a batch, and the starting noise unchanged."""
+    stage = choices_stage(3)
+    with torch.no_grad():
+        stage.unet.layout_choice.bias.copy_(torch.tensor([0.5, 0.3, 0.2]).log())
+    rows = 2000
+    condition = Condition(text_tokens=torch.randn(rows, 6, 12), text_mask=torch.ones(rows, 6, dtype=torch.bool))
+    generators = [torch.Generator().manual_seed(seed) for seed in range(rows)]
+    drawn = stage.with_layout_choices(condition, generators).layout_choice
+    frequencies = torch.bincount(drawn, minlength=3).float() / rows
+    assert torch.all((frequencies - torch.tensor([0.5, 0.3, 0.2])).abs() < 4 * (0.25 / rows) ** 0.5), frequencies
+    alone = stage.with_layout_choices(Condition(text_tokens=condition.text_tokens[7:8]),
+                                      [torch.Generator().manual_seed(7)]).layout_choice
+    assert alone.tolist() == drawn[7:8].tolist()
+    assert torch.equal(torch.randn(3, generator=generators[5]), torch.randn(3, generator=torch.Generator().manual_seed(5)))
+    kept = stage.with_layout_choices(condition.with_null(torch.zeros(rows, dtype=torch.bool)), generators)
+    assert torch.equal(stage.with_layout_choices(kept, None).layout_choice, kept.layout_choice)  # given: kept
+    assert text_stage().with_layout_choices(condition, generators) is condition  # one layout: nothing drawn
+
+
+def test_a_guided_pass_gives_the_null_rows_their_rows_layout_choice_and_generate_draws_them_once():
+    stage = choices_stage(3)
+    make_outputs_nonzero(stage)
+    calls = RecordUNetCalls(stage)
+    condition = stage.make_condition(text_tokens=torch.randn(2, 6, 12))
+    generators = [torch.Generator().manual_seed(seed) for seed in (3, 4)]
+    stage.generate(condition, settings=SamplingSettings(steps=3, guidance=2.0), generator=generators)
+    expected = stage.with_layout_choices(condition, [torch.Generator().manual_seed(seed) for seed in (3, 4)]).layout_choice
+    assert all(call["layout_choice"].tolist() == expected.tolist() * 2 for call in calls.calls)
+
+
+def test_muon_leaves_the_layout_choice_classifier_to_adamw():
+    from cascade.stages.optim import OptimizerConfig, build_optimizer
+
+    stage = choices_stage(3)
+    optimizer = build_optimizer(stage.unet, OptimizerConfig(algorithm="muon"))
+    muon = {id(p) for group in optimizer.param_groups if group.get("muon") for p in group["params"]}
+    assert id(stage.unet.layout_choice.weight) not in muon
+    assert id(stage.unet.text_layout.to_q.weight) in muon
+
+
+@pytest.mark.parametrize("choices, head, message", [
+    (0, True, "text_layout_choices must be an int >= 1, got 0"),
+    (2.5, True, "text_layout_choices must be an int >= 1, got 2.5"),
+    (2, False, "text_layout_choices > 1 needs text_layout_head: true"),
+])
+def test_a_bad_layout_choices_setting_is_refused_naming_its_key(choices, head, message):
+    from cascade.nn import UNetConfig
+
+    with pytest.raises(ValueError, match=message):
+        UNetConfig(**{**UNET, "text_dim": 12, "cross_attention_resolutions": [8], "text_layout_resolution": 8,
+                      "text_layout_head": head, "text_layout_choices": choices})

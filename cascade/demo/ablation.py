@@ -251,7 +251,22 @@ _SCALE_YARDSTICKS: dict[str, int] = {f"sigmoid_b0+lr2e-3+layout8+loss+pre3k+b256
 # 1.6 times its denoiser steps, what the demo's base gains from 1,000 to 1,600 steps (the demo runs in
 # 10 of its 15 minutes on the 2-core Intel Xeon VM): is the base still compute-bound under Muon?
 _MUON_YARDSTICKS: dict[str, float] = {f"{_MUON_RECIPE}+compute1.4x": 1.4}
+# ... and with four layout choices (`unet.text_layout_choices`): "two X" / "three X" without a relation
+# leave 2 / 4 layouts open, and one layout map fitted by squared error paints their union, which the
+# base then draws (count 0.50-0.69 on those captions against 0.97-1.00 where a relation fixes the
+# layout; docs/benchmarks.md, "Count fails where the caption leaves the layout open"). Four maps fitted
+# by relaxed winner-takes-all, one drawn per seed from the choice classifier: a base that commits to a
+# layout? The same compute: a step costs the same (`cascade bench train` of configs/demo/base.yaml with and
+# without `unet.text_layout_choices: 4`, batch 16, 1 thread: 13.015 against 13.011 GFLOPs, 250 against 260 ms),
+# the layout pre-training more (`CHOICES4_PRETRAINING_COST`).
+_CHOICES = ("--model.init_args.unet.text_layout_choices", "4")
+_CHOICE_TRAININGS: dict[str, str] = {f"{training}+choices4": training for training in _MUON_YARDSTICKS}
+# the layout pre-training's 3,000 steps of 64 with four choices (the reading aside): 73.6 s against 55.0 s
+# (`BaseStage.pretrain_layout` on 5,000 rendered training images, 1 thread, one after the other; Intel
+# Xeon, avx512_bf16); the 18.6 s more in steps of the demo's base (260 ms at 1 thread, batch 16)
+CHOICES4_PRETRAINING_COST = round(18.6 / 0.260)
 TRAINING_COMPUTE: dict[str, float] = {**_YARDSTICKS, **_SCALE_YARDSTICKS, **_MUON_YARDSTICKS,
+                                       **{choice: _MUON_YARDSTICKS[training] for choice, training in _CHOICE_TRAININGS.items()},
                                        **{f"sigmoid_b0+lr2e-3+{change}+steps2x": 2 for change in _YARDSTICK_CHANGES}}
 TRAININGS: dict[str, tuple[str, ...]] = {
     "min_snr": BASELINE_TRAINING,
@@ -301,6 +316,7 @@ TRAININGS: dict[str, tuple[str, ...]] = {
                                        *_DEMO_CHANGES["layout8+loss+pre3k"][1],
                                        *_LAYOUT_RECIPE_CHANGES["muon+lr4e-3"][1])),
 }
+TRAININGS.update({choice: (*TRAININGS[training], *_CHOICES) for choice, training in _CHOICE_TRAININGS.items()})
 # Trainings at another batch than the plan's; they train plan.train_steps x plan.batch_size images
 # like every other row, in proportionally more or fewer steps.
 TRAINING_BATCH: dict[str, int] = {"sigmoid_b0+lr2e-3+b8": 8, **dict.fromkeys(_SCALE_YARDSTICKS, 256)}
@@ -342,6 +358,7 @@ TRAINING_STEP_COST: dict[str, float] = {"sigmoid_b0+lr2e-3+attn16": 169 / 145.5,
                                                           for change in _LAYOUT_RECIPE_CHANGES if "muon" in change),
                                                          LAYOUT_LOSS_COST * 1.18),
                                          **dict.fromkeys(_MUON_YARDSTICKS, LAYOUT_LOSS_COST * 1.18),
+                                         **dict.fromkeys(_CHOICE_TRAININGS, LAYOUT_LOSS_COST * 1.18),
                                          **dict.fromkeys(_SCALE_YARDSTICKS, LAYOUT_LOSS_COST)}
 # Trainings that spend compute before their first step, in steps of the demo's base (taken off their
 # steps): the layout pre-training, LAYOUT_PRETRAINING_COST.
@@ -352,7 +369,9 @@ TRAINING_FIXED_COST: dict[str, int] = {"sigmoid_b0+lr2e-3+layout8+loss+pre": LAY
                                                         *(f"sigmoid_b0+lr2e-3+layout8+loss+pre3k+{change}"
                                                           for change in _LAYOUT_RECIPE_CHANGES),
                                                         *_SCALE_YARDSTICKS, *_MUON_YARDSTICKS),
-                                                       LAYOUT_PRETRAINING_COST * 3 // 2)}
+                                                       LAYOUT_PRETRAINING_COST * 3 // 2),
+                                       **dict.fromkeys(_CHOICE_TRAININGS,
+                                                       LAYOUT_PRETRAINING_COST * 3 // 2 + CHOICES4_PRETRAINING_COST)}
 BASE_SAMPLING = {"sampler": "dpmpp_2m", "steps": 20, "guidance": 3.0, "time_grid": "uniform_t"}
 
 
@@ -440,6 +459,11 @@ def rows() -> list[Row]:
                                      # the demo's guidance 2 without guidance where the count is decided
                                      ("cfg2+interval", "guidance 2 for log-SNR in [-2.13, 2.55] only",
                                       {"guidance": 2.0, "guidance_interval": [-2.13, 2.55]}))),
+        # ... and with four layout choices, one drawn per seed, sampled as the demo samples (`_CHOICE_TRAININGS`)
+        *(Row("+ layout path fitted first, Muon at lr 4e-3, 1.4x the compute, four layout choices, guidance 2 "
+              "for log-SNR in [-2.13, 2.55] only (the same compute)", f"{choice}+cfg2+interval", training=choice,
+              sampling={**BASE_SAMPLING, "guidance": 2.0, "guidance_interval": [-2.13, 2.55]})
+          for choice in _CHOICE_TRAININGS),
         # the demo's recipe given 16 and 64 times the compute at batch 256: yardsticks for a GPU (`_SCALE_YARDSTICKS`)
         *(Row(f"demo recipe, {factor}x the compute at batch 256 (a yardstick, not a recipe)",
               training, training=training, sampling=BASE_SAMPLING)

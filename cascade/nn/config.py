@@ -97,6 +97,14 @@ class UNetConfig:
             (`UNet.layout_prediction`), which the stage's `layout_loss_weight` trains towards the
             target image averaged to r x r: a direct signal for what goes where, which the
             denoising loss gives the map only faintly. Needs text_layout_resolution > 0.
+        text_layout_choices: K > 1 makes the layout map a draw from K layouts, not their average
+            (`cascade.nn.text_conditioning.TextLayout`): "three circles" leaves four layouts open,
+            and one map fitted by squared error paints their union, four faint circles, which the
+            base then draws. K learned channel scalings of the map give K maps; the layout loss fits
+            the map nearest the target (relaxed winner-takes-all, `layout_loss`) and a classifier
+            of the pooled text (`UNet.layout_choice`) learns which choice that is. Training feeds the
+            denoiser the nearest map, sampling one drawn from the classifier with the row's seed
+            (`DiffusionStage.with_layout_choices`). 1 = one map, as before. Needs text_layout_head.
         lowres_channels: channels of the low-resolution conditioning image concatenated to
             x_t (3 for super-resolution stages, 0 for a base stage).
         coordinate_channels: append two channels holding each pixel's x and y coordinate,
@@ -148,6 +156,7 @@ class UNetConfig:
     text_refiner_pooled: bool = False
     text_layout_resolution: int = 0
     text_layout_head: bool = False
+    text_layout_choices: int = 1
     lowres_channels: int = 0
     use_aug_cond: bool = False
     coordinate_channels: bool = False
@@ -278,6 +287,11 @@ class UNetConfig:
             errors.append(f"text_layout_head must be true or false, got {self.text_layout_head!r}")
         elif self.text_layout_head and not (isinstance(layout, int) and layout > 0):
             errors.append("text_layout_head needs text_layout_resolution > 0")
+        choices = self.text_layout_choices
+        if isinstance(choices, bool) or not isinstance(choices, int) or choices < 1:
+            errors.append(f"text_layout_choices must be an int >= 1, got {choices!r}")
+        elif choices > 1 and self.text_layout_head is not True:
+            errors.append("text_layout_choices > 1 needs text_layout_head: true (the layout loss picks the nearest choice)")
         if not isinstance(self.coordinate_channels, bool):
             errors.append(f"coordinate_channels must be true or false, got {self.coordinate_channels!r}")
         if not isinstance(self.qk_norm, bool):

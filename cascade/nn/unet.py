@@ -28,6 +28,8 @@ Conditioning:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -63,6 +65,39 @@ def coordinate_grid(x: torch.Tensor) -> torch.Tensor:
     xs = torch.linspace(-1.0, 1.0, width, device=x.device, dtype=x.dtype)
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))  # (2, H, W): x varies along W
     return grid.expand(batch, -1, -1, -1)
+
+
+class LayoutPrediction(NamedTuple):
+    """What the caption's layout map paints (`UNet.layout_prediction`): `images` (B, in_channels, r, r),
+    or (B, K, in_channels, r, r) with K layout choices, and the choice classifier's `logits` (B, K)
+    (None with one layout)."""
+
+    images: torch.Tensor
+    logits: torch.Tensor | None = None
+
+
+def nearest_choice(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B,) long: for each row, the choice whose image (B, K, C, r, r) is nearest (squared error) the
+    target (B, C, r, r)."""
+    return (images.detach().float() - target.float()[:, None]).square().flatten(2).mean(-1).argmin(dim=1)
+
+
+def layout_loss(prediction: LayoutPrediction, target: torch.Tensor, relaxation: float = 0.05) -> torch.Tensor:
+    """The layout loss: the mean squared error of the layout image to `target` (B, C, r, r), the image
+    averaged to r x r. With K choices, relaxed winner-takes-all (Guzman-Rivera et al. 2012, "Multiple
+    Choice Learning"; Rupprecht et al. 2017, "Learning in an Uncertain World", eq. 6): the nearest
+    choice's error weighs 1 - relaxation and each other's relaxation / (K - 1) (which keeps a choice
+    no target is near from being left untrained), plus the cross-entropy of the choice classifier's
+    logits on the nearest choice, so that sampling draws each layout as often as the data holds it."""
+    images, logits = prediction
+    if logits is None:
+        return F.mse_loss(images.float(), target.float())
+    choices = images.shape[1]
+    errors = (images.float() - target.float()[:, None]).square().flatten(2).mean(-1)  # (B, K)
+    nearest = errors.detach().argmin(dim=1)
+    weights = torch.full_like(errors, relaxation / (choices - 1))
+    weights.scatter_(1, nearest[:, None], 1.0 - relaxation)
+    return (weights * errors).sum(dim=1).mean() + F.cross_entropy(logits.float(), nearest)
 
 
 def _add_layout(h: torch.Tensor, layout: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -138,13 +173,16 @@ class UNet(nn.Module):
         self.text_layout = None
         if config.text_layout_resolution:
             self.text_layout = TextLayout(context_channels, embedding_channels, config.text_layout_resolution,
-                                          config.heads_for(embedding_channels))
+                                          config.heads_for(embedding_channels), config.text_layout_choices)
             # the channels of the features where they first reach the layout's resolution (adm: the
             # level's entry, conv_in's or the previous level's width; efficient: after the level's downsample)
             level = config.level_resolutions.index(config.text_layout_resolution)
             entry = config.base_channels if level == 0 else config.level_channels[level - 1]
             self.layout_in = zero_init(nn.Conv2d(context_channels, entry, 1))
         self.layout_head = nn.Conv2d(context_channels, config.in_channels, 1) if config.text_layout_head else None
+        # which of the K layouts a caption takes, from its pooled text (zero-initialised: uniform at first)
+        self.layout_choice = zero_init(nn.Linear(embedding_channels, config.text_layout_choices)) \
+            if config.text_layout_choices > 1 else None
 
         def attention_layers(channels: int, resolution: int) -> list[nn.Module]:
             layers: list[nn.Module] = []
@@ -227,7 +265,9 @@ class UNet(nn.Module):
         lowres: torch.Tensor | None = None,
         aug_cond: torch.Tensor | None = None,
         return_layout: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        layout_choice: torch.Tensor | None = None,
+        layout_target: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, LayoutPrediction]:
         """Predict the stage's target (eps, v or x0) for x_t.
 
         Args:
@@ -242,10 +282,15 @@ class UNet(nn.Module):
             lowres: (B, lowres_channels, H, W) low-res image, already upsampled to H x W and
                 noise-augmented by the stage (SR stages only, required there).
             aug_cond: (B,) float augmentation level of `lowres` (required when use_aug_cond).
-            return_layout: also return `layout_prediction`'s image, from the same pass of the text
-                path (the stage's layout loss; needs `text_layout_head`).
+            return_layout: also return `layout_prediction`'s `LayoutPrediction`, from the same pass
+                of the text path (the stage's layout loss; needs `text_layout_head`).
+            layout_choice: (B,) long, which of `text_layout_choices` K layouts each row's map is
+                (sampling: drawn by `DiffusionStage.with_layout_choices`); ignored with one layout.
+            layout_target: (B, in_channels, r, r), the target image averaged to r x r (training): each
+                row takes the choice nearest it (`nearest_choice`) instead. With neither, each row
+                takes its most probable choice. Ignored with one layout.
         Returns:
-            (B, out_channels, H, W), or that and the layout image (B, in_channels, r, r).
+            (B, out_channels, H, W), or that and the `LayoutPrediction`.
         """
         self._check_inputs(x_t, noise_cond, class_labels, text_tokens, text_mask, null_cond, lowres, aug_cond)
         batch = x_t.shape[0]
@@ -279,6 +324,15 @@ class UNet(nn.Module):
                 text_null = torch.ones_like(null)
             pooled, context, context_mask, layout_map = self._text_path(text_tokens, text_mask, text_null)
             embedding = embedding + pooled
+        painted = None
+        if return_layout or (self.layout_choice is not None and layout_map is not None):
+            painted = self._paint(layout_map, pooled)
+        if self.layout_choice is not None and layout_map is not None:
+            if layout_target is not None:
+                layout_choice = nearest_choice(painted.images, layout_target)
+            elif layout_choice is None:
+                layout_choice = painted.logits.argmax(dim=1)
+            layout_map = layout_map[torch.arange(batch, device=x_t.device), layout_choice.to(x_t.device, torch.long)]
         layout = None if layout_map is None else self.layout_in(layout_map)
 
         h = x_t if lowres is None else torch.cat([x_t, lowres.to(x_t.dtype)], dim=1)
@@ -296,14 +350,14 @@ class UNet(nn.Module):
             h = torch.cat([h, skip if skip_scale == 1.0 else skip * skip_scale], dim=1)
             h = self._run(block, h, embedding, context, context_mask)
         output = self.conv_out(F.silu(self.norm_out(h)))
-        return (output, self.layout_head(layout_map)) if return_layout else output
+        return (output, painted) if return_layout else output
 
     def _text_path(
         self, text_tokens: torch.Tensor, text_mask: torch.Tensor | None, null: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The text conditioning's (pooled, context, context mask) and the layout map (B,
-        context_channels, r, r) before `layout_in` (None without `text_layout_resolution`);
-        text_mask None = all tokens real."""
+        context_channels, r, r), or its K choices (B, K, context_channels, r, r), before `layout_in`
+        (None without `text_layout_resolution`); text_mask None = all tokens real."""
         if text_mask is None:
             text_mask = torch.ones(text_tokens.shape[:2], dtype=torch.bool, device=text_tokens.device)
         pooled, context, context_mask = self.text_conditioning(text_tokens, text_mask.bool(), null)
@@ -312,14 +366,24 @@ class UNet(nn.Module):
 
     def layout_prediction(
         self, text_tokens: torch.Tensor, text_mask: torch.Tensor | None = None, null_cond: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """The layout map's image (B, in_channels, r, r) for a batch of captions (`text_layout_head`),
-        which `layout_loss_weight` trains towards the target averaged to r x r."""
+    ) -> LayoutPrediction:
+        """What the layout map paints for a batch of captions (`text_layout_head`; with K choices each
+        choice's image and the classifier's logits), which `layout_loss_weight` trains towards the
+        target averaged to r x r (`layout_loss`)."""
         if self.layout_head is None:
             raise ValueError("layout_prediction needs unet.text_layout_head: true")
         null = torch.zeros(text_tokens.shape[0], dtype=torch.bool, device=text_tokens.device) if null_cond is None \
             else null_cond.bool()
-        return self.layout_head(self._text_path(text_tokens, text_mask, null)[3])
+        pooled, _, _, layout_map = self._text_path(text_tokens, text_mask, null)
+        return self._paint(layout_map, pooled)
+
+    def _paint(self, layout_map: torch.Tensor, pooled: torch.Tensor) -> LayoutPrediction:
+        """The layout map's image(s) by `layout_head` (None without it) and, with K choices, the logits."""
+        images = None
+        if self.layout_head is not None:
+            images = self.layout_head(layout_map.flatten(0, 1)).unflatten(0, layout_map.shape[:2]) \
+                if layout_map.dim() == 5 else self.layout_head(layout_map)
+        return LayoutPrediction(images, None if self.layout_choice is None else self.layout_choice(pooled))
 
     def _run(
         self,

@@ -8,6 +8,7 @@ and the null rows run as one batch (`Condition.with_null_rows`).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -43,12 +44,15 @@ class Condition:
     `class_labels` (B,) long for class-conditional stages, `text_tokens` (B,L,D) float with
     `text_mask` (B,L) bool (True = real token) for text-conditional ones, none for
     unconditional SR stages. `null` (B,) bool marks rows that use the learned null condition.
+    `layout_choice` (B,) long: which of a text stage's layout choices each row takes
+    (`UNetConfig.text_layout_choices`; drawn by `DiffusionStage.with_layout_choices`), or None.
     """
 
     class_labels: torch.Tensor | None = None
     text_tokens: torch.Tensor | None = None
     text_mask: torch.Tensor | None = None
     null: torch.Tensor | None = None
+    layout_choice: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int | None:
@@ -65,13 +69,14 @@ class Condition:
         def move(value):
             return None if value is None else value.to(device)
 
-        return Condition(move(self.class_labels), move(self.text_tokens), move(self.text_mask), move(self.null))
+        return Condition(move(self.class_labels), move(self.text_tokens), move(self.text_mask), move(self.null),
+                         move(self.layout_choice))
 
     def with_null(self, null: torch.Tensor) -> "Condition":
         """The same condition with `null` (B,) bool marking the rows to replace by the null condition."""
         if self.is_empty:
             return self
-        return Condition(self.class_labels, self.text_tokens, self.text_mask, null)
+        return dataclasses.replace(self, null=null)
 
     def with_null_rows(self) -> "Condition":
         """[cond rows; the same rows nulled]: the 2B-row batch of one guided forward pass."""
@@ -83,7 +88,8 @@ class Condition:
         """[cond rows; negative rows]: the 2B-row batch of one guided forward pass in which each
         row's negative condition (a negative prompt, a negative class; `with_null_rows`: the null
         one) takes the second half; rows whose `negative.null` is set use the null condition. Text
-        of two lengths is padded to the longer with masked zero tokens."""
+        of two lengths is padded to the longer with masked zero tokens. A row's negative takes the
+        row's own layout choice."""
         if self.is_empty:
             raise ValueError("classifier-free guidance needs a class or text condition; this one is empty")
         if negative.batch_size != self.batch_size:
@@ -97,26 +103,26 @@ class Condition:
             return Condition(torch.cat([self.class_labels, negative.class_labels.to(device)]), null=null)
         if negative.text_tokens is None:
             raise ValueError("a text condition needs a text negative")
+        choice = None if self.layout_choice is None else torch.cat([self.layout_choice, self.layout_choice])
         tokens = [self.text_tokens, negative.text_tokens.to(device)]
         if self.text_mask is None and negative.text_mask is None and tokens[0].shape == tokens[1].shape:
-            return Condition(None, torch.cat(tokens), None, null)
+            return Condition(None, torch.cat(tokens), None, null, choice)
         length = max(value.shape[1] for value in tokens)
         masks = [torch.ones(value.shape[:2], dtype=torch.bool, device=device) if condition.text_mask is None
                  else condition.text_mask.to(device) for value, condition in zip(tokens, (self, negative))]
         tokens = [F.pad(value, (0, 0, 0, length - value.shape[1])) for value in tokens]
         masks = [F.pad(mask, (0, length - mask.shape[1]), value=False) for mask in masks]
-        return Condition(None, torch.cat(tokens), torch.cat(masks), null)
+        return Condition(None, torch.cat(tokens), torch.cat(masks), null, choice)
 
     def unet_kwargs(self) -> dict:
         """Keyword arguments for `UNet.forward`."""
         if self.is_empty:
             return {}
-        return {
-            "class_labels": self.class_labels,
-            "text_tokens": self.text_tokens,
-            "text_mask": self.text_mask,
-            "null_cond": self.null,
-        }
+        kwargs = {"class_labels": self.class_labels, "text_tokens": self.text_tokens, "text_mask": self.text_mask,
+                  "null_cond": self.null}
+        if self.layout_choice is not None:
+            kwargs["layout_choice"] = self.layout_choice
+        return kwargs
 
 
 def cfg_dropout_mask(batch_size: int, p_uncond: float, device: torch.device) -> torch.Tensor:

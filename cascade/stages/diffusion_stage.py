@@ -16,6 +16,7 @@ noise-conditioning augmentation).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import time
@@ -49,6 +50,7 @@ from ..diffusion import (
     static_threshold,
 )
 from ..nn import UNet, UNetConfig, compile_static
+from ..nn.unet import layout_loss
 
 from .conditioning import CONDITIONINGS, Condition, FrozenTextEncoder, TextEncoderConfig, cfg_dropout_mask
 from .config import (
@@ -65,6 +67,8 @@ from .sharding import FSDP2Strategy
 
 NOISE_CONDS = ("t1000", "log_snr")
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# mixed into a row's seed for its layout choice's own generator (`with_layout_choices`)
+_LAYOUT_CHOICE_SEED = 0x1A7007
 
 
 def collect_stage_init_args(frame) -> dict[str, Any]:
@@ -332,14 +336,16 @@ class DiffusionStage(pl.LightningModule):
         t = torch.rand(batch_size, device=x0.device)
         noise = torch.randn_like(x0)
         if self.layout_loss_weight > 0:
-            # one pass of the text path for both the denoiser and the layout image (`UNet.layout_prediction`)
+            # one pass of the text path for both the denoiser and the layout image (`UNet.layout_prediction`);
+            # with K layout choices the denoiser is fed the one nearest this image's layout
             x_t = q_sample(x0, t, self.schedule, noise)
-            prediction, layout = self.unet(x_t, self.noise_cond_input(t), **condition.unet_kwargs(), **image_inputs,
-                                           return_layout=True)
+            target = F.adaptive_avg_pool2d(x0.float(), self.unet.config.text_layout_resolution)
+            prediction, painted = self.unet(x_t, self.noise_cond_input(t), **condition.unet_kwargs(), **image_inputs,
+                                            return_layout=True, layout_target=target)
             loss = self.weighted_loss(prediction, x0, noise, t).mean()
-            layout_loss = F.mse_loss(layout.float(), F.adaptive_avg_pool2d(x0.float(), layout.shape[-1]))
-            self.log("train/layout_loss", layout_loss, batch_size=batch_size)
-            loss = loss + self.layout_loss_weight * layout_loss
+            layout_fit = layout_loss(painted, target)
+            self.log("train/layout_loss", layout_fit, batch_size=batch_size)
+            loss = loss + self.layout_loss_weight * layout_fit
         else:
             loss = self.per_sample_loss(x0, t, noise, condition, image_inputs).mean()
         # Not prog_bar=True: Lightning reads every progress-bar value to the host after every
@@ -447,8 +453,8 @@ class DiffusionStage(pl.LightningModule):
         tokens_all = torch.cat([F.pad(t, (0, 0, 0, longest - t.shape[1])) for t in tokens])[: config.images]
         masks_all = torch.cat([F.pad(m, (0, longest - m.shape[1])) for m in masks])[: config.images]
         targets_all = torch.cat(targets)[: config.images]
-        parameters = [p for module in (self.unet.text_conditioning, self.unet.text_layout, self.unet.layout_head)
-                      for p in module.parameters()]
+        parameters = [p for module in (self.unet.text_conditioning, self.unet.text_layout, self.unet.layout_head,
+                                       self.unet.layout_choice) if module is not None for p in module.parameters()]
         optimizer = torch.optim.Adam(parameters, lr=config.lr)
         generator = torch.Generator().manual_seed(torch.initial_seed() if config.seed is None else config.seed)
         loss = torch.zeros(())
@@ -456,7 +462,7 @@ class DiffusionStage(pl.LightningModule):
             rows = torch.randint(0, len(targets_all), (config.batch_size,), generator=generator)
             prediction = self.unet.layout_prediction(tokens_all[rows].to(self.device, torch.float32),
                                                      masks_all[rows].to(self.device))
-            loss = F.mse_loss(prediction.float(), targets_all[rows].to(self.device))
+            loss = layout_loss(prediction, targets_all[rows].to(self.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -610,8 +616,9 @@ class DiffusionStage(pl.LightningModule):
         noised to (Ho et al. 2022, CDM; None = the stage's `sampling.aug_level`), with noise from
         `generator` (one, or one per row). The returned function uses the stage's current weights
         (the EMA weights when the stage was loaded from a checkpoint or an export) and runs
-        without gradients.
+        without gradients. A stage of several layout choices draws each row's (`with_layout_choices`).
         """
+        condition = self.with_layout_choices(condition, generator)
         if guide is not None:
             self.check_guide(guide)
             if negative is not None:
@@ -662,6 +669,31 @@ class DiffusionStage(pl.LightningModule):
             return static_threshold(x0)
 
         return denoise
+
+    @torch.no_grad()
+    def with_layout_choices(self, condition: Condition, generator: Generators = None) -> Condition:
+        """`condition` with each row's layout choice drawn from the choice classifier's probabilities
+        (`UNetConfig.text_layout_choices` > 1): a caption takes each of its layouts as often as the
+        training images did. A row's draw comes from a generator seeded by its own generator's seed
+        (one, or one per row; None: torch's global one), so the starting noise and every other draw
+        are what they were. Unchanged for a condition without text or with its choices, and for a
+        stage of one layout."""
+        if self.unet.layout_choice is None or condition.text_tokens is None or condition.layout_choice is not None:
+            return condition
+        logits = self.unet.layout_prediction(condition.text_tokens, condition.text_mask, condition.null).logits
+        probabilities = logits.float().softmax(dim=-1).cpu()
+
+        def own(seeded: torch.Generator | None) -> torch.Generator | None:
+            return None if seeded is None else torch.Generator().manual_seed(seeded.initial_seed() ^ _LAYOUT_CHOICE_SEED)
+
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != len(probabilities):
+                raise ValueError(f"got {len(generator)} generators for {len(probabilities)} rows")
+            choices = torch.cat([torch.multinomial(row[None], 1, generator=own(seeded))[:, 0]
+                                 for row, seeded in zip(probabilities, generator)])
+        else:
+            choices = torch.multinomial(probabilities, 1, generator=own(generator))[:, 0]
+        return dataclasses.replace(condition, layout_choice=choices.to(condition.text_tokens.device))
 
     def sampling_start(
         self,
