@@ -257,7 +257,7 @@ _MUON_YARDSTICKS: dict[str, float] = {f"{_MUON_RECIPE}+compute1.4x": 1.4}
 # layout; docs/benchmarks.md, "Count fails where the caption leaves the layout open"). Four maps fitted
 # by relaxed winner-takes-all, one drawn per seed from the choice classifier: a base that commits to a
 # layout? The same compute: a step costs the same (`cascade bench train` of configs/demo/base.yaml with and
-# without `unet.text_layout_choices: 4`, batch 16, 1 thread: 13.015 against 13.011 GFLOPs, 250 against 260 ms),
+# without `unet.text_layout_choices: 4`, batch 16, 1 thread: 13.015 against 13.011 GFLOPs, 248 against 252 ms),
 # the layout pre-training more (`CHOICES4_PRETRAINING_COST`).
 _CHOICES = ("--model.init_args.unet.text_layout_choices", "4")
 _CHOICE_TRAININGS: dict[str, str] = {f"{training}+choices4": training for training in _MUON_YARDSTICKS}

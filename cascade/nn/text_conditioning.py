@@ -65,13 +65,12 @@ class TextLayout(nn.Module):
     (`UNetConfig.text_layout_resolution`); a layout-first step inside the base, like the layout
     stages of LayoutGPT / LLM-grounded diffusion (Lian et al. 2023) but learnt end to end.
 
-    With `choices` K > 1 the map is given K times, each scaled channel-wise by a learned (1 + s_k):
-    (B, K, C, r, r), K layouts a caption may have (multiple-choice learning, Guzman-Rivera et al.
-    2012; `cascade.nn.unet.layout_loss` fits them), each read from the one map's channels by the
-    head and by the UNet through its own channel weights. A choice query per layout added to the
-    cells' queries, the whole path run K times, fitted the same layouts of "two X" / "three X" at
-    2.8x the cost of the pre-training (3,000 steps of 64: 209 s against 74 s, one thread; the map
-    alone, 55 s).
+    With `choices` K > 1, `choice_maps` gives K layouts a caption may have (multiple-choice
+    learning, Guzman-Rivera et al. 2012; `cascade.nn.unet.layout_loss` fits them): the map scaled
+    channel-wise by a learned (1 + s_k) each, (B, K, C, r, r), which the head paints. A choice query
+    per layout added to the cells' queries, the whole path run K times, fitted the same layouts of
+    "two X" / "three X" at 2.8x the cost of the pre-training (3,000 steps of 64: 209 s against 74 s,
+    one thread; the map alone, 55 s).
     """
 
     def __init__(self, context_channels: int, embedding_channels: int, resolution: int, num_heads: int,
@@ -92,8 +91,7 @@ class TextLayout(nn.Module):
                                  nn.Linear(4 * context_channels, context_channels))
 
     def forward(self, pooled: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
-        """pooled (B,E), context (B,L,C), context_mask (B,L) bool (at least one True per row) -> (B,C,r,r),
-        or (B,K,C,r,r) with K choices."""
+        """pooled (B,E), context (B,L,C), context_mask (B,L) bool (at least one True per row) -> (B,C,r,r)."""
         q = self.queries.to(context.dtype)[None] + self.from_pooled(pooled)[:, None]
         batch, length, channels = context.shape
         heads = self.to_q(self.query_norm(q)).reshape(batch, -1, self.num_heads, channels // self.num_heads)
@@ -102,9 +100,10 @@ class TextLayout(nn.Module):
                                                   kv[:, :, 1].transpose(1, 2), attn_mask=context_mask[:, None, None, :])
         q = q + self.attention_out(attended.transpose(1, 2).reshape(batch, -1, channels))
         q = q + self.mlp(self.mlp_norm(q))
-        maps = q.transpose(1, 2).reshape(batch, channels, self.resolution, self.resolution)
-        if self.choice_scales is None:
-            return maps
+        return q.transpose(1, 2).reshape(batch, channels, self.resolution, self.resolution)
+
+    def choice_maps(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B,C,r,r) -> the K choices' maps (B,K,C,r,r) (`choices` > 1)."""
         return maps[:, None] * (1.0 + self.choice_scales.to(maps.dtype))[None, :, :, None, None]
 
 
