@@ -564,7 +564,7 @@ def test_muon_leaves_the_layout_choice_classifier_to_adamw():
     stage = choices_stage(3)
     optimizer = build_optimizer(stage.unet, OptimizerConfig(algorithm="muon"))
     muon = {id(p) for group in optimizer.param_groups if group.get("muon") for p in group["params"]}
-    assert id(stage.unet.layout_choice.weight) not in muon and id(stage.unet.layout_choice_in.weight) not in muon
+    assert id(stage.unet.layout_choice.weight) not in muon
     assert id(stage.unet.text_layout.to_q.weight) in muon
 
 

@@ -256,7 +256,10 @@ _MUON_YARDSTICKS: dict[str, float] = {f"{_MUON_RECIPE}+compute1.4x": 1.4}
 # base then draws (count 0.50-0.69 on those captions against 0.97-1.00 where a relation fixes the
 # layout; docs/benchmarks.md, "Count fails where the caption leaves the layout open"). Four maps fitted
 # by relaxed winner-takes-all, one drawn per seed from the choice classifier: a base that commits to a
-# layout? The same compute: a step costs the same (`cascade bench train` of configs/demo/base.yaml with and
+# layout? Not at this length (docs/benchmarks.md, "A layout drawn, not averaged"): the denoiser fed the chosen
+# map commits (count on "two X" / "three X" +0.11-0.15) but draws the shapes of two-object relation captions
+# worse: all channels scaled, count +0.04 +- 0.02*, relation -0.10 +- 0.03*; half of them (the code's), count
+# +0.03 +- 0.05, relation -0.06 +- 0.05; FID -0.4* both. The same compute: a step costs the same (`cascade bench train` of configs/demo/base.yaml with and
 # without `unet.text_layout_choices: 4`, batch 16, 1 thread: 13.015 against 13.011 GFLOPs, 248 against 252 ms),
 # the layout pre-training more (`CHOICES4_PRETRAINING_COST`).
 _CHOICES = ("--model.init_args.unet.text_layout_choices", "4")

@@ -100,13 +100,13 @@ class UNetConfig:
         text_layout_choices: K > 1 makes the layout map a draw from K layouts, not their average
             (`cascade.nn.text_conditioning.TextLayout`): "three circles" leaves four layouts open,
             and one map fitted by squared error paints their union, four faint circles, which the
-            base then draws. K learned channel scalings of the map paint K layouts; the layout loss
-            fits the one nearest the target (relaxed winner-takes-all, `layout_loss`) and a
+            base then draws. K learned scalings of half the map's channels give K maps; the layout
+            loss fits the one nearest the target (relaxed winner-takes-all, `layout_loss`) and a
             classifier of the pooled text (`UNet.layout_choice`) learns which choice that is. The
-            denoiser reads the map as before and, beside it, one choice's image (through a zero-
-            initialised 1x1 convolution): in training the one nearest the target, in sampling one
+            denoiser reads one choice's map: in training the one nearest the target, in sampling one
             drawn from the classifier with the row's seed (`DiffusionStage.with_layout_choices`).
-            1 = one map, as before. Needs text_layout_head.
+            1 = one map, as before (the demo's base: at its length four choices commit the count but
+            cost relation; docs/benchmarks.md, "A layout drawn, not averaged"). Needs text_layout_head.
         lowres_channels: channels of the low-resolution conditioning image concatenated to
             x_t (3 for super-resolution stages, 0 for a base stage).
         coordinate_channels: append two channels holding each pixel's x and y coordinate,

@@ -180,12 +180,9 @@ class UNet(nn.Module):
             entry = config.base_channels if level == 0 else config.level_channels[level - 1]
             self.layout_in = zero_init(nn.Conv2d(context_channels, entry, 1))
         self.layout_head = nn.Conv2d(context_channels, config.in_channels, 1) if config.text_layout_head else None
-        # which of the K layouts a caption takes, from its pooled text (zero-initialised: uniform at first),
-        # and the chosen layout's image, added beside the map (zero-initialised: the map alone at first)
-        self.layout_choice = self.layout_choice_in = None
-        if config.text_layout_choices > 1:
-            self.layout_choice = zero_init(nn.Linear(embedding_channels, config.text_layout_choices))
-            self.layout_choice_in = zero_init(nn.Conv2d(config.in_channels, self.layout_in.out_channels, 1))
+        # which of the K layouts a caption takes, from its pooled text (zero-initialised: uniform at first)
+        self.layout_choice = zero_init(nn.Linear(embedding_channels, config.text_layout_choices)) \
+            if config.text_layout_choices > 1 else None
 
         def attention_layers(channels: int, resolution: int) -> list[nn.Module]:
             layers: list[nn.Module] = []
@@ -287,9 +284,8 @@ class UNet(nn.Module):
             aug_cond: (B,) float augmentation level of `lowres` (required when use_aug_cond).
             return_layout: also return `layout_prediction`'s `LayoutPrediction`, from the same pass
                 of the text path (the stage's layout loss; needs `text_layout_head`).
-            layout_choice: (B,) long, which of `text_layout_choices` K layouts each row takes: its
-                image is added beside the layout map (sampling: drawn by
-                `DiffusionStage.with_layout_choices`); ignored with one layout.
+            layout_choice: (B,) long, which of `text_layout_choices` K layouts each row's map is
+                (sampling: drawn by `DiffusionStage.with_layout_choices`); ignored with one layout.
             layout_target: (B, in_channels, r, r), the target image averaged to r x r (training): each
                 row takes the choice nearest it (`nearest_choice`) instead. With neither, each row
                 takes its most probable choice. Ignored with one layout.
@@ -331,15 +327,14 @@ class UNet(nn.Module):
         painted = None
         if return_layout or (self.layout_choice is not None and layout_map is not None):
             painted = self._paint(layout_map, pooled)
-        layout = None if layout_map is None else self.layout_in(layout_map)
-        if self.layout_choice is not None and layout_map is not None:
-            # the map (what the caption says, the layouts it leaves open averaged) and the chosen layout's image
+        if self.layout_choice is not None and layout_map is not None:  # the chosen layout's map
             if layout_target is not None:
                 layout_choice = nearest_choice(painted.images, layout_target)
             elif layout_choice is None:
                 layout_choice = painted.logits.argmax(dim=1)
-            chosen = painted.images[torch.arange(batch, device=x_t.device), layout_choice.to(x_t.device, torch.long)]
-            layout = layout + self.layout_choice_in(chosen)
+            rows = torch.arange(batch, device=x_t.device)
+            layout_map = self.text_layout.choice_maps(layout_map)[rows, layout_choice.to(x_t.device, torch.long)]
+        layout = None if layout_map is None else self.layout_in(layout_map)
 
         h = x_t if lowres is None else torch.cat([x_t, lowres.to(x_t.dtype)], dim=1)
         if self.config.coordinate_channels:

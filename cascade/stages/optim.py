@@ -214,11 +214,10 @@ def build_muon(module: torch.nn.Module, config: OptimizerConfig, io_layers: tupl
 
 def build_optimizer(unet: torch.nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
     """The optimiser `config.algorithm` names, over a `cascade.nn.unet.UNet`'s parameters (Muon: all but
-    its first layers, `conv_in` and `layout_choice_in` (which reads an image), the layers that paint images,
-    `conv_out` and `layout_head`, and the layout choice classifier's output layer, `layout_choice`)."""
+    its first layer, `conv_in`, the layers that paint images, `conv_out` and `layout_head`, and the layout
+    choice classifier's output layer, `layout_choice`)."""
     if config.algorithm == "muon":
-        return build_muon(unet, config, io_layers=("conv_in", "layout_choice_in", "conv_out", "layout_head",
-                                                   "layout_choice"))
+        return build_muon(unet, config, io_layers=("conv_in", "conv_out", "layout_head", "layout_choice"))
     return build_adamw(list(unet.named_parameters()), config)
 
 
