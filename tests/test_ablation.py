@@ -283,6 +283,10 @@ def test_the_layout_choices_row_is_the_longer_muon_base_with_four_choices_at_the
     by_key = {row.key: row for row in rows()}
     row, reference = by_key[f"{choices}+cfg2+interval"], by_key[f"{longer}+cfg2+interval"]
     assert row.training == choices and (row.sampling, row.weights, row.guide) == (reference.sampling, "ema", None)
+    below = f"{choices}+below-2"  # the chosen map read only below log-SNR -2: the same compute
+    assert TRAININGS[below] == (*TRAININGS[choices], "--model.init_args.layout_choice_below", "-2.0")
+    assert training_steps(below, plan) == training_steps(choices, plan)
+    assert by_key[f"{below}+cfg2+interval"].sampling == reference.sampling
 
 
 def test_the_demo_samples_its_base_at_the_guidance_the_ablation_chose_for_its_length():

@@ -579,3 +579,26 @@ def test_a_bad_layout_choices_setting_is_refused_naming_its_key(choices, head, m
     with pytest.raises(ValueError, match=message):
         UNetConfig(**{**UNET, "text_dim": 12, "cross_attention_resolutions": [8], "text_layout_resolution": 8,
                       "text_layout_head": head, "text_layout_choices": choices})
+
+
+def test_below_layout_choice_below_the_denoiser_reads_the_chosen_map_and_at_or_above_it_the_one_map():
+    stage = choices_stage(3, layout_choice_below=-2.0)
+    make_outputs_nonzero(stage)
+    x_t = torch.randn(2, 3, 16, 16)
+    t_high, t_low = torch.full((2,), 0.98), torch.full((2,), 0.3)  # log-SNR about -7.0 and +2.9 (cosine)
+    assert float(stage.schedule.log_snr(t_high)[0]) < -2.0 < float(stage.schedule.log_snr(t_low)[0])
+    tokens = torch.randn(2, 6, 12)
+    outputs = {}
+    with torch.no_grad():
+        for k in range(3):
+            condition = Condition(text_tokens=tokens, layout_choice=torch.full((2,), k))
+            outputs[k] = (stage(x_t, t_high, condition), stage(x_t, t_low, condition))
+        plain = stage.unet(x_t, stage.noise_cond_input(t_low), text_tokens=tokens,
+                           layout_shared=torch.ones(2, dtype=torch.bool))
+    assert not torch.allclose(outputs[0][0], outputs[1][0])  # high noise: the choice matters
+    torch.testing.assert_close(outputs[0][1], outputs[1][1])  # low noise: the one map, whatever the choice
+    torch.testing.assert_close(outputs[2][1], plain)
+    with pytest.raises(StageConfigError, match=r"^layout_choice_below: needs unet.text_layout_choices > 1"):
+        layout_stage(layout_loss_weight=1.0, layout_choice_below=-2.0)
+    with pytest.raises(StageConfigError, match=r"^layout_choice_below: must be a finite log-SNR or null, got nan"):
+        choices_stage(3, layout_choice_below=float("nan"))

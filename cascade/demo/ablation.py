@@ -263,7 +263,11 @@ _MUON_YARDSTICKS: dict[str, float] = {f"{_MUON_RECIPE}+compute1.4x": 1.4}
 # without `unet.text_layout_choices: 4`, batch 16, 1 thread: 13.015 against 13.011 GFLOPs, 248 against 252 ms),
 # the layout pre-training more (`CHOICES4_PRETRAINING_COST`).
 _CHOICES = ("--model.init_args.unet.text_layout_choices", "4")
-_CHOICE_TRAININGS: dict[str, str] = {f"{training}+choices4": training for training in _MUON_YARDSTICKS}
+# ... and "+below-2": the chosen map read only below log-SNR -2 (`layout_choice_below`), where the count is
+# decided (guidance only above -2.13 gave guidance 1's counts), the one map above it, where the shapes are drawn
+_CHOICE_FLAGS: dict[str, tuple[str, ...]] = {"choices4": _CHOICES,
+                                             "choices4+below-2": (*_CHOICES, "--model.init_args.layout_choice_below", "-2.0")}
+_CHOICE_TRAININGS: dict[str, str] = {f"{training}+{key}": training for training in _MUON_YARDSTICKS for key in _CHOICE_FLAGS}
 # the layout pre-training's 3,000 steps of 64 with four choices (the reading aside): 73.6 s against 55.0 s
 # (`BaseStage.pretrain_layout` on 5,000 rendered training images, 1 thread, one after the other; Intel
 # Xeon, avx512_bf16); the 18.6 s more in steps of the demo's base (260 ms at 1 thread, batch 16)
@@ -319,7 +323,8 @@ TRAININGS: dict[str, tuple[str, ...]] = {
                                        *_DEMO_CHANGES["layout8+loss+pre3k"][1],
                                        *_LAYOUT_RECIPE_CHANGES["muon+lr4e-3"][1])),
 }
-TRAININGS.update({choice: (*TRAININGS[training], *_CHOICES) for choice, training in _CHOICE_TRAININGS.items()})
+TRAININGS.update({f"{training}+{key}": (*TRAININGS[training], *flags)
+                  for training in _MUON_YARDSTICKS for key, flags in _CHOICE_FLAGS.items()})
 # Trainings at another batch than the plan's; they train plan.train_steps x plan.batch_size images
 # like every other row, in proportionally more or fewer steps.
 TRAINING_BATCH: dict[str, int] = {"sigmoid_b0+lr2e-3+b8": 8, **dict.fromkeys(_SCALE_YARDSTICKS, 256)}
@@ -463,9 +468,10 @@ def rows() -> list[Row]:
                                      ("cfg2+interval", "guidance 2 for log-SNR in [-2.13, 2.55] only",
                                       {"guidance": 2.0, "guidance_interval": [-2.13, 2.55]}))),
         # ... and with four layout choices, one drawn per seed, sampled as the demo samples (`_CHOICE_TRAININGS`)
-        *(Row("+ layout path fitted first, Muon at lr 4e-3, 1.4x the compute, four layout choices, guidance 2 "
-              "for log-SNR in [-2.13, 2.55] only (the same compute)", f"{choice}+cfg2+interval", training=choice,
-              sampling={**BASE_SAMPLING, "guidance": 2.0, "guidance_interval": [-2.13, 2.55]})
+        *(Row("+ layout path fitted first, Muon at lr 4e-3, 1.4x the compute, four layout choices"
+              + (" read below log-SNR -2" if choice.endswith("below-2") else "")
+              + ", guidance 2 for log-SNR in [-2.13, 2.55] only (the same compute)", f"{choice}+cfg2+interval",
+              training=choice, sampling={**BASE_SAMPLING, "guidance": 2.0, "guidance_interval": [-2.13, 2.55]})
           for choice in _CHOICE_TRAININGS),
         # the demo's recipe given 16 and 64 times the compute at batch 256: yardsticks for a GPU (`_SCALE_YARDSTICKS`)
         *(Row(f"demo recipe, {factor}x the compute at batch 256 (a yardstick, not a recipe)",

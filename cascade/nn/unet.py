@@ -267,6 +267,7 @@ class UNet(nn.Module):
         return_layout: bool = False,
         layout_choice: torch.Tensor | None = None,
         layout_target: torch.Tensor | None = None,
+        layout_shared: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, LayoutPrediction]:
         """Predict the stage's target (eps, v or x0) for x_t.
 
@@ -289,6 +290,8 @@ class UNet(nn.Module):
             layout_target: (B, in_channels, r, r), the target image averaged to r x r (training): each
                 row takes the choice nearest it (`nearest_choice`) instead. With neither, each row
                 takes its most probable choice. Ignored with one layout.
+            layout_shared: (B,) bool, rows that read the one layout map as it is, not a choice's
+                (the stage's `layout_choice_below`); None = no row. Ignored with one layout.
         Returns:
             (B, out_channels, H, W), or that and the `LayoutPrediction`.
         """
@@ -333,7 +336,9 @@ class UNet(nn.Module):
             elif layout_choice is None:
                 layout_choice = painted.logits.argmax(dim=1)
             rows = torch.arange(batch, device=x_t.device)
-            layout_map = self.text_layout.choice_maps(layout_map)[rows, layout_choice.to(x_t.device, torch.long)]
+            chosen = self.text_layout.choice_maps(layout_map)[rows, layout_choice.to(x_t.device, torch.long)]
+            layout_map = chosen if layout_shared is None else \
+                torch.where(layout_shared.to(x_t.device)[:, None, None, None], layout_map, chosen)
         layout = None if layout_map is None else self.layout_in(layout_map)
 
         h = x_t if lowres is None else torch.cat([x_t, lowres.to(x_t.dtype)], dim=1)

@@ -124,6 +124,12 @@ class DiffusionStage(pl.LightningModule):
             unconditional mean image).
         layout_pretraining: fit the layout path alone on the first training images before the
             denoiser's first step (`LayoutPretrainingConfig`; steps 0 = no, as before).
+        layout_choice_below: with `unet.text_layout_choices` > 1, the log-SNR below which the
+            denoiser reads its row's chosen layout map; at and above it, the one map as it is
+            (`UNet.forward`'s `layout_shared`): where the objects go is decided at the highest noise
+            levels, which shape goes with which colour later, and the chosen maps' scaled channels
+            cost the latter (docs/benchmarks.md, "A layout drawn, not averaged"). None: the chosen
+            map at every level.
     """
 
     def __init__(
@@ -146,6 +152,7 @@ class DiffusionStage(pl.LightningModule):
         max_consecutive_nonfinite: int = 5,
         layout_loss_weight: float = 0.0,
         layout_pretraining: LayoutPretrainingConfig = LayoutPretrainingConfig(),
+        layout_choice_below: float | None = None,
     ):
         super().__init__()
         # Not sent to the loggers: the saved config.yaml has them, and names may clash with the data's.
@@ -168,6 +175,7 @@ class DiffusionStage(pl.LightningModule):
         self.max_consecutive_nonfinite = max_consecutive_nonfinite
         self.layout_loss_weight = layout_loss_weight
         self.layout_pretraining = as_dataclass(layout_pretraining, LayoutPretrainingConfig, "layout_pretraining")
+        self.layout_choice_below = layout_choice_below
         self.compile_unet = compile_unet
         self._check_settings(unet, text_encoder)
         self.schedule = NoiseSchedule.from_config(self.schedule_config.name, **self.schedule_config.params)
@@ -229,6 +237,12 @@ class DiffusionStage(pl.LightningModule):
             problems.append(("layout_pretraining.lr", f"must be a finite number > 0, got {pre.lr!r}"))
         if isinstance(pre.steps, int) and pre.steps > 0 and not unet.text_layout_head:
             problems.append(("layout_pretraining.steps", "needs unet.text_layout_head: true (the layout path to fit)"))
+        below = self.layout_choice_below
+        if below is not None:
+            if isinstance(below, bool) or not isinstance(below, (int, float)) or not math.isfinite(below):
+                problems.append(("layout_choice_below", f"must be a finite log-SNR or null, got {below!r}"))
+            elif unet.text_layout_choices < 2:
+                problems.append(("layout_choice_below", "needs unet.text_layout_choices > 1"))
         if self.max_consecutive_nonfinite < 1:
             problems.append(("max_consecutive_nonfinite", f"must be >= 1, got {self.max_consecutive_nonfinite}"))
         try:
@@ -309,7 +323,14 @@ class DiffusionStage(pl.LightningModule):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, condition: Condition, **image_inputs) -> torch.Tensor:
         """The raw network output (eps, v or x0 according to `target`) at times t (B,)."""
-        return self.unet(x_t, self.noise_cond_input(t), **condition.unet_kwargs(), **image_inputs)
+        return self.unet(x_t, self.noise_cond_input(t), **condition.unet_kwargs(), **image_inputs,
+                         **self._layout_shared(t, condition))
+
+    def _layout_shared(self, t: torch.Tensor, condition: Condition) -> dict[str, torch.Tensor]:
+        """`layout_shared` for the UNet: the rows at or above `layout_choice_below` (none without it)."""
+        if self.layout_choice_below is None or condition.text_tokens is None:
+            return {}
+        return {"layout_shared": self.schedule.log_snr_unchecked(t) >= self.layout_choice_below}
 
     # ------------------------------------------------------------------ training
     def per_sample_loss(
@@ -341,7 +362,7 @@ class DiffusionStage(pl.LightningModule):
             x_t = q_sample(x0, t, self.schedule, noise)
             target = F.adaptive_avg_pool2d(x0.float(), self.unet.config.text_layout_resolution)
             prediction, painted = self.unet(x_t, self.noise_cond_input(t), **condition.unet_kwargs(), **image_inputs,
-                                            return_layout=True, layout_target=target)
+                                            return_layout=True, layout_target=target, **self._layout_shared(t, condition))
             loss = self.weighted_loss(prediction, x0, noise, t).mean()
             layout_fit = layout_loss(painted, target)
             self.log("train/layout_loss", layout_fit, batch_size=batch_size)
