@@ -259,9 +259,10 @@ _MUON_YARDSTICKS: dict[str, float] = {f"{_MUON_RECIPE}+compute1.4x": 1.4}
 # layout? Not at this length (docs/benchmarks.md, "A layout drawn, not averaged"): the denoiser fed the chosen
 # map commits (count on "two X" / "three X" +0.11-0.15) but draws the shapes of two-object relation captions
 # worse: all channels scaled, count +0.04 +- 0.02*, relation -0.10 +- 0.03*; half of them (the code's), count
-# +0.03 +- 0.05, relation -0.06 +- 0.05; FID -0.4* both. The same compute: a step costs the same (`cascade bench train` of configs/demo/base.yaml with and
-# without `unet.text_layout_choices: 4`, batch 16, 1 thread: 13.015 against 13.011 GFLOPs, 248 against 252 ms),
-# the layout pre-training more (`CHOICES4_PRETRAINING_COST`).
+# +0.03 +- 0.05, relation -0.06 +- 0.05; FID -0.4* both. The same compute: a step costs the same
+# (`cascade bench train` of configs/demo/base.yaml with and without `unet.text_layout_choices: 4`, batch 16,
+# 1 thread: 13.015 against 13.011 GFLOPs, 248 against 252 ms), the layout pre-training more
+# (`CHOICES4_PRETRAINING_COST`).
 _CHOICES = ("--model.init_args.unet.text_layout_choices", "4")
 # ... and "+below-2": the chosen map read only below log-SNR -2 (`layout_choice_below`), where the count is
 # decided (guidance only above -2.13 gave guidance 1's counts), the one map above it, where the shapes are drawn.

@@ -67,10 +67,10 @@ class TextLayout(nn.Module):
 
     With `choices` K > 1, `choice_maps` gives K layouts a caption may have (multiple-choice
     learning, Guzman-Rivera et al. 2012; `cascade.nn.unet.layout_loss` fits them): the map with its
-    first C/2 channels scaled by a learned (1 + s_k) each and the others shared, (B, K, C, r, r). A choice query
-    per layout added to the cells' queries, the whole path run K times, fitted the same layouts of
-    "two X" / "three X" at 2.8x the cost of the pre-training (3,000 steps of 64: 209 s against 74 s,
-    one thread; the map alone, 55 s).
+    first C/2 channels scaled by a learned (1 + s_k) each and the others shared, (B, K, C, r, r).
+    A choice query per layout added to the cells' queries, the whole path run K times, fitted the
+    same layouts of "two X" / "three X" at 2.8x the cost of the pre-training (3,000 steps of 64:
+    209 s against 74 s, one thread; the map alone, 55 s).
     """
 
     def __init__(self, context_channels: int, embedding_channels: int, resolution: int, num_heads: int,
@@ -93,8 +93,8 @@ class TextLayout(nn.Module):
 
     def forward(self, pooled: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
         """pooled (B,E), context (B,L,C), context_mask (B,L) bool (at least one True per row) -> (B,C,r,r)."""
-        q = self.queries.to(context.dtype)[None] + self.from_pooled(pooled)[:, None]
         batch, length, channels = context.shape
+        q = self.queries.to(context.dtype)[None] + self.from_pooled(pooled)[:, None]
         heads = self.to_q(self.query_norm(q)).reshape(batch, -1, self.num_heads, channels // self.num_heads)
         kv = self.to_kv(context).reshape(batch, length, 2, self.num_heads, channels // self.num_heads)
         attended = F.scaled_dot_product_attention(heads.transpose(1, 2), kv[:, :, 0].transpose(1, 2),

@@ -362,8 +362,8 @@ class UNet(nn.Module):
         self, text_tokens: torch.Tensor, text_mask: torch.Tensor | None, null: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The text conditioning's (pooled, context, context mask) and the layout map (B,
-        context_channels, r, r), or its K choices (B, K, context_channels, r, r), before `layout_in`
-        (None without `text_layout_resolution`); text_mask None = all tokens real."""
+        context_channels, r, r) before `layout_in` (None without `text_layout_resolution`);
+        text_mask None = all tokens real."""
         if text_mask is None:
             text_mask = torch.ones(text_tokens.shape[:2], dtype=torch.bool, device=text_tokens.device)
         pooled, context, context_mask = self.text_conditioning(text_tokens, text_mask.bool(), null)
@@ -391,7 +391,8 @@ class UNet(nn.Module):
         if self.layout_choice is None:
             return LayoutPrediction(self.layout_head(layout_map))
         maps = self.text_layout.choice_maps(layout_map)
-        return LayoutPrediction(self.layout_head(maps.flatten(0, 1)).unflatten(0, maps.shape[:2]), self.layout_choice(pooled))
+        images = self.layout_head(maps.flatten(0, 1)).unflatten(0, maps.shape[:2])
+        return LayoutPrediction(images, self.layout_choice(pooled))
 
     def _run(
         self,
