@@ -269,13 +269,16 @@ _CHOICES = ("--model.init_args.unet.text_layout_choices", "4")
 # Refuted at 3 seeds: count -0.01 +- 0.03, relation -0.04 +- 0.05, binding -0.03 +- 0.01* (nothing committed)
 _CHOICE_FLAGS: dict[str, tuple[str, ...]] = {"choices4": _CHOICES,
                                              "choices4+below-2": (*_CHOICES, "--model.init_args.layout_choice_below", "-2.0")}
-_CHOICE_TRAININGS: dict[str, str] = {f"{training}+{key}": training for training in _MUON_YARDSTICKS for key in _CHOICE_FLAGS}
+# each training: the one it changes, and its flags on top
+_CHOICE_TRAININGS: dict[str, tuple[str, tuple[str, ...]]] = {f"{training}+{key}": (training, flags)
+                                                             for training in _MUON_YARDSTICKS
+                                                             for key, flags in _CHOICE_FLAGS.items()}
 # the layout pre-training's 3,000 steps of 64 with four choices (the reading aside): 73.6 s against 55.0 s
 # (`BaseStage.pretrain_layout` on 5,000 rendered training images, 1 thread, one after the other; Intel
 # Xeon, avx512_bf16); the 18.6 s more in steps of the demo's base (260 ms at 1 thread, batch 16)
 CHOICES4_PRETRAINING_COST = round(18.6 / 0.260)
 TRAINING_COMPUTE: dict[str, float] = {**_YARDSTICKS, **_SCALE_YARDSTICKS, **_MUON_YARDSTICKS,
-                                       **{choice: _MUON_YARDSTICKS[training] for choice, training in _CHOICE_TRAININGS.items()},
+                                       **{choice: _MUON_YARDSTICKS[training] for choice, (training, _) in _CHOICE_TRAININGS.items()},
                                        **{f"sigmoid_b0+lr2e-3+{change}+steps2x": 2 for change in _YARDSTICK_CHANGES}}
 TRAININGS: dict[str, tuple[str, ...]] = {
     "min_snr": BASELINE_TRAINING,
@@ -325,8 +328,7 @@ TRAININGS: dict[str, tuple[str, ...]] = {
                                        *_DEMO_CHANGES["layout8+loss+pre3k"][1],
                                        *_LAYOUT_RECIPE_CHANGES["muon+lr4e-3"][1])),
 }
-TRAININGS.update({f"{training}+{key}": (*TRAININGS[training], *flags)
-                  for training in _MUON_YARDSTICKS for key, flags in _CHOICE_FLAGS.items()})
+TRAININGS.update({choice: (*TRAININGS[training], *flags) for choice, (training, flags) in _CHOICE_TRAININGS.items()})
 # Trainings at another batch than the plan's; they train plan.train_steps x plan.batch_size images
 # like every other row, in proportionally more or fewer steps.
 TRAINING_BATCH: dict[str, int] = {"sigmoid_b0+lr2e-3+b8": 8, **dict.fromkeys(_SCALE_YARDSTICKS, 256)}

@@ -78,7 +78,6 @@ class TextLayout(nn.Module):
         super().__init__()
         self.resolution = resolution
         self.num_heads = num_heads
-        self.choices = choices
         self.queries = nn.Parameter(torch.randn(resolution * resolution, context_channels) * 0.1)
         # the first half of the channels only: the other half is the same in every choice
         self.choice_scales = nn.Parameter(torch.randn(choices, context_channels // 2) * 0.5) if choices > 1 else None
@@ -103,10 +102,13 @@ class TextLayout(nn.Module):
         q = q + self.mlp(self.mlp_norm(q))
         return q.transpose(1, 2).reshape(batch, channels, self.resolution, self.resolution)
 
-    def choice_maps(self, maps: torch.Tensor) -> torch.Tensor:
-        """(B,C,r,r) -> the K choices' maps (B,K,C,r,r) (`choices` > 1)."""
-        scales = F.pad(self.choice_scales.to(maps.dtype), (0, maps.shape[1] - self.choice_scales.shape[1]))
-        return maps[:, None] * (1.0 + scales)[None, :, :, None, None]
+    def choice_maps(self, maps: torch.Tensor, choice: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,C,r,r) -> the K choices' maps (B,K,C,r,r), or with `choice` (B,) long each row's own
+        (B,C,r,r) (`choices` > 1)."""
+        scales = 1.0 + F.pad(self.choice_scales.to(maps.dtype), (0, maps.shape[1] - self.choice_scales.shape[1]))
+        if choice is not None:
+            return maps * scales[choice][:, :, None, None]
+        return maps[:, None] * scales[None, :, :, None, None]
 
 
 class TextConditioning(nn.Module):

@@ -76,10 +76,15 @@ class LayoutPrediction(NamedTuple):
     logits: torch.Tensor | None = None
 
 
+def _choice_errors(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B, K): the mean squared error of each choice's image (B, K, C, r, r) to the target (B, C, r, r)."""
+    return (images.float() - target.float()[:, None]).square().flatten(2).mean(-1)
+
+
 def nearest_choice(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """(B,) long: for each row, the choice whose image (B, K, C, r, r) is nearest (squared error) the
     target (B, C, r, r)."""
-    return (images.detach().float() - target.float()[:, None]).square().flatten(2).mean(-1).argmin(dim=1)
+    return _choice_errors(images.detach(), target).argmin(dim=1)
 
 
 def layout_loss(prediction: LayoutPrediction, target: torch.Tensor, relaxation: float = 0.05) -> torch.Tensor:
@@ -93,7 +98,7 @@ def layout_loss(prediction: LayoutPrediction, target: torch.Tensor, relaxation: 
     if logits is None:
         return F.mse_loss(images.float(), target.float())
     choices = images.shape[1]
-    errors = (images.float() - target.float()[:, None]).square().flatten(2).mean(-1)  # (B, K)
+    errors = _choice_errors(images, target)
     nearest = errors.detach().argmin(dim=1)
     weights = torch.full_like(errors, relaxation / (choices - 1))
     weights.scatter_(1, nearest[:, None], 1.0 - relaxation)
@@ -335,8 +340,7 @@ class UNet(nn.Module):
                 layout_choice = nearest_choice(painted.images, layout_target)
             elif layout_choice is None:
                 layout_choice = painted.logits.argmax(dim=1)
-            rows = torch.arange(batch, device=x_t.device)
-            chosen = self.text_layout.choice_maps(layout_map)[rows, layout_choice.to(x_t.device, torch.long)]
+            chosen = self.text_layout.choice_maps(layout_map, layout_choice.to(x_t.device, torch.long))
             layout_map = chosen if layout_shared is None else \
                 torch.where(layout_shared.to(x_t.device)[:, None, None, None], layout_map, chosen)
         layout = None if layout_map is None else self.layout_in(layout_map)
