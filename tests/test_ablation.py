@@ -289,6 +289,26 @@ def test_the_layout_choices_row_is_the_longer_muon_base_with_four_choices_at_the
     assert by_key[f"{below}+cfg2+interval"].sampling == reference.sampling
 
 
+def test_the_layout_map_reading_x_t_row_is_the_longer_muon_base_reading_x_t_at_the_same_compute_and_sampling():
+    """The map that reads x_t costs the same per step and its measured extra in the layout pre-training:
+    fewer denoiser steps for the same compute, sampled as the row it is read against."""
+    longer = "sigmoid_b0+lr2e-3+layout8+loss+pre3k+muon+lr4e-3+compute1.4x"
+    reads = f"{longer}+xt"
+    assert TRAININGS[reads] == (*TRAININGS[longer], "--model.init_args.unet.text_layout_reads_x_t", "true")
+    assert TRAINING_STEP_COST[reads] == TRAINING_STEP_COST[longer]
+    assert TRAINING_FIXED_COST[reads] > TRAINING_FIXED_COST[longer]
+    plan = AblationPlan(train_steps=1200, batch_size=16, snapshots=8)
+
+    def compute(training: str) -> float:  # in steps of 16 images of the plain base
+        return training_steps(training, plan) * TRAINING_STEP_COST[training] + TRAINING_FIXED_COST[training]
+
+    assert compute(reads) == pytest.approx(compute(longer), rel=0.01)
+    assert training_steps(reads, plan) < training_steps(longer, plan)
+    by_key = {row.key: row for row in rows()}
+    row, reference = by_key[f"{reads}+cfg2+interval"], by_key[f"{longer}+cfg2+interval"]
+    assert row.training == reads and (row.sampling, row.weights, row.guide) == (reference.sampling, "ema", None)
+
+
 def test_the_demo_samples_its_base_at_the_guidance_the_ablation_chose_for_its_length():
     """Guidance 2 in EDM2's interval on the networks of the yardstick that trains the demo's base length:
     exact +0.09 +- 0.04*, count +0.04*, FID -1.6* against 3 everywhere (docs/benchmarks.md)."""

@@ -602,3 +602,123 @@ def test_below_layout_choice_below_the_denoiser_reads_the_chosen_map_and_at_or_a
         layout_stage(layout_loss_weight=1.0, layout_choice_below=-2.0)
     with pytest.raises(StageConfigError, match=r"^layout_choice_below: must be a finite log-SNR or null, got nan"):
         choices_stage(3, layout_choice_below=float("nan"))
+
+
+# ------------------------------------------------------------------ a layout map that reads x_t (`unet.text_layout_reads_x_t`)
+def reads_x_t_stage(**kwargs) -> BaseStage:
+    unet = {**UNET, "text_dim": 12, "cross_attention_resolutions": [8], "text_layout_resolution": 8,
+            "text_layout_head": True, "text_layout_reads_x_t": True}
+    return BaseStage(unet=unet, image_size=16, conditioning="text", text_encoder={"kind": "minilm"},
+                     layout_loss_weight=1.0, **kwargs)
+
+
+def test_a_layout_map_that_reads_x_t_fits_the_posterior_mean_where_one_that_reads_the_caption_paints_the_mean():
+    """One caption whose every cell is, independently, +1 or -1 (all channels) with probability 1/2: a
+    caption-only map fitted by squared error paints the prior mean 0, "the union"; one that reads x_t
+    paints each cell's posterior mean. With y = alpha x + s eps (x_t averaged over the cell's f x f
+    pixels: s = sigma / f) in each of the 3 channels, E[x | y] = tanh(alpha (y_1 + y_2 + y_3) / s^2)."""
+    torch.manual_seed(0)
+    stage = reads_x_t_stage()
+    tokens, mask = torch.randn(1, 6, 12), torch.ones(1, 6, dtype=torch.bool)
+    t = torch.tensor(0.75)  # cosine schedule: log-SNR -1.76 per pixel, -0.38 per cell (f = 2), +0.72 for 3 channels
+    alpha, sigma = float(stage.schedule.alpha(t)), float(stage.schedule.sigma(t))
+    s = sigma / 2
+
+    def draw(rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x0 = (torch.randint(0, 2, (rows, 1, 8, 8)) * 2 - 1).float().expand(-1, 3, -1, -1)
+        return x0, alpha * x0 + s * torch.randn(rows, 3, 8, 8)
+
+    def paint(y: torch.Tensor) -> torch.Tensor:
+        return stage.unet.layout_prediction(tokens.expand(len(y), -1, -1), mask.expand(len(y), -1), x_t=y,
+                                            noise_cond=stage.noise_cond_input(t.expand(len(y)))).images
+
+    optimizer = torch.optim.Adam(stage.unet.parameters(), lr=3e-3)
+    for step in range(600):
+        if step == 450:
+            optimizer.param_groups[0]["lr"] = 5e-4
+        x0, y = draw(32)
+        loss = ((paint(y) - x0) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    x0, y = draw(64)
+    with torch.no_grad():
+        painted = paint(y)
+    posterior = torch.tanh(alpha * y.sum(dim=1, keepdim=True) / s ** 2).expand(-1, 3, -1, -1)
+    assert float((painted - posterior).abs().mean()) < 0.05
+    assert float(posterior.abs().mean()) > 0.5  # the posterior mean is far from the prior mean 0 ...
+    caption_only = layout_stage(layout_loss_weight=1.0)  # ... which a map of the caption alone paints
+    optimizer = torch.optim.Adam(caption_only.unet.parameters(), lr=3e-3)
+    for _ in range(300):
+        x0, _ = draw(32)
+        loss = ((caption_only.unet.layout_prediction(tokens.expand(32, -1, -1), mask.expand(32, -1)).images - x0) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        assert float(caption_only.unet.layout_prediction(tokens, mask).images.abs().mean()) < 0.1
+
+
+def test_a_layout_map_that_reads_x_t_is_pre_trained_on_x_t_averaged_to_its_cells_as_training_draws_it(monkeypatch):
+    """The pre-training draws a cell's x_t as alpha_t avg(x0) + (sigma_t / f) eps, the law of x_t averaged
+    over f x f pixels of iid noise (f = 16 / 8 here), at t ~ U(0, 1) as training does; it moves the
+    projections of x_t and of the noise level, and the training step gives every parameter a gradient."""
+    stage = reads_x_t_stage(layout_pretraining={"steps": 40, "batch_size": 64, "lr": 1e-2, "images": 8, "seed": 0})
+    assert stage.noise_cond == "t1000"  # noise_cond = 1000 t
+    torch.manual_seed(0)
+    batches = [batch_for(stage) for _ in range(2)]
+    for batch in batches:  # one image throughout, so that every row's target is known
+        batch["image"] = batches[0]["image"][:1].expand(4, -1, -1, -1)
+    target = torch.nn.functional.adaptive_avg_pool2d(batches[0]["image"][:1], 8)
+    seen = []
+    paint = stage.unet.layout_prediction
+
+    def recording(tokens, masks, null_cond=None, x_t=None, noise_cond=None):
+        seen.append((x_t, noise_cond / 1000))
+        return paint(tokens, masks, null_cond, x_t=x_t, noise_cond=noise_cond)
+
+    monkeypatch.setattr(stage.unet, "layout_prediction", recording)
+    before = {name: p.detach().clone() for name, p in stage.unet.text_layout.named_parameters()}
+    stage.pretrain_layout(iter(batches))
+    x_t, t = torch.cat([x for x, _ in seen]), torch.cat([t for _, t in seen])
+    alpha, sigma = stage.schedule.alpha(t)[:, None, None, None], stage.schedule.sigma(t)[:, None, None, None]
+    standardised = (x_t - alpha * target) / (sigma / 2)
+    assert abs(float(standardised.mean())) < 0.02 and abs(float(standardised.std()) - 1) < 0.02
+    assert abs(float(t.mean()) - 0.5) < 0.03 and abs(float(t.std()) - 12 ** -0.5) < 0.02  # U(0, 1)
+    assert all(not torch.equal(p, before[name]) for name, p in stage.unet.text_layout.named_parameters()
+               if name.startswith(("from_image", "from_noise")))
+    monkeypatch.undo()
+    stage.training_step(batch_for(stage), 0).backward()
+    missing = [name for name, p in stage.named_parameters() if p.grad is None]
+    assert not missing, missing
+
+
+def test_a_layout_map_that_reads_x_t_starts_as_the_captions_alone_and_then_depends_on_x_t():
+    """Zero-initialised, the projections of x_t and the noise level leave a new map what the caption
+    alone paints, so a model starts as before; given weights, the map follows x_t."""
+    torch.manual_seed(0)
+    tokens, mask = torch.randn(2, 6, 12), torch.ones(2, 6, dtype=torch.bool)
+    reads, caption_only = reads_x_t_stage(), layout_stage(layout_loss_weight=1.0)
+    caption_only.unet.load_state_dict(reads.unet.state_dict(), strict=False)
+    x_a, x_b, noise_cond = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16), torch.rand(2)
+    with torch.no_grad():
+        plain = caption_only.unet.layout_prediction(tokens, mask).images
+        torch.testing.assert_close(reads.unet.layout_prediction(tokens, mask, x_t=x_a, noise_cond=noise_cond).images, plain)
+        reads.unet.text_layout.from_image.weight.normal_()
+        assert not torch.allclose(reads.unet.layout_prediction(tokens, mask, x_t=x_a, noise_cond=noise_cond).images,
+                                  reads.unet.layout_prediction(tokens, mask, x_t=x_b, noise_cond=noise_cond).images)
+    with pytest.raises(ValueError, match="text_layout_reads_x_t: the layout map needs x_t and noise_cond"):
+        reads.unet.layout_prediction(tokens, mask)
+
+
+@pytest.mark.parametrize("reads, unet, message", [
+    ("yes", {}, "text_layout_reads_x_t must be true or false, got 'yes'"),
+    (True, {"text_layout_resolution": 0, "text_layout_head": False}, "text_layout_reads_x_t needs text_layout_resolution > 0"),
+    (True, {"text_layout_choices": 2}, "text_layout_reads_x_t and text_layout_choices > 1 are two answers"),
+])
+def test_a_bad_layout_reads_x_t_setting_is_refused_naming_its_key(reads, unet, message):
+    from cascade.nn import UNetConfig
+
+    with pytest.raises(ValueError, match=message):
+        UNetConfig(**{**UNET, "text_dim": 12, "cross_attention_resolutions": [8], "text_layout_resolution": 8,
+                      "text_layout_head": True, "text_layout_reads_x_t": reads, **unet})

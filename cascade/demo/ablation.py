@@ -277,8 +277,18 @@ _CHOICE_TRAININGS: dict[str, tuple[str, tuple[str, ...]]] = {f"{training}+{key}"
 # (`BaseStage.pretrain_layout` on 5,000 rendered training images, 1 thread, one after the other; Intel
 # Xeon, avx512_bf16); the 18.6 s more in steps of the demo's base (260 ms at 1 thread, batch 16)
 CHOICES4_PRETRAINING_COST = round(18.6 / 0.260)
+# The one layout map that also reads x_t (averaged to 8 x 8) and the noise level
+# (`UNetConfig.text_layout_reads_x_t`): fitted by squared error it paints E[layout | caption, x_t], the
+# union of the open layouts only while x_t is noise, then the layout the sample has begun. A step costs
+# the same (10 steps of batch 16 with the layout loss, forward, backward and AdamW, bare UNet of
+# configs/demo/base.yaml, 6 alternating runs, 1 thread: medians 229.6 against 229.5 ms); the layout
+# pre-training draws x_t too: 89.8 and 81.8 s against 84.6 s (3,000 steps of 64, 1 thread, one after
+# the other; Intel Xeon, avx512_bf16), charged as the largest difference, 5.2 s, in steps of the base.
+READS_X_T_PRETRAINING_COST = round(5.2 / 0.260)
+_READS_X_T_TRAININGS: dict[str, str] = {f"{training}+xt": training for training in _MUON_YARDSTICKS}
 TRAINING_COMPUTE: dict[str, float] = {**_YARDSTICKS, **_SCALE_YARDSTICKS, **_MUON_YARDSTICKS,
                                        **{choice: _MUON_YARDSTICKS[training] for choice, (training, _) in _CHOICE_TRAININGS.items()},
+                                       **{xt: _MUON_YARDSTICKS[training] for xt, training in _READS_X_T_TRAININGS.items()},
                                        **{f"sigmoid_b0+lr2e-3+{change}+steps2x": 2 for change in _YARDSTICK_CHANGES}}
 TRAININGS: dict[str, tuple[str, ...]] = {
     "min_snr": BASELINE_TRAINING,
@@ -329,6 +339,8 @@ TRAININGS: dict[str, tuple[str, ...]] = {
                                        *_LAYOUT_RECIPE_CHANGES["muon+lr4e-3"][1])),
 }
 TRAININGS.update({choice: (*TRAININGS[training], *flags) for choice, (training, flags) in _CHOICE_TRAININGS.items()})
+TRAININGS.update({xt: (*TRAININGS[training], "--model.init_args.unet.text_layout_reads_x_t", "true")
+                  for xt, training in _READS_X_T_TRAININGS.items()})
 # Trainings at another batch than the plan's; they train plan.train_steps x plan.batch_size images
 # like every other row, in proportionally more or fewer steps.
 TRAINING_BATCH: dict[str, int] = {"sigmoid_b0+lr2e-3+b8": 8, **dict.fromkeys(_SCALE_YARDSTICKS, 256)}
@@ -371,6 +383,7 @@ TRAINING_STEP_COST: dict[str, float] = {"sigmoid_b0+lr2e-3+attn16": 169 / 145.5,
                                                          LAYOUT_LOSS_COST * 1.18),
                                          **dict.fromkeys(_MUON_YARDSTICKS, LAYOUT_LOSS_COST * 1.18),
                                          **dict.fromkeys(_CHOICE_TRAININGS, LAYOUT_LOSS_COST * 1.18),
+                                         **dict.fromkeys(_READS_X_T_TRAININGS, LAYOUT_LOSS_COST * 1.18),
                                          **dict.fromkeys(_SCALE_YARDSTICKS, LAYOUT_LOSS_COST)}
 # Trainings that spend compute before their first step, in steps of the demo's base (taken off their
 # steps): the layout pre-training, LAYOUT_PRETRAINING_COST.
@@ -383,7 +396,9 @@ TRAINING_FIXED_COST: dict[str, int] = {"sigmoid_b0+lr2e-3+layout8+loss+pre": LAY
                                                         *_SCALE_YARDSTICKS, *_MUON_YARDSTICKS),
                                                        LAYOUT_PRETRAINING_COST * 3 // 2),
                                        **dict.fromkeys(_CHOICE_TRAININGS,
-                                                       LAYOUT_PRETRAINING_COST * 3 // 2 + CHOICES4_PRETRAINING_COST)}
+                                                       LAYOUT_PRETRAINING_COST * 3 // 2 + CHOICES4_PRETRAINING_COST),
+                                       **dict.fromkeys(_READS_X_T_TRAININGS,
+                                                       LAYOUT_PRETRAINING_COST * 3 // 2 + READS_X_T_PRETRAINING_COST)}
 BASE_SAMPLING = {"sampler": "dpmpp_2m", "steps": 20, "guidance": 3.0, "time_grid": "uniform_t"}
 
 
@@ -477,6 +492,11 @@ def rows() -> list[Row]:
               + ", guidance 2 for log-SNR in [-2.13, 2.55] only (the same compute)", f"{choice}+cfg2+interval",
               training=choice, sampling={**BASE_SAMPLING, "guidance": 2.0, "guidance_interval": [-2.13, 2.55]})
           for choice in _CHOICE_TRAININGS),
+        # ... and with the one layout map reading x_t (`_READS_X_T_TRAININGS`), sampled as the demo samples
+        *(Row("+ layout path fitted first, Muon at lr 4e-3, 1.4x the compute, the layout map reads x_t, "
+              "guidance 2 for log-SNR in [-2.13, 2.55] only (the same compute)", f"{xt}+cfg2+interval",
+              training=xt, sampling={**BASE_SAMPLING, "guidance": 2.0, "guidance_interval": [-2.13, 2.55]})
+          for xt in _READS_X_T_TRAININGS),
         # the demo's recipe given 16 and 64 times the compute at batch 256: yardsticks for a GPU (`_SCALE_YARDSTICKS`)
         *(Row(f"demo recipe, {factor}x the compute at batch 256 (a yardstick, not a recipe)",
               training, training=training, sampling=BASE_SAMPLING)

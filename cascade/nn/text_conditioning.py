@@ -71,10 +71,15 @@ class TextLayout(nn.Module):
     A choice query per layout added to the cells' queries, the whole path run K times, fitted the
     same layouts of "two X" / "three X" at 2.8x the cost of the pre-training (3,000 steps of 64:
     209 s against 74 s, one thread; the map alone, 55 s).
+
+    With `image_channels` > 0 each cell's query also reads x_t averaged to r x r there and the noise
+    level's embedding, both through zero-initialised projections (`UNetConfig.text_layout_reads_x_t`):
+    fitted by squared error, the map is then E[layout | caption, x_t], which follows the one layout a
+    sample has begun instead of painting the union of those the caption leaves open.
     """
 
     def __init__(self, context_channels: int, embedding_channels: int, resolution: int, num_heads: int,
-                 choices: int = 1):
+                 choices: int = 1, image_channels: int = 0):
         super().__init__()
         self.resolution = resolution
         self.num_heads = num_heads
@@ -82,6 +87,8 @@ class TextLayout(nn.Module):
         # the first half of the channels only: the other half is the same in every choice
         self.choice_scales = nn.Parameter(torch.randn(choices, context_channels // 2) * 0.5) if choices > 1 else None
         self.from_pooled = nn.Linear(embedding_channels, context_channels)
+        self.from_image = zero_init(nn.Linear(image_channels, context_channels)) if image_channels else None
+        self.from_noise = zero_init(nn.Linear(embedding_channels, context_channels)) if image_channels else None
         self.query_norm = nn.LayerNorm(context_channels)
         self.to_q = nn.Linear(context_channels, context_channels)
         self.to_kv = nn.Linear(context_channels, 2 * context_channels)
@@ -90,10 +97,18 @@ class TextLayout(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(context_channels, 4 * context_channels), nn.GELU(),
                                  nn.Linear(4 * context_channels, context_channels))
 
-    def forward(self, pooled: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
-        """pooled (B,E), context (B,L,C), context_mask (B,L) bool (at least one True per row) -> (B,C,r,r)."""
+    def forward(self, pooled: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,
+                x_t: torch.Tensor | None = None, noise_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """pooled (B,E), context (B,L,C), context_mask (B,L) bool (at least one True per row) -> (B,C,r,r);
+        with `image_channels` also x_t (B,image_channels,H,W), averaged to r x r here, and the noise
+        level's embedding (B,E)."""
         batch, length, channels = context.shape
         q = self.queries.to(context.dtype)[None] + self.from_pooled(pooled)[:, None]
+        if self.from_image is not None:
+            if x_t is None or noise_embedding is None:
+                raise ValueError("this text layout reads x_t (text_layout_reads_x_t): pass x_t and noise_embedding")
+            cells = F.adaptive_avg_pool2d(x_t.to(q.dtype), self.resolution).flatten(2).transpose(1, 2)
+            q = q + self.from_image(cells) + self.from_noise(noise_embedding.to(q.dtype))[:, None]
         heads = self.to_q(self.query_norm(q)).reshape(batch, -1, self.num_heads, channels // self.num_heads)
         kv = self.to_kv(context).reshape(batch, length, 2, self.num_heads, channels // self.num_heads)
         attended = F.scaled_dot_product_attention(heads.transpose(1, 2), kv[:, :, 0].transpose(1, 2),

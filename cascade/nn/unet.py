@@ -178,7 +178,8 @@ class UNet(nn.Module):
         self.text_layout = None
         if config.text_layout_resolution:
             self.text_layout = TextLayout(context_channels, embedding_channels, config.text_layout_resolution,
-                                          config.heads_for(embedding_channels), config.text_layout_choices)
+                                          config.heads_for(embedding_channels), config.text_layout_choices,
+                                          config.in_channels if config.text_layout_reads_x_t else 0)
             # the channels of the features where they first reach the layout's resolution (adm: the
             # level's entry, conv_in's or the previous level's width; efficient: after the level's downsample)
             level = config.level_resolutions.index(config.text_layout_resolution)
@@ -330,7 +331,8 @@ class UNet(nn.Module):
                 text_tokens = x_t.new_zeros(batch, 1, self.config.text_dim)
                 text_mask = torch.zeros(batch, 1, dtype=torch.bool, device=x_t.device)
                 text_null = torch.ones_like(null)
-            pooled, context, context_mask, layout_map = self._text_path(text_tokens, text_mask, text_null)
+            pooled, context, context_mask, layout_map = self._text_path(text_tokens, text_mask, text_null, x_t,
+                                                                        noise_cond)
             embedding = embedding + pooled
         painted = None
         if return_layout or (self.layout_choice is not None and layout_map is not None):
@@ -363,28 +365,38 @@ class UNet(nn.Module):
         return (output, painted) if return_layout else output
 
     def _text_path(
-        self, text_tokens: torch.Tensor, text_mask: torch.Tensor | None, null: torch.Tensor
+        self, text_tokens: torch.Tensor, text_mask: torch.Tensor | None, null: torch.Tensor,
+        x_t: torch.Tensor | None = None, noise_cond: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The text conditioning's (pooled, context, context mask) and the layout map (B,
         context_channels, r, r) before `layout_in` (None without `text_layout_resolution`);
-        text_mask None = all tokens real."""
+        text_mask None = all tokens real. A layout map that reads x_t (`text_layout_reads_x_t`) gets
+        x_t and the noise level's embedding, detached (the layout loss does not train the latter)."""
         if text_mask is None:
             text_mask = torch.ones(text_tokens.shape[:2], dtype=torch.bool, device=text_tokens.device)
         pooled, context, context_mask = self.text_conditioning(text_tokens, text_mask.bool(), null)
-        layout_map = None if self.text_layout is None else self.text_layout(pooled, context, context_mask)
+        layout_map = None
+        if self.text_layout is not None:
+            reads_x_t = self.config.text_layout_reads_x_t
+            if reads_x_t and (x_t is None or noise_cond is None):
+                raise ValueError("unet.text_layout_reads_x_t: the layout map needs x_t and noise_cond")
+            noise_embedding = self.time_embedding(noise_cond).detach() if reads_x_t else None
+            layout_map = self.text_layout(pooled, context, context_mask, x_t if reads_x_t else None, noise_embedding)
         return pooled, context, context_mask, layout_map
 
     def layout_prediction(
-        self, text_tokens: torch.Tensor, text_mask: torch.Tensor | None = None, null_cond: torch.Tensor | None = None
+        self, text_tokens: torch.Tensor, text_mask: torch.Tensor | None = None, null_cond: torch.Tensor | None = None,
+        x_t: torch.Tensor | None = None, noise_cond: torch.Tensor | None = None,
     ) -> LayoutPrediction:
         """What the layout map paints for a batch of captions (`text_layout_head`; with K choices each
         choice's image and the classifier's logits), which `layout_loss_weight` trains towards the
-        target averaged to r x r (`layout_loss`)."""
+        target averaged to r x r (`layout_loss`). A map that reads x_t (`text_layout_reads_x_t`) needs
+        x_t (any size; the map averages it to r x r) and noise_cond as `forward` takes them."""
         if self.layout_head is None:
             raise ValueError("layout_prediction needs unet.text_layout_head: true")
         null = torch.zeros(text_tokens.shape[0], dtype=torch.bool, device=text_tokens.device) if null_cond is None \
             else null_cond.bool()
-        pooled, _, _, layout_map = self._text_path(text_tokens, text_mask, null)
+        pooled, _, _, layout_map = self._text_path(text_tokens, text_mask, null, x_t, noise_cond)
         return self._paint(layout_map, pooled)
 
     def _paint(self, layout_map: torch.Tensor, pooled: torch.Tensor) -> LayoutPrediction:
