@@ -290,12 +290,12 @@ def test_the_layout_choices_row_is_the_longer_muon_base_with_four_choices_at_the
 
 
 def test_the_layout_map_reading_x_t_row_is_the_longer_muon_base_reading_x_t_at_the_same_compute_and_sampling():
-    """The map that reads x_t costs the same per step and its measured extra in the layout pre-training:
+    """The map that reads x_t costs its measured extra per step and in the layout pre-training:
     fewer denoiser steps for the same compute, sampled as the row it is read against."""
     longer = "sigmoid_b0+lr2e-3+layout8+loss+pre3k+muon+lr4e-3+compute1.4x"
     reads = f"{longer}+xt"
     assert TRAININGS[reads] == (*TRAININGS[longer], "--model.init_args.unet.text_layout_reads_x_t", "true")
-    assert TRAINING_STEP_COST[reads] == TRAINING_STEP_COST[longer]
+    assert TRAINING_STEP_COST[reads] > TRAINING_STEP_COST[longer]
     assert TRAINING_FIXED_COST[reads] > TRAINING_FIXED_COST[longer]
     plan = AblationPlan(train_steps=1200, batch_size=16, snapshots=8)
 

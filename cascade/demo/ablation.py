@@ -277,14 +277,15 @@ _CHOICE_TRAININGS: dict[str, tuple[str, tuple[str, ...]]] = {f"{training}+{key}"
 # (`BaseStage.pretrain_layout` on 5,000 rendered training images, 1 thread, one after the other; Intel
 # Xeon, avx512_bf16); the 18.6 s more in steps of the demo's base (260 ms at 1 thread, batch 16)
 CHOICES4_PRETRAINING_COST = round(18.6 / 0.260)
-# The one layout map that also reads x_t (averaged to 8 x 8) and the noise level
-# (`UNetConfig.text_layout_reads_x_t`): fitted by squared error it paints E[layout | caption, x_t], the
-# union of the open layouts only while x_t is noise, then the layout the sample has begun. A step costs
-# the same (10 steps of batch 16 with the layout loss, forward, backward and AdamW, bare UNet of
-# configs/demo/base.yaml, 6 alternating runs, 1 thread: medians 229.6 against 229.5 ms); the layout
-# pre-training draws x_t too: 89.8 and 81.8 s against 84.6 s (3,000 steps of 64, 1 thread, one after
-# the other; Intel Xeon, avx512_bf16), charged as the largest difference, 5.2 s, in steps of the base.
-READS_X_T_PRETRAINING_COST = round(5.2 / 0.260)
+# The layout map refined by x_t (averaged to 8 x 8) and the noise level (`UNetConfig.text_layout_reads_x_t`):
+# fitted by squared error it paints E[layout | caption, x_t], the union of the open layouts only while x_t
+# is noise, then the layout the sample has begun. A step costs 1.01x (10 steps of batch 16 with the layout
+# loss, forward, backward and AdamW, bare UNet of configs/demo/base.yaml, 6 alternating runs, 1 thread:
+# median ratios 1.04 and 0.98 in two runs); the layout pre-training's 1,000 steps of 64 take 50.0 and
+# 51.5 s against 41.7 and 44.1 s (1 thread, one after the other; Intel Xeon, avx512_bf16): 7.85 s more,
+# 23.5 s for 3,000 steps, charged in steps of the base.
+READS_X_T_STEP_COST = 1.01
+READS_X_T_PRETRAINING_COST = round(23.5 / 0.260)
 _READS_X_T_TRAININGS: dict[str, str] = {f"{training}+xt": training for training in _MUON_YARDSTICKS}
 TRAINING_COMPUTE: dict[str, float] = {**_YARDSTICKS, **_SCALE_YARDSTICKS, **_MUON_YARDSTICKS,
                                        **{choice: _MUON_YARDSTICKS[training] for choice, (training, _) in _CHOICE_TRAININGS.items()},
@@ -383,7 +384,7 @@ TRAINING_STEP_COST: dict[str, float] = {"sigmoid_b0+lr2e-3+attn16": 169 / 145.5,
                                                          LAYOUT_LOSS_COST * 1.18),
                                          **dict.fromkeys(_MUON_YARDSTICKS, LAYOUT_LOSS_COST * 1.18),
                                          **dict.fromkeys(_CHOICE_TRAININGS, LAYOUT_LOSS_COST * 1.18),
-                                         **dict.fromkeys(_READS_X_T_TRAININGS, LAYOUT_LOSS_COST * 1.18),
+                                         **dict.fromkeys(_READS_X_T_TRAININGS, LAYOUT_LOSS_COST * 1.18 * READS_X_T_STEP_COST),
                                          **dict.fromkeys(_SCALE_YARDSTICKS, LAYOUT_LOSS_COST)}
 # Trainings that spend compute before their first step, in steps of the demo's base (taken off their
 # steps): the layout pre-training, LAYOUT_PRETRAINING_COST.

@@ -107,12 +107,13 @@ class UNetConfig:
             drawn from the classifier with the row's seed (`DiffusionStage.with_layout_choices`).
             1 = one map, as before (the demo's base: at its length four choices commit the count but
             cost relation; docs/benchmarks.md, "A layout drawn, not averaged"). Needs text_layout_head.
-        text_layout_reads_x_t: the layout map also reads x_t averaged to r x r and the noise level
-            (through zero-initialised projections added to its queries), so that it paints the layout
-            given the caption and the sample so far, E[layout | caption, x_t], not given the caption
-            alone: for "three circles" the union of the four layouts only while x_t is noise, then
-            the one layout the sample has begun. False = the caption alone, as before. Needs
-            text_layout_resolution > 0.
+        text_layout_reads_x_t: the caption's layout map is refined, cell by cell, by x_t averaged to
+            r x r and the noise level (`TextLayout.read_x_t`, a residual MLP that starts as the
+            identity), so that the map the denoiser reads is the layout given the caption and the
+            sample so far, E[layout | caption, x_t]: for "three circles" the union of the four
+            layouts only while x_t is noise, then the one layout the sample has begun. The layout
+            loss fits both the refined map and the caption's. False = the caption alone, as before.
+            Needs text_layout_head (the loss) and not text_layout_choices > 1.
         lowres_channels: channels of the low-resolution conditioning image concatenated to
             x_t (3 for super-resolution stages, 0 for a base stage).
         coordinate_channels: append two channels holding each pixel's x and y coordinate,
@@ -303,8 +304,8 @@ class UNetConfig:
             errors.append("text_layout_choices > 1 needs text_layout_head: true (the layout loss picks the nearest choice)")
         if not isinstance(self.text_layout_reads_x_t, bool):
             errors.append(f"text_layout_reads_x_t must be true or false, got {self.text_layout_reads_x_t!r}")
-        elif self.text_layout_reads_x_t and not (isinstance(layout, int) and layout > 0):
-            errors.append("text_layout_reads_x_t needs text_layout_resolution > 0")
+        elif self.text_layout_reads_x_t and self.text_layout_head is not True:
+            errors.append("text_layout_reads_x_t needs text_layout_head: true (the layout loss fits the refined map)")
         elif self.text_layout_reads_x_t and isinstance(choices, int) and choices > 1:
             errors.append("text_layout_reads_x_t and text_layout_choices > 1 are two answers to one question; choose one")
         if not isinstance(self.coordinate_channels, bool):

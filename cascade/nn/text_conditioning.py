@@ -72,10 +72,14 @@ class TextLayout(nn.Module):
     same layouts of "two X" / "three X" at 2.8x the cost of the pre-training (3,000 steps of 64:
     209 s against 74 s, one thread; the map alone, 55 s).
 
-    With `image_channels` > 0 each cell's query also reads x_t averaged to r x r there and the noise
-    level's embedding, both through zero-initialised projections (`UNetConfig.text_layout_reads_x_t`):
-    fitted by squared error, the map is then E[layout | caption, x_t], which follows the one layout a
-    sample has begun instead of painting the union of those the caption leaves open.
+    With `image_channels` > 0, `read_x_t` refines the caption's map cell by cell with x_t averaged to
+    r x r there and the noise level's embedding (`UNetConfig.text_layout_reads_x_t`): a residual MLP
+    whose last layer starts at zero, so a new refinement is the identity. Fitted by squared error,
+    the refined map is E[layout | caption, x_t], which follows the one layout a sample has begun
+    instead of painting the union of those the caption leaves open; the caption's map keeps its own
+    loss (`cascade.nn.unet.layout_loss`), which its queries alone, reading x_t, did not learn from:
+    copying x_t fitted most noise levels, and the map at pure noise lost the side of "A left of B"
+    (docs/benchmarks.md, "A layout map that reads x_t").
     """
 
     def __init__(self, context_channels: int, embedding_channels: int, resolution: int, num_heads: int,
@@ -87,8 +91,14 @@ class TextLayout(nn.Module):
         # the first half of the channels only: the other half is the same in every choice
         self.choice_scales = nn.Parameter(torch.randn(choices, context_channels // 2) * 0.5) if choices > 1 else None
         self.from_pooled = nn.Linear(embedding_channels, context_channels)
-        self.from_image = zero_init(nn.Linear(image_channels, context_channels)) if image_channels else None
-        self.from_noise = zero_init(nn.Linear(embedding_channels, context_channels)) if image_channels else None
+        if image_channels:
+            self.from_image = nn.Linear(image_channels, context_channels)
+            self.from_noise = nn.Linear(embedding_channels, context_channels)
+            self.x_t_norm = nn.LayerNorm(context_channels)
+            self.x_t_mlp = nn.Sequential(nn.Linear(context_channels, context_channels), nn.GELU(),
+                                         zero_init(nn.Linear(context_channels, context_channels)))
+        else:
+            self.from_image = self.from_noise = self.x_t_norm = self.x_t_mlp = None
         self.query_norm = nn.LayerNorm(context_channels)
         self.to_q = nn.Linear(context_channels, context_channels)
         self.to_kv = nn.Linear(context_channels, 2 * context_channels)
@@ -97,18 +107,10 @@ class TextLayout(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(context_channels, 4 * context_channels), nn.GELU(),
                                  nn.Linear(4 * context_channels, context_channels))
 
-    def forward(self, pooled: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,
-                x_t: torch.Tensor | None = None, noise_embedding: torch.Tensor | None = None) -> torch.Tensor:
-        """pooled (B,E), context (B,L,C), context_mask (B,L) bool (at least one True per row) -> (B,C,r,r);
-        with `image_channels` also x_t (B,image_channels,H,W), averaged to r x r here, and the noise
-        level's embedding (B,E)."""
+    def forward(self, pooled: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
+        """pooled (B,E), context (B,L,C), context_mask (B,L) bool (at least one True per row) -> (B,C,r,r)."""
         batch, length, channels = context.shape
         q = self.queries.to(context.dtype)[None] + self.from_pooled(pooled)[:, None]
-        if self.from_image is not None:
-            if x_t is None or noise_embedding is None:
-                raise ValueError("this text layout reads x_t (text_layout_reads_x_t): pass x_t and noise_embedding")
-            cells = F.adaptive_avg_pool2d(x_t.to(q.dtype), self.resolution).flatten(2).transpose(1, 2)
-            q = q + self.from_image(cells) + self.from_noise(noise_embedding.to(q.dtype))[:, None]
         heads = self.to_q(self.query_norm(q)).reshape(batch, -1, self.num_heads, channels // self.num_heads)
         kv = self.to_kv(context).reshape(batch, length, 2, self.num_heads, channels // self.num_heads)
         attended = F.scaled_dot_product_attention(heads.transpose(1, 2), kv[:, :, 0].transpose(1, 2),
@@ -116,6 +118,14 @@ class TextLayout(nn.Module):
         q = q + self.attention_out(attended.transpose(1, 2).reshape(batch, -1, channels))
         q = q + self.mlp(self.mlp_norm(q))
         return q.transpose(1, 2).reshape(batch, channels, self.resolution, self.resolution)
+
+    def read_x_t(self, maps: torch.Tensor, x_t: torch.Tensor, noise_embedding: torch.Tensor) -> torch.Tensor:
+        """The caption's maps (B,C,r,r) refined by x_t (B,image_channels,H,W), averaged to r x r here, and
+        the noise level's embedding (B,E): each cell m + MLP(LN(m + W_x avg(x_t) + W_e e)) (`image_channels` > 0)."""
+        cells = F.adaptive_avg_pool2d(x_t.to(maps.dtype), self.resolution).flatten(2).transpose(1, 2)
+        q = maps.flatten(2).transpose(1, 2)
+        h = q + self.from_image(cells) + self.from_noise(noise_embedding.to(maps.dtype))[:, None]
+        return (q + self.x_t_mlp(self.x_t_norm(h))).transpose(1, 2).reshape(maps.shape)
 
     def choice_maps(self, maps: torch.Tensor, choice: torch.Tensor | None = None) -> torch.Tensor:
         """(B,C,r,r) -> the K choices' maps (B,K,C,r,r), or with `choice` (B,) long each row's own

@@ -70,10 +70,12 @@ def coordinate_grid(x: torch.Tensor) -> torch.Tensor:
 class LayoutPrediction(NamedTuple):
     """What the caption's layout map paints (`UNet.layout_prediction`): `images` (B, in_channels, r, r),
     or (B, K, in_channels, r, r) with K layout choices, and the choice classifier's `logits` (B, K)
-    (None with one layout)."""
+    (None with one layout). With a map that reads x_t, `images` is the refined map's and
+    `caption_images` (B, in_channels, r, r) the caption's map's (None otherwise)."""
 
     images: torch.Tensor
     logits: torch.Tensor | None = None
+    caption_images: torch.Tensor | None = None
 
 
 def _choice_errors(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -93,8 +95,11 @@ def layout_loss(prediction: LayoutPrediction, target: torch.Tensor, relaxation: 
     Choice Learning"; Rupprecht et al. 2017, "Learning in an Uncertain World", eq. 6): the nearest
     choice's error weighs 1 - relaxation and each other's relaxation / (K - 1) (which keeps a choice
     no target is near from being left untrained), plus the cross-entropy of the choice classifier's
-    logits on the nearest choice, so that sampling draws each layout as often as the data holds it."""
-    images, logits = prediction
+    logits on the nearest choice, so that sampling draws each layout as often as the data holds it.
+    With a map that reads x_t, the refined map's error plus the caption's map's."""
+    images, logits, caption_images = prediction
+    if caption_images is not None:
+        return F.mse_loss(images.float(), target.float()) + F.mse_loss(caption_images.float(), target.float())
     if logits is None:
         return F.mse_loss(images.float(), target.float())
     choices = images.shape[1]
@@ -331,12 +336,12 @@ class UNet(nn.Module):
                 text_tokens = x_t.new_zeros(batch, 1, self.config.text_dim)
                 text_mask = torch.zeros(batch, 1, dtype=torch.bool, device=x_t.device)
                 text_null = torch.ones_like(null)
-            pooled, context, context_mask, layout_map = self._text_path(text_tokens, text_mask, text_null, x_t,
-                                                                        noise_cond)
+            pooled, context, context_mask, layout_map, caption_map = self._text_path(text_tokens, text_mask, text_null,
+                                                                                     x_t, noise_cond)
             embedding = embedding + pooled
         painted = None
         if return_layout or (self.layout_choice is not None and layout_map is not None):
-            painted = self._paint(layout_map, pooled)
+            painted = self._paint(layout_map, pooled, caption_map)
         if self.layout_choice is not None and layout_map is not None:  # the chosen layout's map
             if layout_target is not None:
                 layout_choice = nearest_choice(painted.images, layout_target)
@@ -367,22 +372,24 @@ class UNet(nn.Module):
     def _text_path(
         self, text_tokens: torch.Tensor, text_mask: torch.Tensor | None, null: torch.Tensor,
         x_t: torch.Tensor | None = None, noise_cond: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The text conditioning's (pooled, context, context mask) and the layout map (B,
-        context_channels, r, r) before `layout_in` (None without `text_layout_resolution`);
-        text_mask None = all tokens real. A layout map that reads x_t (`text_layout_reads_x_t`) gets
-        x_t and the noise level's embedding, detached (the layout loss does not train the latter)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The text conditioning's (pooled, context, context mask), the layout map (B,
+        context_channels, r, r) before `layout_in` (None without `text_layout_resolution`) and, for a
+        map that reads x_t (`text_layout_reads_x_t`), the caption's map it refines (else None);
+        text_mask None = all tokens real. The refinement reads x_t and the noise level's embedding,
+        detached (the layout loss does not train the latter)."""
         if text_mask is None:
             text_mask = torch.ones(text_tokens.shape[:2], dtype=torch.bool, device=text_tokens.device)
         pooled, context, context_mask = self.text_conditioning(text_tokens, text_mask.bool(), null)
-        layout_map = None
+        layout_map = caption_map = None
         if self.text_layout is not None:
-            reads_x_t = self.config.text_layout_reads_x_t
-            if reads_x_t and (x_t is None or noise_cond is None):
-                raise ValueError("unet.text_layout_reads_x_t: the layout map needs x_t and noise_cond")
-            noise_embedding = self.time_embedding(noise_cond).detach() if reads_x_t else None
-            layout_map = self.text_layout(pooled, context, context_mask, x_t if reads_x_t else None, noise_embedding)
-        return pooled, context, context_mask, layout_map
+            layout_map = self.text_layout(pooled, context, context_mask)
+            if self.config.text_layout_reads_x_t:
+                if x_t is None or noise_cond is None:
+                    raise ValueError("unet.text_layout_reads_x_t: the layout map needs x_t and noise_cond")
+                caption_map = layout_map
+                layout_map = self.text_layout.read_x_t(caption_map, x_t, self.time_embedding(noise_cond).detach())
+        return pooled, context, context_mask, layout_map, caption_map
 
     def layout_prediction(
         self, text_tokens: torch.Tensor, text_mask: torch.Tensor | None = None, null_cond: torch.Tensor | None = None,
@@ -396,14 +403,18 @@ class UNet(nn.Module):
             raise ValueError("layout_prediction needs unet.text_layout_head: true")
         null = torch.zeros(text_tokens.shape[0], dtype=torch.bool, device=text_tokens.device) if null_cond is None \
             else null_cond.bool()
-        pooled, _, _, layout_map = self._text_path(text_tokens, text_mask, null, x_t, noise_cond)
-        return self._paint(layout_map, pooled)
+        pooled, _, _, layout_map, caption_map = self._text_path(text_tokens, text_mask, null, x_t, noise_cond)
+        return self._paint(layout_map, pooled, caption_map)
 
-    def _paint(self, layout_map: torch.Tensor, pooled: torch.Tensor) -> LayoutPrediction:
-        """The layout map's image by `layout_head` (None without it) or, with K choices, each choice's
-        image (`TextLayout.choice_maps`) and the classifier's logits."""
+    def _paint(self, layout_map: torch.Tensor, pooled: torch.Tensor,
+               caption_map: torch.Tensor | None = None) -> LayoutPrediction:
+        """The layout map's image by `layout_head` (None without it) and the caption's map's where the
+        map reads x_t, or, with K choices, each choice's image (`TextLayout.choice_maps`) and the
+        classifier's logits."""
         if self.layout_head is None:
             return LayoutPrediction(None)
+        if caption_map is not None:
+            return LayoutPrediction(self.layout_head(layout_map), caption_images=self.layout_head(caption_map))
         if self.layout_choice is None:
             return LayoutPrediction(self.layout_head(layout_map))
         maps = self.text_layout.choice_maps(layout_map)
