@@ -283,7 +283,11 @@ CHOICES4_PRETRAINING_COST = round(18.6 / 0.260)
 # loss, forward, backward and AdamW, bare UNet of configs/demo/base.yaml, 6 alternating runs, 1 thread:
 # median ratios 1.04 and 0.98 in two runs); the layout pre-training's 1,000 steps of 64 take 50.0 and
 # 51.5 s against 41.7 and 44.1 s (1 thread, one after the other; Intel Xeon, avx512_bf16): 7.85 s more,
-# 23.5 s for 3,000 steps, charged in steps of the base.
+# 23.5 s for 3,000 steps, charged in steps of the base. Refuted at 3 seeds (docs/benchmarks.md, "A layout map
+# that reads x_t"): count -0.03 +- 0.03, exact -0.06 +- 0.06, relation -0.09 +- 0.02*; the map at high noise,
+# where the count is decided, is still the union, so nothing commits ("three X": four objects in 8 of 48
+# images, from 12; "two X": three in 10, from 7). Its first form, x_t added to the layout queries with no
+# loss on the caption's map, lost the caption's side (0.48, chance) and with it relation (0.08).
 READS_X_T_STEP_COST = 1.01
 READS_X_T_PRETRAINING_COST = round(23.5 / 0.260)
 _READS_X_T_TRAININGS: dict[str, str] = {f"{training}+xt": training for training in _MUON_YARDSTICKS}
