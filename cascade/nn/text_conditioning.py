@@ -76,10 +76,11 @@ class TextLayout(nn.Module):
     r x r there and the noise level's embedding (`UNetConfig.text_layout_reads_x_t`): a residual MLP
     whose last layer starts at zero, so a new refinement is the identity. Fitted by squared error,
     the refined map is E[layout | caption, x_t], which follows the one layout a sample has begun
-    instead of painting the union of those the caption leaves open; the caption's map keeps its own
-    loss (`cascade.nn.unet.layout_loss`), which its queries alone, reading x_t, did not learn from:
-    copying x_t fitted most noise levels, and the map at pure noise lost the side of "A left of B"
-    (docs/benchmarks.md, "A layout map that reads x_t").
+    instead of painting the union of those the caption leaves open. The caption's map keeps a loss of
+    its own (`cascade.nn.unet.layout_loss`): with x_t added to the queries and one loss on the result,
+    copying x_t fitted most noise levels and the map at pure noise lost the side of "A left of B"
+    (docs/benchmarks.md, "A layout map that reads x_t", which also finds that neither form commits a
+    layout where the count is decided).
     """
 
     def __init__(self, context_channels: int, embedding_channels: int, resolution: int, num_heads: int,
