@@ -265,48 +265,41 @@ def test_the_muon_yardstick_is_the_demos_recipe_given_1_4_times_its_compute_and_
         assert sampled.sampling == {**row.sampling, **change}
 
 
-def test_the_layout_choices_row_is_the_longer_muon_base_with_four_choices_at_the_same_compute_and_sampling():
-    """Four layout choices cost the same per step (their FLOPs) and more in the layout pre-training (its
-    measured time): fewer denoiser steps for the same compute, sampled as the row it is read against."""
-    longer = "sigmoid_b0+lr2e-3+layout8+loss+pre3k+muon+lr4e-3+compute1.4x"
-    choices = f"{longer}+choices4"
-    assert TRAININGS[choices] == (*TRAININGS[longer], "--model.init_args.unet.text_layout_choices", "4")
-    assert TRAINING_STEP_COST[choices] == TRAINING_STEP_COST[longer]
-    assert TRAINING_FIXED_COST[choices] > TRAINING_FIXED_COST[longer]
+LONGER_MUON = "sigmoid_b0+lr2e-3+layout8+loss+pre3k+muon+lr4e-3+compute1.4x"
+
+
+@pytest.mark.parametrize("change, flags, dearer_step", [
+    ("choices4", ("--model.init_args.unet.text_layout_choices", "4"), False),
+    ("xt", ("--model.init_args.unet.text_layout_reads_x_t", "true"), True),
+])
+def test_a_layout_map_row_is_the_longer_muon_base_changed_at_the_same_compute_and_sampling(change, flags, dearer_step):
+    """Four layout choices cost the same per step (their FLOPs), the map that reads x_t 1.01x (measured); both
+    cost more in the layout pre-training (its measured time): fewer denoiser steps for the same compute,
+    sampled as the row it is read against."""
+    training = f"{LONGER_MUON}+{change}"
+    assert TRAININGS[training] == (*TRAININGS[LONGER_MUON], *flags)
+    assert (TRAINING_STEP_COST[training] > TRAINING_STEP_COST[LONGER_MUON]) is dearer_step
+    assert TRAINING_STEP_COST[training] >= TRAINING_STEP_COST[LONGER_MUON]
+    assert TRAINING_FIXED_COST[training] > TRAINING_FIXED_COST[LONGER_MUON]
     plan = AblationPlan(train_steps=1200, batch_size=16, snapshots=8)
 
-    def compute(training: str) -> float:  # in steps of 16 images of the plain base
-        return training_steps(training, plan) * TRAINING_STEP_COST[training] + TRAINING_FIXED_COST[training]
+    def compute(name: str) -> float:  # in steps of 16 images of the plain base
+        return training_steps(name, plan) * TRAINING_STEP_COST[name] + TRAINING_FIXED_COST[name]
 
-    assert compute(choices) == pytest.approx(compute(longer), rel=0.01)
-    assert training_steps(choices, plan) < training_steps(longer, plan)
+    assert compute(training) == pytest.approx(compute(LONGER_MUON), rel=0.01)
+    assert training_steps(training, plan) < training_steps(LONGER_MUON, plan)
     by_key = {row.key: row for row in rows()}
-    row, reference = by_key[f"{choices}+cfg2+interval"], by_key[f"{longer}+cfg2+interval"]
-    assert row.training == choices and (row.sampling, row.weights, row.guide) == (reference.sampling, "ema", None)
+    row, reference = by_key[f"{training}+cfg2+interval"], by_key[f"{LONGER_MUON}+cfg2+interval"]
+    assert row.training == training and (row.sampling, row.weights, row.guide) == (reference.sampling, "ema", None)
+
+
+def test_the_layout_choices_read_below_log_snr_minus_2_train_as_the_layout_choices():
+    choices, plan = f"{LONGER_MUON}+choices4", AblationPlan(train_steps=1200, batch_size=16, snapshots=8)
     below = f"{choices}+below-2"  # the chosen map read only below log-SNR -2: the same compute
     assert TRAININGS[below] == (*TRAININGS[choices], "--model.init_args.layout_choice_below", "-2.0")
     assert training_steps(below, plan) == training_steps(choices, plan)
-    assert by_key[f"{below}+cfg2+interval"].sampling == reference.sampling
-
-
-def test_the_layout_map_reading_x_t_row_is_the_longer_muon_base_reading_x_t_at_the_same_compute_and_sampling():
-    """The map that reads x_t costs its measured extra per step and in the layout pre-training:
-    fewer denoiser steps for the same compute, sampled as the row it is read against."""
-    longer = "sigmoid_b0+lr2e-3+layout8+loss+pre3k+muon+lr4e-3+compute1.4x"
-    reads = f"{longer}+xt"
-    assert TRAININGS[reads] == (*TRAININGS[longer], "--model.init_args.unet.text_layout_reads_x_t", "true")
-    assert TRAINING_STEP_COST[reads] > TRAINING_STEP_COST[longer]
-    assert TRAINING_FIXED_COST[reads] > TRAINING_FIXED_COST[longer]
-    plan = AblationPlan(train_steps=1200, batch_size=16, snapshots=8)
-
-    def compute(training: str) -> float:  # in steps of 16 images of the plain base
-        return training_steps(training, plan) * TRAINING_STEP_COST[training] + TRAINING_FIXED_COST[training]
-
-    assert compute(reads) == pytest.approx(compute(longer), rel=0.01)
-    assert training_steps(reads, plan) < training_steps(longer, plan)
     by_key = {row.key: row for row in rows()}
-    row, reference = by_key[f"{reads}+cfg2+interval"], by_key[f"{longer}+cfg2+interval"]
-    assert row.training == reads and (row.sampling, row.weights, row.guide) == (reference.sampling, "ema", None)
+    assert by_key[f"{below}+cfg2+interval"].sampling == by_key[f"{LONGER_MUON}+cfg2+interval"].sampling
 
 
 def test_the_demo_samples_its_base_at_the_guidance_the_ablation_chose_for_its_length():
