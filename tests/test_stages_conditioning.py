@@ -291,9 +291,10 @@ def test_a_text_encoder_layer_that_is_not_a_layer_number_is_refused_naming_the_k
                      text_encoder={"kind": "minilm", "layer": 3}).text_encoder.config.layer == 3
 
 
-def layout_stage(**kwargs) -> BaseStage:
+def layout_stage(unet: dict | None = None, **kwargs) -> BaseStage:
+    """A text stage with an 8-px layout map and its head; `unet` changes more of its UNet settings."""
     unet = {**UNET, "text_dim": 12, "cross_attention_resolutions": [8], "text_layout_resolution": 8,
-            "text_layout_head": True}
+            "text_layout_head": True, **(unet or {})}
     return BaseStage(unet=unet, image_size=16, conditioning="text", text_encoder={"kind": "minilm"}, **kwargs)
 
 
@@ -456,10 +457,7 @@ def test_a_negative_condition_is_refused_with_a_guide_or_the_wrong_number_of_row
 
 # ------------------------------------------------------------------ layout choices (`unet.text_layout_choices`)
 def choices_stage(choices: int = 3, **kwargs) -> BaseStage:
-    unet = {**UNET, "text_dim": 12, "cross_attention_resolutions": [8], "text_layout_resolution": 8,
-            "text_layout_head": True, "text_layout_choices": choices}
-    return BaseStage(unet=unet, image_size=16, conditioning="text", text_encoder={"kind": "minilm"},
-                     layout_loss_weight=1.0, **kwargs)
+    return layout_stage({"text_layout_choices": choices}, layout_loss_weight=1.0, **kwargs)
 
 
 def test_relaxed_winner_takes_all_fits_each_choice_to_its_mode_and_the_classifier_to_the_modes_frequencies():
@@ -606,10 +604,7 @@ def test_below_layout_choice_below_the_denoiser_reads_the_chosen_map_and_at_or_a
 
 # ------------------------------------------------------------------ a layout map that reads x_t (`unet.text_layout_reads_x_t`)
 def reads_x_t_stage(**kwargs) -> BaseStage:
-    unet = {**UNET, "text_dim": 12, "cross_attention_resolutions": [8], "text_layout_resolution": 8,
-            "text_layout_head": True, "text_layout_reads_x_t": True}
-    return BaseStage(unet=unet, image_size=16, conditioning="text", text_encoder={"kind": "minilm"},
-                     layout_loss_weight=1.0, **kwargs)
+    return layout_stage({"text_layout_reads_x_t": True}, layout_loss_weight=1.0, **kwargs)
 
 
 def test_a_layout_map_that_reads_x_t_fits_the_posterior_mean_and_the_captions_map_the_prior_mean():

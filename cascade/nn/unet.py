@@ -314,7 +314,7 @@ class UNet(nn.Module):
             else torch.zeros(batch, dtype=torch.bool, device=x_t.device)
         )
 
-        embedding = self.time_embedding(noise_cond)
+        embedding = time_embedding = self.time_embedding(noise_cond)
         if self.aug_embedding is not None:
             embedding = embedding + self.aug_embedding(aug_cond)
         if self.class_embedding is not None:
@@ -337,7 +337,7 @@ class UNet(nn.Module):
                 text_mask = torch.zeros(batch, 1, dtype=torch.bool, device=x_t.device)
                 text_null = torch.ones_like(null)
             pooled, context, context_mask, layout_map, caption_map = self._text_path(text_tokens, text_mask, text_null,
-                                                                                     x_t, noise_cond)
+                                                                                     x_t, time_embedding)
             embedding = embedding + pooled
         painted = None
         if return_layout or (self.layout_choice is not None and layout_map is not None):
@@ -371,13 +371,13 @@ class UNet(nn.Module):
 
     def _text_path(
         self, text_tokens: torch.Tensor, text_mask: torch.Tensor | None, null: torch.Tensor,
-        x_t: torch.Tensor | None = None, noise_cond: torch.Tensor | None = None,
+        x_t: torch.Tensor | None = None, time_embedding: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """The text conditioning's (pooled, context, context mask), the layout map (B,
         context_channels, r, r) before `layout_in` (None without `text_layout_resolution`) and, for a
         map that reads x_t (`text_layout_reads_x_t`), the caption's map it refines (else None);
-        text_mask None = all tokens real. The refinement reads x_t and the noise level's embedding,
-        detached (the layout loss does not train the latter)."""
+        text_mask None = all tokens real. The refinement reads x_t and the noise level's embedding
+        (`time_embedding`'s output), detached (the layout loss does not train the latter)."""
         if text_mask is None:
             text_mask = torch.ones(text_tokens.shape[:2], dtype=torch.bool, device=text_tokens.device)
         pooled, context, context_mask = self.text_conditioning(text_tokens, text_mask.bool(), null)
@@ -385,10 +385,10 @@ class UNet(nn.Module):
         if self.text_layout is not None:
             layout_map = self.text_layout(pooled, context, context_mask)
             if self.config.text_layout_reads_x_t:
-                if x_t is None or noise_cond is None:
+                if x_t is None or time_embedding is None:
                     raise ValueError("unet.text_layout_reads_x_t: the layout map needs x_t and noise_cond")
                 caption_map = layout_map
-                layout_map = self.text_layout.read_x_t(caption_map, x_t, self.time_embedding(noise_cond).detach())
+                layout_map = self.text_layout.read_x_t(caption_map, x_t, time_embedding.detach())
         return pooled, context, context_mask, layout_map, caption_map
 
     def layout_prediction(
@@ -403,7 +403,8 @@ class UNet(nn.Module):
             raise ValueError("layout_prediction needs unet.text_layout_head: true")
         null = torch.zeros(text_tokens.shape[0], dtype=torch.bool, device=text_tokens.device) if null_cond is None \
             else null_cond.bool()
-        pooled, _, _, layout_map, caption_map = self._text_path(text_tokens, text_mask, null, x_t, noise_cond)
+        time_embedding = None if noise_cond is None else self.time_embedding(noise_cond)
+        pooled, _, _, layout_map, caption_map = self._text_path(text_tokens, text_mask, null, x_t, time_embedding)
         return self._paint(layout_map, pooled, caption_map)
 
     def _paint(self, layout_map: torch.Tensor, pooled: torch.Tensor,

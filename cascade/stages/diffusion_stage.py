@@ -466,7 +466,6 @@ class DiffusionStage(pl.LightningModule):
                 tokens.append(condition.text_tokens[:, :length].to("cpu", torch.float16))
                 masks.append(mask[:, :length].cpu())
                 targets.append(F.adaptive_avg_pool2d(batch["image"].float(), resolution).cpu())
-                size = batch["image"].shape[-1]
                 if sum(len(t) for t in targets) >= config.images:
                     break
         if not targets:
@@ -488,7 +487,7 @@ class DiffusionStage(pl.LightningModule):
                 # x_t averaged to r x r, drawn as such: alpha_t x0 + sigma_t eps averaged over the f x f
                 # pixels of a cell is alpha_t avg(x0) + (sigma_t / f) eps' with eps' ~ N(0, 1) (iid eps)
                 t = torch.rand(config.batch_size, generator=generator).to(self.device)
-                eps = torch.randn(target.shape, generator=generator).to(self.device) / (size / resolution)
+                eps = torch.randn(target.shape, generator=generator).to(self.device) / (self.image_size / resolution)
                 noisy = {"x_t": q_sample(target, t, self.schedule, eps), "noise_cond": self.noise_cond_input(t)}
             prediction = self.unet.layout_prediction(tokens_all[rows].to(self.device, torch.float32),
                                                      masks_all[rows].to(self.device), **noisy)
