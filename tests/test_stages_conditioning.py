@@ -456,8 +456,8 @@ def test_a_negative_condition_is_refused_with_a_guide_or_the_wrong_number_of_row
 
 
 # ------------------------------------------------------------------ layout choices (`unet.text_layout_choices`)
-def choices_stage(choices: int = 3, **kwargs) -> BaseStage:
-    return layout_stage({"text_layout_choices": choices}, layout_loss_weight=1.0, **kwargs)
+def choices_stage(choices: int = 3, unet: dict | None = None, **kwargs) -> BaseStage:
+    return layout_stage({"text_layout_choices": choices, **(unet or {})}, layout_loss_weight=1.0, **kwargs)
 
 
 def test_relaxed_winner_takes_all_fits_each_choice_to_its_mode_and_the_classifier_to_the_modes_frequencies():
@@ -490,6 +490,60 @@ def test_relaxed_winner_takes_all_fits_each_choice_to_its_mode_and_the_classifie
     one = layout_loss(LayoutPrediction(target), target)  # one choice: the plain mean squared error
     assert float(one) == 0.0 and torch.isclose(layout_loss(LayoutPrediction(torch.zeros_like(target)), target),
                                                (target ** 2).mean())
+
+
+def test_gated_choices_fitted_to_two_layouts_of_one_caption_paint_each_layout_where_one_map_paints_their_mean():
+    """`text_layout_choice_form: gates`: one caption's map m, two choices gating its cells (r^2 softmax over
+    the cells, `TextLayout.choice_maps`) and a 1x1 painting head, fitted by `layout_loss` (eps = 0.05) to a
+    target that is layout A (objects side by side) in 7 rows of 10 and B (one above the other) in 3. The
+    choices paint A and B, each within the relaxation's pull towards the other (free choices' stationary
+    points: 2% and 11% of the other layout), where one map fitted by squared error paints 0.7 A + 0.3 B;
+    the classifier's probabilities converge to (0.7, 0.3)."""
+    from cascade.nn.text_conditioning import TextLayout
+    from cascade.nn.unet import LayoutPrediction, layout_loss
+
+    torch.manual_seed(0)
+    r, channels = 4, 8
+    a, b = torch.zeros(1, r, r), torch.zeros(1, r, r)
+    a[0, 1, 0] = a[0, 1, 3] = 1.0  # side by side
+    b[0, 0, 1] = b[0, 3, 1] = 1.0  # one above the other
+    target = torch.stack([a] * 7 + [b] * 3)
+    layout = TextLayout(channels, channels, r, num_heads=1, choices=2, choice_form="gates")
+    head = torch.nn.Conv2d(channels, 1, 1)
+    one_map = torch.nn.Parameter(torch.randn(1, channels, r, r))
+    logits = torch.zeros(2, requires_grad=True)
+    optimizer = torch.optim.Adam([one_map, logits, *layout.choice_gates.parameters(), layout.choice_gate_logits,
+                                  *head.parameters()], lr=0.02)
+    for step in range(3000):
+        if step == 2000:
+            optimizer.param_groups[0]["lr"] = 1e-3
+        maps = layout.choice_maps(one_map)  # (1, 2, C, r, r)
+        images = head(maps.flatten(0, 1)).unflatten(0, maps.shape[:2])
+        loss = layout_loss(LayoutPrediction(images.expand(10, -1, -1, -1, -1), logits[None].expand(10, -1)), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        maps = layout.choice_maps(one_map)
+        images = head(maps.flatten(0, 1))
+    k_a = int((images - a).square().flatten(1).mean(1).argmin())
+    assert (images[k_a] - a).abs().max() < 0.05 and (images[1 - k_a] - b).abs().max() < 0.15, images
+    assert (images[1 - k_a] - b).abs().max() < (0.7 * a + 0.3 * b - b).abs().max() / 4  # not the mean
+    probabilities = logits.detach().softmax(0)
+    torch.testing.assert_close(probabilities[[k_a, 1 - k_a]], torch.tensor([0.7, 0.3]), atol=5e-3, rtol=0)
+
+
+def test_a_gated_choice_scales_each_cells_whole_vector_by_a_gate_of_mean_one_over_the_cells():
+    """Where, not what: every cell of a gated choice's map is its one-map vector times a gate g >= 0, the
+    gates of a choice average 1 over the cells, and a row's own choice is that choice's map."""
+    stage = choices_stage(3, unet={"text_layout_choice_form": "gates"})
+    maps = torch.randn(2, stage.unet.config.embedding_channels, 8, 8)
+    chosen = stage.unet.text_layout.choice_maps(maps)  # (B, K, C, r, r)
+    gates = chosen.norm(dim=2) / maps.norm(dim=1)[:, None]
+    torch.testing.assert_close(chosen, maps[:, None] * gates[:, :, None])  # parallel, same orientation
+    torch.testing.assert_close(gates.mean(dim=(2, 3)), torch.ones(2, 3))
+    assert gates.std() > 0.1  # the choices start apart
+    torch.testing.assert_close(stage.unet.text_layout.choice_maps(maps, torch.tensor([2, 0])), chosen[[0, 1], [2, 0]])
 
 
 def test_the_layout_loss_weighs_the_nearest_choice_and_teaches_the_classifier_which_it_is():
@@ -556,27 +610,34 @@ def test_a_guided_pass_gives_the_null_rows_their_rows_layout_choice_and_generate
     assert all(call["layout_choice"].tolist() == expected.tolist() * 2 for call in calls.calls)
 
 
-def test_muon_leaves_the_layout_choice_classifier_to_adamw():
+@pytest.mark.parametrize("form", ["scales", "gates"])
+def test_muon_leaves_the_layout_choices_output_layers_to_adamw(form):
     from cascade.stages.optim import OptimizerConfig, build_optimizer
 
-    stage = choices_stage(3)
+    stage = choices_stage(3, unet={"text_layout_choice_form": form})
     optimizer = build_optimizer(stage.unet, OptimizerConfig(algorithm="muon"))
     muon = {id(p) for group in optimizer.param_groups if group.get("muon") for p in group["params"]}
-    assert id(stage.unet.layout_choice.weight) not in muon
+    adamw = {id(p) for group in optimizer.param_groups if not group.get("muon") for p in group["params"]}
+    assert id(stage.unet.layout_choice.weight) in adamw
     assert id(stage.unet.text_layout.to_q.weight) in muon
+    if form == "gates":  # the gates' logits layer is an output layer too
+        assert id(stage.unet.text_layout.choice_gates.weight) in adamw
 
 
 @pytest.mark.parametrize("choices, head, message", [
     (0, True, "text_layout_choices must be an int >= 1, got 0"),
     (2.5, True, "text_layout_choices must be an int >= 1, got 2.5"),
     (2, False, "text_layout_choices > 1 needs text_layout_head: true"),
+    ((2, "gate"), True, r"text_layout_choice_form must be one of \('scales', 'gates'\), got 'gate'"),
+    ((1, "gates"), True, "text_layout_choice_form 'gates' needs text_layout_choices > 1"),
 ])
 def test_a_bad_layout_choices_setting_is_refused_naming_its_key(choices, head, message):
     from cascade.nn import UNetConfig
 
+    choices, form = choices if isinstance(choices, tuple) else (choices, "scales")
     with pytest.raises(ValueError, match=message):
         UNetConfig(**{**UNET, "text_dim": 12, "cross_attention_resolutions": [8], "text_layout_resolution": 8,
-                      "text_layout_head": head, "text_layout_choices": choices})
+                      "text_layout_head": head, "text_layout_choices": choices, "text_layout_choice_form": form})
 
 
 def test_below_layout_choice_below_the_denoiser_reads_the_chosen_map_and_at_or_above_it_the_one_map():

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 TIME_EMBEDDINGS = ("sinusoidal", "fourier")
 BLOCK_ORDERS = ("adm", "efficient")
+LAYOUT_CHOICE_FORMS = ("scales", "gates")
 
 
 @dataclass
@@ -107,6 +108,13 @@ class UNetConfig:
             drawn from the classifier with the row's seed (`DiffusionStage.with_layout_choices`).
             1 = one map, as before (the demo's base: at its length four choices commit the count but
             cost relation; docs/benchmarks.md, "A layout drawn, not averaged"). Needs text_layout_head.
+        text_layout_choice_form: how a choice is made from the one map. "scales" (as before): a
+            learned scaling of each of the map's first C/2 channels per choice, the same in every
+            cell; it changes what a cell says as well as where. "gates": a gate per choice and cell,
+            r^2 softmax over the cells of (w_k . m + a_k) (m the cell's map vector, a_k a learned logit
+            per cell), scaling the whole vector, so that a choice moves the map between cells (where)
+            but never turns what a cell says (which shape goes with which colour). Needs
+            text_layout_choices > 1.
         text_layout_reads_x_t: the caption's layout map is refined, cell by cell, by x_t averaged to
             r x r and the noise level (`TextLayout.read_x_t`, a residual MLP that starts as the
             identity), so that the map the denoiser reads is the layout given the caption and the
@@ -166,6 +174,7 @@ class UNetConfig:
     text_layout_resolution: int = 0
     text_layout_head: bool = False
     text_layout_choices: int = 1
+    text_layout_choice_form: str = "scales"
     text_layout_reads_x_t: bool = False
     lowres_channels: int = 0
     use_aug_cond: bool = False
@@ -302,6 +311,11 @@ class UNetConfig:
             errors.append(f"text_layout_choices must be an int >= 1, got {choices!r}")
         elif choices > 1 and self.text_layout_head is not True:
             errors.append("text_layout_choices > 1 needs text_layout_head: true (the layout loss picks the nearest choice)")
+        form = self.text_layout_choice_form
+        if form not in LAYOUT_CHOICE_FORMS:
+            errors.append(f"text_layout_choice_form must be one of {LAYOUT_CHOICE_FORMS}, got {form!r}")
+        elif form != "scales" and not (isinstance(choices, int) and not isinstance(choices, bool) and choices > 1):
+            errors.append(f"text_layout_choice_form {form!r} needs text_layout_choices > 1")
         if not isinstance(self.text_layout_reads_x_t, bool):
             errors.append(f"text_layout_reads_x_t must be true or false, got {self.text_layout_reads_x_t!r}")
         elif self.text_layout_reads_x_t and self.text_layout_head is not True:

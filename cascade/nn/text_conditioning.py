@@ -66,8 +66,13 @@ class TextLayout(nn.Module):
     stages of LayoutGPT / LLM-grounded diffusion (Lian et al. 2023) but learnt end to end.
 
     With `choices` K > 1, `choice_maps` gives K layouts a caption may have (multiple-choice
-    learning, Guzman-Rivera et al. 2012; `cascade.nn.unet.layout_loss` fits them): the map with its
-    first C/2 channels scaled by a learned (1 + s_k) each and the others shared, (B, K, C, r, r).
+    learning, Guzman-Rivera et al. 2012; `cascade.nn.unet.layout_loss` fits them), (B, K, C, r, r):
+    with `choice_form` "scales" the map with its first C/2 channels scaled by a learned (1 + s_k)
+    each and the others shared; with "gates" each cell's vector m scaled as a whole by the gate
+    g_k = r^2 softmax over the cells of (w_k . m + a_k), so that a choice moves the map between cells
+    (where) but never turns what a cell says (which shape goes with which colour). The gates average
+    1 over the cells: a gate 2 sigmoid(w_k . m + b_k), free in its mean, let the layout pre-training
+    split the choices by brightness (object size), not layout, and "two green squares" stayed one union.
     A choice query per layout added to the cells' queries, the whole path run K times, fitted the
     same layouts of "two X" / "three X" at 2.8x the cost of the pre-training (3,000 steps of 64:
     209 s against 74 s, one thread; the map alone, 55 s).
@@ -84,13 +89,19 @@ class TextLayout(nn.Module):
     """
 
     def __init__(self, context_channels: int, embedding_channels: int, resolution: int, num_heads: int,
-                 choices: int = 1, image_channels: int = 0):
+                 choices: int = 1, image_channels: int = 0, choice_form: str = "scales"):
         super().__init__()
         self.resolution = resolution
         self.num_heads = num_heads
         self.queries = nn.Parameter(torch.randn(resolution * resolution, context_channels) * 0.1)
-        # the first half of the channels only: the other half is the same in every choice
-        self.choice_scales = nn.Parameter(torch.randn(choices, context_channels // 2) * 0.5) if choices > 1 else None
+        # "scales": the first half of the channels only, the other half the same in every choice
+        self.choice_scales = nn.Parameter(torch.randn(choices, context_channels // 2) * 0.5) \
+            if choices > 1 and choice_form == "scales" else None
+        # "gates": a choice's logit of a cell reads the cell's map, plus a cell's own logit per choice
+        # (N(0, 1) at first: the choices start apart in where they put the map, so winner-takes-all splits them)
+        gates = choices > 1 and choice_form == "gates"
+        self.choice_gates = nn.Linear(context_channels, choices) if gates else None
+        self.choice_gate_logits = nn.Parameter(torch.randn(choices, resolution, resolution)) if gates else None
         self.from_pooled = nn.Linear(embedding_channels, context_channels)
         if image_channels:
             self.from_image = nn.Linear(image_channels, context_channels)
@@ -131,6 +142,12 @@ class TextLayout(nn.Module):
     def choice_maps(self, maps: torch.Tensor, choice: torch.Tensor | None = None) -> torch.Tensor:
         """(B,C,r,r) -> the K choices' maps (B,K,C,r,r), or with `choice` (B,) long each row's own
         (B,C,r,r) (`choices` > 1)."""
+        if self.choice_gates is not None:  # g_k = r^2 softmax over cells of (w_k . m + a_k), times each cell's whole m
+            logits = self.choice_gates(maps.transpose(1, -1)).transpose(1, -1) + self.choice_gate_logits.to(maps.dtype)
+            gates = logits.flatten(2).softmax(-1).reshape(logits.shape) * logits[0, 0].numel()  # (B,K,r,r), mean 1
+            if choice is not None:
+                return maps * gates.gather(1, choice[:, None, None, None].expand(-1, 1, *gates.shape[2:]))
+            return maps[:, None] * gates[:, :, None]
         scales = 1.0 + F.pad(self.choice_scales.to(maps.dtype), (0, maps.shape[1] - self.choice_scales.shape[1]))
         if choice is not None:
             return maps * scales[choice][:, :, None, None]

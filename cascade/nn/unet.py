@@ -184,7 +184,8 @@ class UNet(nn.Module):
         if config.text_layout_resolution:
             self.text_layout = TextLayout(context_channels, embedding_channels, config.text_layout_resolution,
                                           config.heads_for(embedding_channels), config.text_layout_choices,
-                                          config.in_channels if config.text_layout_reads_x_t else 0)
+                                          config.in_channels if config.text_layout_reads_x_t else 0,
+                                          config.text_layout_choice_form)
             # the channels of the features where they first reach the layout's resolution (adm: the
             # level's entry, conv_in's or the previous level's width; efficient: after the level's downsample)
             level = config.level_resolutions.index(config.text_layout_resolution)

@@ -201,7 +201,14 @@ class Muon(torch.optim.Optimizer):
 def build_muon(module: torch.nn.Module, config: OptimizerConfig, io_layers: tuple[str, ...]) -> Muon:
     """Muon for the weights of `module`'s linear and convolution layers but `io_layers` (the first and
     last: Muon is for hidden layers); AdamW for the rest, in `decay_groups` as `build_adamw`."""
-    excluded = {id(getattr(module, name)) for name in io_layers if getattr(module, name, None) is not None}
+    excluded = set()
+    for name in io_layers:  # a dotted name reaches a submodule's layer
+        try:
+            layer = module.get_submodule(name)
+        except AttributeError:  # a layer this module does not have
+            continue
+        if layer is not None:
+            excluded.add(id(layer))
     hidden = [m.weight for m in module.modules()
               if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d))
               and id(m) not in excluded and m.weight.requires_grad]
@@ -215,9 +222,10 @@ def build_muon(module: torch.nn.Module, config: OptimizerConfig, io_layers: tupl
 def build_optimizer(unet: torch.nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
     """The optimiser `config.algorithm` names, over a `cascade.nn.unet.UNet`'s parameters (Muon: all but
     its first layer, `conv_in`, the layers that paint images, `conv_out` and `layout_head`, and the layout
-    choice classifier's output layer, `layout_choice`)."""
+    choices' output layers: the classifier's, `layout_choice`, and the gates', `text_layout.choice_gates`)."""
     if config.algorithm == "muon":
-        return build_muon(unet, config, io_layers=("conv_in", "conv_out", "layout_head", "layout_choice"))
+        return build_muon(unet, config, io_layers=("conv_in", "conv_out", "layout_head", "layout_choice",
+                                                   "text_layout.choice_gates"))
     return build_adamw(list(unet.named_parameters()), config)
 
 
