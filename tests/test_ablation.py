@@ -270,11 +270,13 @@ LONGER_MUON = "sigmoid_b0+lr2e-3+layout8+loss+pre3k+muon+lr4e-3+compute1.4x"
 
 @pytest.mark.parametrize("change, flags, dearer_step", [
     ("choices4", ("--model.init_args.unet.text_layout_choices", "4"), False),
+    ("gates4", ("--model.init_args.unet.text_layout_choices", "4", "--model.init_args.unet.text_layout_choice_form",
+                "gates"), False),
     ("xt", ("--model.init_args.unet.text_layout_reads_x_t", "true"), True),
 ])
 def test_a_layout_map_row_is_the_longer_muon_base_changed_at_the_same_compute_and_sampling(change, flags, dearer_step):
-    """Four layout choices cost the same per step (their FLOPs), the map that reads x_t 1.01x (measured); both
-    cost more in the layout pre-training (its measured time): fewer denoiser steps for the same compute,
+    """Four layout choices, scaled or gated, cost the same per step (their FLOPs), the map that reads x_t 1.01x
+    (measured); all cost more in the layout pre-training (its measured time): fewer denoiser steps for the same compute,
     sampled as the row it is read against."""
     training = f"{LONGER_MUON}+{change}"
     assert TRAININGS[training] == (*TRAININGS[LONGER_MUON], *flags)
