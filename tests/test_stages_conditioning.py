@@ -494,11 +494,11 @@ def test_relaxed_winner_takes_all_fits_each_choice_to_its_mode_and_the_classifie
 
 def test_gated_choices_fitted_to_two_layouts_of_one_caption_paint_each_layout_where_one_map_paints_their_mean():
     """`text_layout_choice_form: gates`: one caption's map m, two choices gating its cells (r^2 softmax over
-    the cells, `TextLayout.choice_maps`) and a 1x1 painting head, fitted by `layout_loss` (eps = 0.05) to a
-    target that is layout A (objects side by side) in 7 rows of 10 and B (one above the other) in 3. The
-    choices paint A and B, each within the relaxation's pull towards the other (free choices' stationary
-    points: 2% and 11% of the other layout), where one map fitted by squared error paints 0.7 A + 0.3 B;
-    the classifier's probabilities converge to (0.7, 0.3)."""
+    the cells, `TextLayout.choice_maps`) and a 1x1 painting head, fitted by `layout_loss` (eps = 0.05, the
+    one map's own error included) to a target that is layout A (objects side by side) in 7 rows of 10 and
+    B (one above the other) in 3. The one map paints the mean 0.7 A + 0.3 B, and the gates of its cells
+    alone reach the stationary points of free choices, c_A = (0.7 (1 - eps) A + 0.3 eps B) / (0.7 (1 - eps)
+    + 0.3 eps) and c_B alike; the classifier's probabilities converge to (0.7, 0.3)."""
     from cascade.nn.text_conditioning import TextLayout
     from cascade.nn.unet import LayoutPrediction, layout_loss
 
@@ -519,16 +519,20 @@ def test_gated_choices_fitted_to_two_layouts_of_one_caption_paint_each_layout_wh
             optimizer.param_groups[0]["lr"] = 1e-3
         maps = layout.choice_maps(one_map)  # (1, 2, C, r, r)
         images = head(maps.flatten(0, 1)).unflatten(0, maps.shape[:2])
-        loss = layout_loss(LayoutPrediction(images.expand(10, -1, -1, -1, -1), logits[None].expand(10, -1)), target)
+        loss = layout_loss(LayoutPrediction(images.expand(10, -1, -1, -1, -1), logits[None].expand(10, -1),
+                                            head(one_map).expand(10, -1, -1, -1)), target)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     with torch.no_grad():
         maps = layout.choice_maps(one_map)
-        images = head(maps.flatten(0, 1))
+        images, one = head(maps.flatten(0, 1)), head(one_map)[0]
+    torch.testing.assert_close(one, 0.7 * a + 0.3 * b, atol=1e-4, rtol=0)  # the one map: the mean
     k_a = int((images - a).square().flatten(1).mean(1).argmin())
-    assert (images[k_a] - a).abs().max() < 0.05 and (images[1 - k_a] - b).abs().max() < 0.15, images
-    assert (images[1 - k_a] - b).abs().max() < (0.7 * a + 0.3 * b - b).abs().max() / 4  # not the mean
+    eps = 0.05
+    c_a = (0.7 * (1 - eps) * a + 0.3 * eps * b) / (0.7 * (1 - eps) + 0.3 * eps)
+    c_b = (0.3 * (1 - eps) * b + 0.7 * eps * a) / (0.3 * (1 - eps) + 0.7 * eps)
+    torch.testing.assert_close(images[[k_a, 1 - k_a]], torch.stack([c_a, c_b]), atol=2e-3, rtol=0)
     probabilities = logits.detach().softmax(0)
     torch.testing.assert_close(probabilities[[k_a, 1 - k_a]], torch.tensor([0.7, 0.3]), atol=5e-3, rtol=0)
 
@@ -544,6 +548,9 @@ def test_a_gated_choice_scales_each_cells_whole_vector_by_a_gate_of_mean_one_ove
     torch.testing.assert_close(gates.mean(dim=(2, 3)), torch.ones(2, 3))
     assert gates.std() > 0.1  # the choices start apart
     torch.testing.assert_close(stage.unet.text_layout.choice_maps(maps, torch.tensor([2, 0])), chosen[[0, 1], [2, 0]])
+    batch = batch_for(stage)
+    painted = stage.unet.layout_prediction(batch["text_tokens"], batch["text_mask"])
+    assert painted.images.shape == (4, 3, 3, 8, 8) and painted.caption_images.shape == (4, 3, 8, 8)  # the one map's
 
 
 def test_the_layout_loss_weighs_the_nearest_choice_and_teaches_the_classifier_which_it_is():
@@ -557,6 +564,9 @@ def test_the_layout_loss_weighs_the_nearest_choice_and_teaches_the_classifier_wh
     expected = ((1 - eps) * 1 + eps / 2 * 13 + (1 - eps) * 1 + eps / 2 * 13) / 2 \
         + torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1]))
     torch.testing.assert_close(layout_loss(LayoutPrediction(images, logits), target, relaxation=eps), expected)
+    # gated choices: the one map they gate adds its own squared error (here 1.5^2)
+    torch.testing.assert_close(layout_loss(LayoutPrediction(images, logits, target + 1.5), target, relaxation=eps),
+                               expected + 2.25)
 
 
 def test_training_feeds_the_denoiser_the_choice_nearest_the_target_and_sampling_the_given_or_most_probable_one():

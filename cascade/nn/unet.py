@@ -71,7 +71,8 @@ class LayoutPrediction(NamedTuple):
     """What the caption's layout map paints (`UNet.layout_prediction`): `images` (B, in_channels, r, r),
     or (B, K, in_channels, r, r) with K layout choices, and the choice classifier's `logits` (B, K)
     (None with one layout). With a map that reads x_t, `images` is the refined map's and
-    `caption_images` (B, in_channels, r, r) the caption's map's (None otherwise)."""
+    `caption_images` (B, in_channels, r, r) the caption's map's; with gated choices, `caption_images`
+    is the one map's the choices gate (None otherwise)."""
 
     images: torch.Tensor
     logits: torch.Tensor | None = None
@@ -96,18 +97,18 @@ def layout_loss(prediction: LayoutPrediction, target: torch.Tensor, relaxation: 
     choice's error weighs 1 - relaxation and each other's relaxation / (K - 1) (which keeps a choice
     no target is near from being left untrained), plus the cross-entropy of the choice classifier's
     logits on the nearest choice, so that sampling draws each layout as often as the data holds it.
-    With a map that reads x_t, the refined map's error plus the caption's map's."""
+    With a map that reads x_t, the refined map's error plus the caption's map's; with gated choices, the
+    one map's own error too."""
     images, logits, caption_images = prediction
-    if caption_images is not None:
-        return F.mse_loss(images.float(), target.float()) + F.mse_loss(caption_images.float(), target.float())
+    own = 0.0 if caption_images is None else F.mse_loss(caption_images.float(), target.float())
     if logits is None:
-        return F.mse_loss(images.float(), target.float())
+        return F.mse_loss(images.float(), target.float()) + own
     choices = images.shape[1]
     errors = _choice_errors(images, target)
     nearest = errors.detach().argmin(dim=1)
     weights = torch.full_like(errors, relaxation / (choices - 1))
     weights.scatter_(1, nearest[:, None], 1.0 - relaxation)
-    return (weights * errors).sum(dim=1).mean() + F.cross_entropy(logits.float(), nearest)
+    return (weights * errors).sum(dim=1).mean() + F.cross_entropy(logits.float(), nearest) + own
 
 
 def _add_layout(h: torch.Tensor, layout: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -421,7 +422,10 @@ class UNet(nn.Module):
             return LayoutPrediction(self.layout_head(layout_map))
         maps = self.text_layout.choice_maps(layout_map)
         images = self.layout_head(maps.flatten(0, 1)).unflatten(0, maps.shape[:2])
-        return LayoutPrediction(images, self.layout_choice(pooled))
+        # gated choices move the one map's cells, so the one map keeps its own loss: it learns what the words
+        # say goes where (the side of "A left of B"), which winner-takes-all alone let a choice per side stand in for
+        one = self.layout_head(layout_map) if self.text_layout.choice_gates is not None else None
+        return LayoutPrediction(images, self.layout_choice(pooled), one)
 
     def _run(
         self,
