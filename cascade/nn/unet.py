@@ -111,6 +111,21 @@ def layout_loss(prediction: LayoutPrediction, target: torch.Tensor, relaxation: 
     return (weights * errors).sum(dim=1).mean() + F.cross_entropy(logits.float(), nearest) + own
 
 
+def paint_gated_choices(layout_head: nn.Conv2d, text_layout: nn.Module,
+                        layout_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gated layout choices' images (B, K, C, r, r) and the one map's (B, C, r, r) they gate
+    (`UNetConfig.text_layout_choice_form: gates`). The one map is fitted by its own squared error alone,
+    as one map without choices is, so that it learns from the words what goes where (the side of "A
+    left of B"); the choices' images gate it and its painting detached, so winner-takes-all fits only
+    the gates. With it flowing into the map, a map painting both sides let a choice per side stand in
+    for the words: in two of three trainings the map lost the side, even with its own loss beside.
+    (`UNet._paint` likewise gives the choice classifier the pooled text detached: its gradient into the
+    text path alone kept a layout pre-training from learning the side, docs/benchmarks.md.)"""
+    maps = text_layout.choice_maps(layout_map.detach())
+    images = F.conv2d(maps.flatten(0, 1), layout_head.weight.detach(), layout_head.bias.detach())
+    return images.unflatten(0, maps.shape[:2]), layout_head(layout_map)
+
+
 def _add_layout(h: torch.Tensor, layout: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Add the text layout map to the features where they first reach its size (then None: once)."""
     if layout is not None and h.shape[-1] == layout.shape[-1]:
@@ -420,12 +435,13 @@ class UNet(nn.Module):
             return LayoutPrediction(self.layout_head(layout_map), caption_images=self.layout_head(caption_map))
         if self.layout_choice is None:
             return LayoutPrediction(self.layout_head(layout_map))
+        if self.text_layout.choice_gates is not None:
+            images, one = paint_gated_choices(self.layout_head, self.text_layout, layout_map)
+            # the classifier reads the text as it is: its gradient into the text path cost the map the side
+            return LayoutPrediction(images, self.layout_choice(pooled.detach()), one)
         maps = self.text_layout.choice_maps(layout_map)
         images = self.layout_head(maps.flatten(0, 1)).unflatten(0, maps.shape[:2])
-        # gated choices move the one map's cells, so the one map keeps its own loss: it learns what the words
-        # say goes where (the side of "A left of B"), which winner-takes-all alone let a choice per side stand in for
-        one = self.layout_head(layout_map) if self.text_layout.choice_gates is not None else None
-        return LayoutPrediction(images, self.layout_choice(pooled), one)
+        return LayoutPrediction(images, self.layout_choice(pooled))
 
     def _run(
         self,
