@@ -497,10 +497,9 @@ def test_gated_choices_fitted_to_two_layouts_of_one_caption_paint_each_layout_wh
     the cells, `TextLayout.choice_maps`) and a 1x1 painting head, fitted by `layout_loss` (eps = 0.05, the
     one map's own error included; `paint_gated_choices`) to a target that is layout A (objects side by side)
     in 7 rows of 10 and B (one above the other) in 3. The one map paints the mean 0.7 A + 0.3 B, as it
-    would without choices, and the gates of its cells alone come within 0.06 of the stationary points of
-    free choices, c_A = (0.7 (1 - eps) A + 0.3 eps B) / (0.7 (1 - eps) + 0.3 eps) and c_B alike (gates
-    that average 1 cannot also keep the background exactly as it is); the classifier's probabilities
-    converge to (0.7, 0.3)."""
+    would without choices, and the gates of its cells reach the stationary points of free choices,
+    c_A = (0.7 (1 - eps) A + 0.3 eps B) / (0.7 (1 - eps) + 0.3 eps) and c_B alike; the classifier's
+    probabilities converge to (0.7, 0.3)."""
     from cascade.nn.text_conditioning import TextLayout
     from cascade.nn.unet import LayoutPrediction, layout_loss, paint_gated_choices
 
@@ -533,8 +532,7 @@ def test_gated_choices_fitted_to_two_layouts_of_one_caption_paint_each_layout_wh
     eps = 0.05
     c_a = (0.7 * (1 - eps) * a + 0.3 * eps * b) / (0.7 * (1 - eps) + 0.3 * eps)
     c_b = (0.3 * (1 - eps) * b + 0.7 * eps * a) / (0.3 * (1 - eps) + 0.7 * eps)
-    torch.testing.assert_close(images[[k_a, 1 - k_a]], torch.stack([c_a, c_b]), atol=0.06, rtol=0)
-    assert (images[[k_a, 1 - k_a]] - one).abs().amax(dim=(1, 2, 3)).min() > 0.25  # neither is the mean
+    torch.testing.assert_close(images[[k_a, 1 - k_a]], torch.stack([c_a, c_b]), atol=2e-3, rtol=0)
     probabilities = logits.detach().softmax(0)
     torch.testing.assert_close(probabilities[[k_a, 1 - k_a]], torch.tensor([0.7, 0.3]), atol=5e-3, rtol=0)
 
@@ -555,23 +553,21 @@ def test_a_gated_choice_scales_each_cells_whole_vector_by_a_gate_of_mean_one_ove
     assert painted.images.shape == (4, 3, 3, 8, 8) and painted.caption_images.shape == (4, 3, 8, 8)  # the one map's
 
 
-def test_gated_choices_and_their_classifier_train_only_the_gates_and_the_classifier_not_the_map_or_the_text():
-    """The one map learns what goes where from its own loss alone, as without choices: winner-takes-all
-    over the gated images and the classifier's cross-entropy reach neither it, the painting head nor the
-    text path (`paint_gated_choices`; the classifier reads the pooled text detached)."""
+def test_the_gated_choices_classifier_learns_from_the_text_without_training_the_text_path():
+    """Its cross-entropy reaches the classifier alone: with its gradient in the text path, a layout
+    pre-training did not learn the side of "A left of B" (docs/benchmarks.md, "Gated layout choices")."""
     from cascade.nn.unet import LayoutPrediction, layout_loss
 
     stage = choices_stage(3, unet={"text_layout_choice_form": "gates"})
     make_outputs_nonzero(stage)
     batch = batch_for(stage)
     painted = stage.unet.layout_prediction(batch["text_tokens"], batch["text_mask"])
-    target = torch.randn_like(painted.caption_images)
-    layout_loss(LayoutPrediction(painted.images, painted.logits), target).backward()  # without the one map's term
-    gates = {"text_layout.choice_gates.weight", "text_layout.choice_gates.bias", "text_layout.choice_gate_logits",
-             "layout_choice.weight", "layout_choice.bias"}
+    images = painted.images.detach()
+    target = images[:, 0] + 0.01  # every row nearest choice 0: the winner-takes-all term has no gradient
+    layout_loss(LayoutPrediction(images, painted.logits), target).backward()
     for name, parameter in stage.unet.named_parameters():
         moved = parameter.grad is not None and bool(parameter.grad.abs().sum() > 0)
-        assert moved is (name in gates), name
+        assert moved is name.startswith("layout_choice."), name
 
 
 def test_the_layout_loss_weighs_the_nearest_choice_and_teaches_the_classifier_which_it_is():

@@ -114,7 +114,8 @@ class UNetConfig:
             r^2 softmax over the cells of (w_k . m + a_k) (m the cell's map vector, a_k a learned logit
             per cell), scaling the whole vector, so that a choice moves the map between cells (where)
             but never turns what a cell says (which shape goes with which colour); the one map keeps
-            a loss of its own, so that it learns from the words which side each object takes.
+            a loss of its own and the choice classifier reads the text detached, so that the map
+            learns from the words which side each object takes.
             Needs text_layout_choices > 1.
         text_layout_reads_x_t: the caption's layout map is refined, cell by cell, by x_t averaged to
             r x r and the noise level (`TextLayout.read_x_t`, a residual MLP that starts as the

@@ -73,9 +73,10 @@ class TextLayout(nn.Module):
     (where) but never turns what a cell says (which shape goes with which colour). The gates average
     1 over the cells: a gate 2 sigmoid(w_k . m + b_k), free in its mean, let the layout pre-training
     split the choices by brightness (object size), not layout, and "two green squares" stayed one union.
-    The one map keeps a loss of its own (`cascade.nn.unet.layout_loss`): fitted by winner-takes-all
-    alone, in two of three trainings it stopped reading the side of "A left of B" from the words (a
-    choice per side stood in for it) and painted both objects in their mixed colour.
+    The one map keeps a loss of its own (`cascade.nn.unet.paint_gated_choices`), and the choice
+    classifier reads the text detached: fitted by winner-takes-all alone, with the classifier's gradient
+    in the text path, two trainings of three stopped reading the side of "A left of B" from the words
+    and painted both objects in their mixed colour.
     A choice query per layout added to the cells' queries, the whole path run K times, fitted the
     same layouts of "two X" / "three X" at 2.8x the cost of the pre-training (3,000 steps of 64:
     209 s against 74 s, one thread; the map alone, 55 s).

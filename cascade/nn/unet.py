@@ -114,15 +114,13 @@ def layout_loss(prediction: LayoutPrediction, target: torch.Tensor, relaxation: 
 def paint_gated_choices(layout_head: nn.Conv2d, text_layout: nn.Module,
                         layout_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Gated layout choices' images (B, K, C, r, r) and the one map's (B, C, r, r) they gate
-    (`UNetConfig.text_layout_choice_form: gates`). The one map is fitted by its own squared error alone,
-    as one map without choices is, so that it learns from the words what goes where (the side of "A
-    left of B"); the choices' images gate it and its painting detached, so winner-takes-all fits only
-    the gates. With it flowing into the map, a map painting both sides let a choice per side stand in
-    for the words: in two of three trainings the map lost the side, even with its own loss beside.
-    (`UNet._paint` likewise gives the choice classifier the pooled text detached: its gradient into the
-    text path alone kept a layout pre-training from learning the side, docs/benchmarks.md.)"""
-    maps = text_layout.choice_maps(layout_map.detach())
-    images = F.conv2d(maps.flatten(0, 1), layout_head.weight.detach(), layout_head.bias.detach())
+    (`UNetConfig.text_layout_choice_form: gates`); `layout_loss` fits the choices by winner-takes-all and
+    the one map by its own squared error, so that the map keeps learning from the words what goes where
+    (docs/benchmarks.md, "Gated layout choices": fitted by winner-takes-all alone, two trainings of three
+    lost the side of "A left of B"; with the one map and its painting detached from winner-takes-all,
+    the gates alone never split the layouts)."""
+    maps = text_layout.choice_maps(layout_map)
+    images = layout_head(maps.flatten(0, 1))
     return images.unflatten(0, maps.shape[:2]), layout_head(layout_map)
 
 
