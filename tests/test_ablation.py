@@ -15,6 +15,7 @@ from cascade.cli import main
 from cascade.demo import FULL
 from cascade.demo.ablation import (
     CHECKS,
+    CHOICES4_PRETRAINING_COST,
     LAYOUT_LOSS_COST,
     FAST_ABLATION,
     TRAINING_BATCH,
@@ -225,17 +226,23 @@ def test_the_muon_row_is_the_layout_recipe_with_muon_for_the_same_compute():
         assert TRAINING_STEP_COST[f"{changed}+lr{lr}"] == TRAINING_STEP_COST[changed]
 
 
-def test_the_demos_base_trains_with_the_muon_recipe_the_ablation_chose():
+def test_the_demos_base_trains_with_the_muon_recipe_and_the_gated_layout_choices_the_ablation_chose():
     base = yaml.safe_load((REPO / "configs" / "demo" / "base.yaml").read_text())["model"]["init_args"]
     assert (base["optimizer"]["algorithm"], base["optimizer"]["lr"]) == ("muon", 4.0e-3)
+    unet = base["unet"]
+    gates = TRAININGS[f"{LONGER_MUON}+gates4"][len(TRAININGS[LONGER_MUON]):]
+    assert gates == ("--model.init_args.unet.text_layout_choices", str(unet["text_layout_choices"]),
+                     "--model.init_args.unet.text_layout_choice_form", unet["text_layout_choice_form"])
     # 1.6x the 1,000 steps that cost what the 1,200 AdamW steps did (the same compute at 1.18x the step),
-    # as the ablation's 1.4x-compute yardstick trains 1.6x the recipe's steps
-    cost = TRAINING_STEP_COST["sigmoid_b0+lr2e-3+layout8+loss+pre3k+muon+lr4e-3"] / LAYOUT_LOSS_COST
-    assert FULL.train_steps[0] / 1.6 * cost == pytest.approx(1200, rel=0.02)
-    plan = AblationPlan(train_steps=1200)
+    # as the ablation's 1.4x-compute yardstick trains 1.6x the recipe's steps ...
     recipe = "sigmoid_b0+lr2e-3+layout8+loss+pre3k+muon+lr4e-3"
-    assert FULL.train_steps[0] / 1000 == pytest.approx(
-        training_steps(f"{recipe}+compute1.4x", plan) / training_steps(recipe, plan), abs=0.03)
+    cost = TRAINING_STEP_COST[recipe] / LAYOUT_LOSS_COST
+    longer = 1600
+    assert longer / 1.6 * cost == pytest.approx(1200, rel=0.02)
+    plan = AblationPlan(train_steps=1200)
+    assert longer / 1000 == pytest.approx(training_steps(LONGER_MUON, plan) / training_steps(recipe, plan), abs=0.03)
+    # ... less the steps the gated choices' layout pre-training costs more (the same compute)
+    assert FULL.train_steps[0] == pytest.approx(longer - CHOICES4_PRETRAINING_COST / cost, abs=FULL.validations)
 
 
 def test_the_muon_yardstick_is_the_demos_recipe_given_1_4_times_its_compute_and_1_6_times_its_steps():

@@ -271,6 +271,9 @@ _CHOICES = ("--model.init_args.unet.text_layout_choices", "4")
 # a gate per cell of mean 1 scaling the cell's whole vector) instead of scaling half its channels in every
 # cell: a drawn layout that changes where, not what. The layout pre-training costs what the scales' does or
 # less (1,000 steps of 64, 1 thread, alternating: 45.1 / 44.5 s against 47.9 / 45.3 s), charged the same.
+# At 3 seeds (docs/benchmarks.md, "Gated layout choices"): count +0.09 +- 0.02*, exact +0.08 +- 0.03*,
+# relation -0.05 +- 0.04, colour -0.02 +- 0.01*, side 1.00; every "two X" / "three X" image has its count.
+# The demo's base since.
 _CHOICE_FLAGS: dict[str, tuple[str, ...]] = {"choices4": _CHOICES,
                                              "choices4+below-2": (*_CHOICES, "--model.init_args.layout_choice_below", "-2.0"),
                                              "gates4": (*_CHOICES, "--model.init_args.unet.text_layout_choice_form", "gates")}
