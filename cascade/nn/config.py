@@ -106,8 +106,8 @@ class UNetConfig:
             classifier of the pooled text (`UNet.layout_choice`) learns which choice that is. The
             denoiser reads one choice's map: in training the one nearest the target, in sampling one
             drawn from the classifier with the row's seed (`DiffusionStage.with_layout_choices`).
-            1 = one map, as before (the demo's base: at its length four choices commit the count but
-            cost relation; docs/benchmarks.md, "A layout drawn, not averaged"). Needs text_layout_head.
+            1 = one map, as before (scaled choices commit the count but cost relation, docs/benchmarks.md,
+            "A layout drawn, not averaged"; the demo's base has four gated ones). Needs text_layout_head.
         text_layout_choice_form: how a choice is made from the one map. "scales" (as before): a
             learned scaling of each of the map's first C/2 channels per choice, the same in every
             cell; it changes what a cell says as well as where. "gates": a gate per choice and cell,
