@@ -111,7 +111,7 @@ def layout_loss(prediction: LayoutPrediction, target: torch.Tensor, relaxation: 
     return (weights * errors).sum(dim=1).mean() + F.cross_entropy(logits.float(), nearest) + own
 
 
-def paint_gated_choices(layout_head: nn.Conv2d, text_layout: nn.Module,
+def paint_gated_choices(layout_head: nn.Conv2d, text_layout: TextLayout,
                         layout_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Gated layout choices' images (B, K, C, r, r) and the one map's (B, C, r, r) they gate
     (`UNetConfig.text_layout_choice_form: gates`); `layout_loss` fits the choices by winner-takes-all and
