@@ -495,13 +495,13 @@ def test_relaxed_winner_takes_all_fits_each_choice_to_its_mode_and_the_classifie
 def test_gated_choices_fitted_to_two_layouts_of_one_caption_paint_each_layout_where_one_map_paints_their_mean():
     """`text_layout_choice_form: gates`: one caption's map m, two choices gating its cells (r^2 softmax over
     the cells, `TextLayout.choice_maps`) and a 1x1 painting head, fitted by `layout_loss` (eps = 0.05, the
-    one map's own error included; `paint_gated_choices`) to a target that is layout A (objects side by side)
+    one map's own error included, as `UNet._paint` gives it) to a target that is layout A (objects side by side)
     in 7 rows of 10 and B (one above the other) in 3. The one map paints the mean 0.7 A + 0.3 B, as it
     would without choices, and the gates of its cells reach the stationary points of free choices,
     c_A = (0.7 (1 - eps) A + 0.3 eps B) / (0.7 (1 - eps) + 0.3 eps) and c_B alike; the classifier's
     probabilities converge to (0.7, 0.3)."""
     from cascade.nn.text_conditioning import TextLayout
-    from cascade.nn.unet import LayoutPrediction, layout_loss, paint_gated_choices
+    from cascade.nn.unet import LayoutPrediction, layout_loss, paint_choices
 
     torch.manual_seed(0)
     r, channels = 4, 8
@@ -518,15 +518,14 @@ def test_gated_choices_fitted_to_two_layouts_of_one_caption_paint_each_layout_wh
     for step in range(3000):
         if step == 2000:
             optimizer.param_groups[0]["lr"] = 1e-3
-        images, one = paint_gated_choices(head, layout, one_map)  # (1, 2, 1, r, r), (1, 1, r, r)
+        images, one = paint_choices(head, layout, one_map), head(one_map)  # (1, 2, 1, r, r), (1, 1, r, r)
         loss = layout_loss(LayoutPrediction(images.expand(10, -1, -1, -1, -1), logits[None].expand(10, -1),
                                             one.expand(10, -1, -1, -1)), target)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        images, one = paint_gated_choices(head, layout, one_map)
-        images, one = images[0], one[0]
+        images, one = paint_choices(head, layout, one_map)[0], head(one_map)[0]
     torch.testing.assert_close(one, 0.7 * a + 0.3 * b, atol=1e-4, rtol=0)  # the one map: the mean
     k_a = int((images - a).square().flatten(1).mean(1).argmin())
     eps = 0.05

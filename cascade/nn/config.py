@@ -316,7 +316,7 @@ class UNetConfig:
         form = self.text_layout_choice_form
         if form not in LAYOUT_CHOICE_FORMS:
             errors.append(f"text_layout_choice_form must be one of {LAYOUT_CHOICE_FORMS}, got {form!r}")
-        elif form != "scales" and not (isinstance(choices, int) and not isinstance(choices, bool) and choices > 1):
+        elif form == "gates" and not (isinstance(choices, int) and choices > 1):
             errors.append(f"text_layout_choice_form {form!r} needs text_layout_choices > 1")
         if not isinstance(self.text_layout_reads_x_t, bool):
             errors.append(f"text_layout_reads_x_t must be true or false, got {self.text_layout_reads_x_t!r}")

@@ -73,7 +73,7 @@ class TextLayout(nn.Module):
     (where) but never turns what a cell says (which shape goes with which colour). The gates average
     1 over the cells: a gate 2 sigmoid(w_k . m + b_k), free in its mean, let the layout pre-training
     split the choices by brightness (object size), not layout, and "two green squares" stayed one union.
-    The one map keeps a loss of its own (`cascade.nn.unet.paint_gated_choices`), and the choice
+    The one map keeps a loss of its own (`cascade.nn.unet.UNet._paint`), and the choice
     classifier reads the text detached: fitted by winner-takes-all alone, with the classifier's gradient
     in the text path, two trainings of three stopped reading the side of "A left of B" from the words
     and painted both objects in their mixed colour.
@@ -148,7 +148,7 @@ class TextLayout(nn.Module):
         (B,C,r,r) (`choices` > 1)."""
         if self.choice_gates is not None:  # g_k = r^2 softmax over cells of (w_k . m + a_k), times each cell's whole m
             logits = self.choice_gates(maps.transpose(1, -1)).transpose(1, -1) + self.choice_gate_logits.to(maps.dtype)
-            gates = logits.flatten(2).softmax(-1).reshape(logits.shape) * logits[0, 0].numel()  # (B,K,r,r), mean 1
+            gates = logits.flatten(2).softmax(-1).reshape(logits.shape) * self.resolution ** 2  # (B,K,r,r), mean 1
             if choice is not None:
                 return maps * gates.gather(1, choice[:, None, None, None].expand(-1, 1, *gates.shape[2:]))
             return maps[:, None] * gates[:, :, None]

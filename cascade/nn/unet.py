@@ -111,17 +111,11 @@ def layout_loss(prediction: LayoutPrediction, target: torch.Tensor, relaxation: 
     return (weights * errors).sum(dim=1).mean() + F.cross_entropy(logits.float(), nearest) + own
 
 
-def paint_gated_choices(layout_head: nn.Conv2d, text_layout: TextLayout,
-                        layout_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gated layout choices' images (B, K, C, r, r) and the one map's (B, C, r, r) they gate
-    (`UNetConfig.text_layout_choice_form: gates`); `layout_loss` fits the choices by winner-takes-all and
-    the one map by its own squared error, so that the map keeps learning from the words what goes where
-    (docs/benchmarks.md, "Gated layout choices": fitted by winner-takes-all alone, two trainings of three
-    lost the side of "A left of B"; with the one map and its painting detached from winner-takes-all,
-    the gates alone never split the layouts)."""
+def paint_choices(layout_head: nn.Conv2d, text_layout: TextLayout, layout_map: torch.Tensor) -> torch.Tensor:
+    """The K layout choices' images (B, K, C, r, r): each choice's map (`TextLayout.choice_maps`, scaled
+    or gated) painted by `layout_head`."""
     maps = text_layout.choice_maps(layout_map)
-    images = layout_head(maps.flatten(0, 1))
-    return images.unflatten(0, maps.shape[:2]), layout_head(layout_map)
+    return layout_head(maps.flatten(0, 1)).unflatten(0, maps.shape[:2])
 
 
 def _add_layout(h: torch.Tensor, layout: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -433,13 +427,15 @@ class UNet(nn.Module):
             return LayoutPrediction(self.layout_head(layout_map), caption_images=self.layout_head(caption_map))
         if self.layout_choice is None:
             return LayoutPrediction(self.layout_head(layout_map))
-        if self.text_layout.choice_gates is not None:
-            images, one = paint_gated_choices(self.layout_head, self.text_layout, layout_map)
-            # the classifier reads the text as it is: its gradient into the text path cost the map the side
-            return LayoutPrediction(images, self.layout_choice(pooled.detach()), one)
-        maps = self.text_layout.choice_maps(layout_map)
-        images = self.layout_head(maps.flatten(0, 1)).unflatten(0, maps.shape[:2])
-        return LayoutPrediction(images, self.layout_choice(pooled))
+        images = paint_choices(self.layout_head, self.text_layout, layout_map)
+        if self.text_layout.choice_gates is None:
+            return LayoutPrediction(images, self.layout_choice(pooled))
+        # Gated choices: the one map keeps its own squared error, and the classifier reads the text as it is,
+        # so that the map keeps learning from the words what goes where (docs/benchmarks.md, "Gated layout
+        # choices": fitted by winner-takes-all alone, with the classifier's gradient in the text path, two
+        # trainings of three lost the side of "A left of B"; with the one map detached from winner-takes-all
+        # as well, the gates alone never split the layouts).
+        return LayoutPrediction(images, self.layout_choice(pooled.detach()), self.layout_head(layout_map))
 
     def _run(
         self,

@@ -204,11 +204,9 @@ def build_muon(module: torch.nn.Module, config: OptimizerConfig, io_layers: tupl
     excluded = set()
     for name in io_layers:  # a dotted name reaches a submodule's layer
         try:
-            layer = module.get_submodule(name)
-        except AttributeError:  # a layer this module does not have
-            continue
-        if layer is not None:
-            excluded.add(id(layer))
+            excluded.add(id(module.get_submodule(name)))
+        except AttributeError:  # a layer this module does not have (or holds as None)
+            pass
     hidden = [m.weight for m in module.modules()
               if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d))
               and id(m) not in excluded and m.weight.requires_grad]
