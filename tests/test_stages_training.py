@@ -438,3 +438,29 @@ def test_a_muon_stage_resumes_its_momentum_and_skips_a_nonfinite_step(write_stag
     assert checkpoint["cascade_nonfinite"] == {"total": 1, "in_a_row": 1}
     assert all(torch.isfinite(v).all() for v in checkpoint["current_model_state"].values())
     assert {float(s["step"]) for s in checkpoint["optimizer_states"][0]["state"].values() if "step" in s} == {1.0}
+
+
+def test_a_training_takes_the_threads_its_grant_file_names_and_ignores_a_bad_one(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from cascade.stages import ThreadGrant
+
+    grant = ThreadGrant(tmp_path / "threads", every_n_steps=5)
+    at = lambda step: grant.on_train_batch_start(SimpleNamespace(global_step=step), None, None, 0)  # noqa: E731
+    at(0)  # no file yet: unchanged
+    assert torch.get_num_threads() == 1
+    (tmp_path / "threads").write_text("2\n")
+    at(3)  # read every 5 steps only
+    assert torch.get_num_threads() == 1
+    at(5)
+    assert torch.get_num_threads() == 2
+    assert f"step 5: 2 torch threads (granted by {tmp_path / 'threads'})" in capsys.readouterr().out
+    for bad in ("two", "two", "0"):
+        (tmp_path / "threads").write_text(bad)
+        at(10)
+        assert torch.get_num_threads() == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"ThreadGrant: {tmp_path / 'threads'} holds 'two', not a positive number of threads; ignored",
+                     f"ThreadGrant: {tmp_path / 'threads'} holds '0', not a positive number of threads; ignored"]
+    with pytest.raises(ValueError, match="every_n_steps must be >= 1"):
+        ThreadGrant(tmp_path / "threads", every_n_steps=0)

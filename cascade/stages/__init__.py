@@ -1,6 +1,6 @@
 """Lightning stages of the cascade: the shared `DiffusionStage`, `BaseStage` and `SuperResStage`,
 their callbacks (`EMA`, `PostHocEMA`, `SampleGrid`, `TrainingSpeed`, `ProgressLines`, `StepProgressBar`,
-`SaveOnInterrupt`), FSDP2 sharding (`FSDP2Strategy`), and loading trained stages for inference.
+`ThreadGrant`, `SaveOnInterrupt`), FSDP2 sharding (`FSDP2Strategy`), and loading trained stages for inference.
 
     from cascade.stages import load_stage
     base = load_stage("runs/base/export")              # an export directory or a .ckpt file
@@ -9,7 +9,7 @@ their callbacks (`EMA`, `PostHocEMA`, `SampleGrid`, `TrainingSpeed`, `ProgressLi
 """
 
 from .base_stage import BaseStage
-from .callbacks import ProgressLines, SampleGrid, StepProgressBar, TrainingSpeed
+from .callbacks import ProgressLines, SampleGrid, StepProgressBar, ThreadGrant, TrainingSpeed
 from .checkpointing import AtomicCheckpointIO, SaveOnInterrupt, TrainingInterrupted
 from .conditioning import Condition, TextEncoderConfig
 from .config import LayoutPretrainingConfig, SamplingSettings, ScheduleConfig, StageConfigError, ValidationConfig
@@ -39,6 +39,7 @@ __all__ = [
     "ScheduleConfig",
     "StageConfigError",
     "StepProgressBar",
+    "ThreadGrant",
     "SuperResStage",
     "TextEncoderConfig",
     "TrainingInterrupted",

@@ -1,5 +1,5 @@
-"""Training callbacks: sample grids from fixed seeds and conditions, training speed, progress lines
-and the progress bar."""
+"""Training callbacks: sample grids from fixed seeds and conditions, training speed, progress lines,
+threads granted while training and the progress bar."""
 
 from __future__ import annotations
 
@@ -256,6 +256,43 @@ class ProgressLines(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
             print(f"training ended at step {trainer.global_step}", flush=True)
+
+
+class ThreadGrant(pl.Callback):
+    """Takes the number of torch threads a file grants, read every `every_n_steps` optimiser steps:
+    a training that shares a machine with others takes their cores when they finish (`cascade demo`
+    trains the base beside the SR stages, one thread each, and hands the base the SR lane's thread
+    when that lane is done: `cascade.demo.training.train_concurrently`).
+
+    The file holds one positive integer and is replaced whole (written beside it, then renamed), so
+    a reading is never partial; while it is missing the threads stay as they are. Anything else it
+    holds is ignored, named in one line (once until it changes): the training goes on."""
+
+    def __init__(self, path: str | Path, every_n_steps: int = 10) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"ThreadGrant every_n_steps must be >= 1, got {every_n_steps}")
+        self.path = Path(path)
+        self.every_n_steps = every_n_steps
+        self._refused: str | None = None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if trainer.global_step % self.every_n_steps:
+            return
+        try:
+            text = self.path.read_text().strip()
+        except FileNotFoundError:
+            return
+        granted = int(text) if text.isdigit() else 0
+        if granted < 1:
+            if text != self._refused:
+                self._refused = text
+                print(f"ThreadGrant: {self.path} holds {text!r}, not a positive number of threads; ignored",
+                      flush=True)
+            return
+        if granted != torch.get_num_threads():
+            torch.set_num_threads(granted)
+            print(f"step {trainer.global_step}: {granted} torch threads (granted by {self.path})", flush=True)
 
 
 class StepProgressBar(RichProgressBar):
