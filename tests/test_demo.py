@@ -422,3 +422,32 @@ def test_a_smoke_run_shortens_only_the_bases_layout_pretraining(tmp_path):
     base = fast[0].overrides
     assert base[base.index(flag) + 1] == str(FAST.layout_pretraining_steps)
     assert all(flag not in run.overrides for run in fast[1:] + full)
+
+
+def test_when_a_lane_is_done_the_stage_still_training_is_granted_its_threads(tmp_path):
+    """Two lanes of one thread each: the SR lane's stage ends once the base has started, and the
+    base, which started on one thread, is granted two (`StageRun.thread_grant`, read by
+    `cascade.stages.ThreadGrant` in a real `cascade fit`)."""
+
+    class Scripted(StageRun):
+        script: str = ""
+
+        def command(self) -> list[str]:
+            return [sys.executable, "-c", self.script.format(run_dir=str(self.run_dir), grant=str(self.thread_grant),
+                                                             base_grant=str(tmp_path / "base" / "threads"))]
+
+    finish = ("import pathlib; p = pathlib.Path({run_dir!r}) / 'checkpoints' / 'last.ckpt'; "
+              "p.parent.mkdir(parents=True, exist_ok=True); p.touch(); print('step 1/1', flush=True)")
+    wait_for = "import time, pathlib\nfor _ in range(600):\n    if {condition}: break\n    time.sleep(0.05)\n"
+    base = Scripted("base", tmp_path / "base.yaml", tmp_path / "base", 1, ())
+    object.__setattr__(base, "script", (
+        "import os, pathlib\nstarted = os.environ['OMP_NUM_THREADS']\n"
+        + wait_for.format(condition="pathlib.Path({grant!r}).read_text() == '2'")
+        + "pathlib.Path({run_dir!r}, 'seen').write_text(started + ' then ' + pathlib.Path({grant!r}).read_text())\n"
+        + finish))
+    sr = Scripted("sr1", tmp_path / "sr1.yaml", tmp_path / "sr1", 1, ())
+    object.__setattr__(sr, "script", wait_for.format(condition="pathlib.Path({base_grant!r}).exists()") + finish)
+
+    train_concurrently([[base], [sr]], threads_per_process=1, console=Console(file=io.StringIO()))
+    assert (tmp_path / "base" / "seen").read_text() == "1 then 2"
+    assert (tmp_path / "sr1" / "threads").read_text() == "1"

@@ -4,7 +4,10 @@ The stages are independent while they train (each SR stage learns from real low-
 not from the base's samples), so the base trains in one process while the two SR stages train
 one after the other in a second. On a 2-core machine that is one core per process, the
 fastest use of it: one torch thread per process, where two threads in one process lose more
-to OpenMP waits than they gain. Each process writes its output to RUN_DIR/train.log, and
+to OpenMP waits than they gain. When a lane is done, its threads go to the lanes still training
+(`cascade.stages.ThreadGrant` reads RUN_DIR/threads): the base, alone on the machine once the SR
+stages are trained, steps 1.32x faster on two threads than on one beside its data loader (1.45x
+alone; docs/benchmarks.md, "Both cores for the base"). Each process writes its output to RUN_DIR/train.log, and
 prints `step N/MAX` lines (`cascade.stages.ProgressLines`), which drive one progress bar per
 stage on the console.
 """
@@ -30,6 +33,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from ..files.atomic import write_text
+
 STEP_LINE = re.compile(r"^step (\d+)/\d+")
 # Seconds between plain progress lines when the console is not a terminal (a log file, CI),
 # where the live progress bars are not drawn until the end.
@@ -54,6 +59,11 @@ class StageRun:
         return self.run_dir / "checkpoints" / "last.ckpt"
 
     @property
+    def thread_grant(self) -> Path:
+        """The file that tells the training how many torch threads to take (`ThreadGrant`)."""
+        return self.run_dir / "threads"
+
+    @property
     def done_marker(self) -> Path:
         return self.run_dir / "finished.json"
 
@@ -66,7 +76,8 @@ class StageRun:
     def command(self) -> list[str]:
         argv = [sys.executable, "-m", "cascade", "fit", "-c", str(self.config), "--run-dir", str(self.run_dir),
                 "--trainer.max_steps", str(self.steps), "--trainer.enable_progress_bar", "false",
-                "--trainer.callbacks+=cascade.stages.ProgressLines"]
+                "--trainer.callbacks+=cascade.stages.ProgressLines",
+                "--trainer.callbacks+=cascade.stages.ThreadGrant", "--trainer.callbacks.path", str(self.thread_grant)]
         if self.seed is not None:
             argv += ["--data.init_args.seed", str(self.seed), "--seed_everything", str(self.seed)]
         argv += self.overrides
@@ -86,6 +97,12 @@ def train_concurrently(lanes: list[list[StageRun]], threads_per_process: int, co
     out). Raises StageTrainingError naming the
     first stage that failed and its log, after the other lanes have finished their stage.
 
+    The lanes share threads_per_process x len(lanes) threads: each stage starts with an equal share
+    of them among the lanes still training, and when a lane is done the stages still training are
+    granted the new share (`StageRun.thread_grant`). A stage's steps do not depend on its threads; its
+    floating-point sums do, in their last bits (two threads add in another order), so a training
+    granted threads at another step ends in different weights, as on another machine.
+
     Each stage's log file is named when it starts; on a console that is not a terminal a plain
     "base: step 500/2000 (61 s)" line comes every `heartbeat_seconds`."""
     seconds: dict[str, float] = {}
@@ -94,8 +111,24 @@ def train_concurrently(lanes: list[list[StageRun]], threads_per_process: int, co
                TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         tasks = {run.name: progress.add_task(f"train {run.name}", total=run.steps) for lane in lanes for run in lane}
+        total_threads = threads_per_process * len(lanes)
+        training: dict[int, StageRun | None] = dict.fromkeys(range(len(lanes)))  # lane -> its stage in training
+        lock = threading.Lock()
 
-        def run_lane(lane: list[StageRun]) -> None:
+        def share() -> int:
+            return max(threads_per_process, total_threads // max(1, len(training)))
+
+        def run_lane(index: int, lane: list[StageRun]) -> None:
+            try:
+                train_lane(index, lane)
+            finally:
+                with lock:
+                    del training[index]
+                    for run in training.values():
+                        if run is not None:
+                            write_text(run.thread_grant, str(share()))
+
+        def train_lane(index: int, lane: list[StageRun]) -> None:
             for run in lane:
                 if failures:
                     return
@@ -116,7 +149,14 @@ def train_concurrently(lanes: list[list[StageRun]], threads_per_process: int, co
                         progress.console.print(f"{run.name}: step {step}/{run.steps} ({now - began:.0f} s)", markup=False,
                                                soft_wrap=True)
 
-                code = _fit(run, threads_per_process, on_step)
+                with lock:
+                    training[index] = run
+                    threads = share()
+                    run.run_dir.mkdir(parents=True, exist_ok=True)
+                    write_text(run.thread_grant, str(threads))
+                code = _fit(run, threads, on_step)
+                with lock:
+                    training[index] = None
                 seconds[run.name] = time.perf_counter() - began
                 if code != 0 or not run.last_checkpoint.exists():
                     failures.append(f"training the {run.name} stage failed (exit code {code}); "
@@ -125,7 +165,7 @@ def train_concurrently(lanes: list[list[StageRun]], threads_per_process: int, co
                 run.done_marker.write_text(json.dumps({"steps": run.steps, "seconds": seconds[run.name]}))
                 progress.update(tasks[run.name], completed=run.steps)
 
-        threads = [threading.Thread(target=run_lane, args=(lane,), name=f"lane-{i}") for i, lane in enumerate(lanes)]
+        threads = [threading.Thread(target=run_lane, args=(i, lane), name=f"lane-{i}") for i, lane in enumerate(lanes)]
         for thread in threads:
             thread.start()
         for thread in threads:
