@@ -68,11 +68,18 @@ class DemoPlan:
     # The SR stages finish well before it on the other core.
     # Since the twentieth session the base has four gated layout choices (configs/demo/base.yaml), whose
     # layout pre-training costs 18.6 s more (1 thread): 60 of those steps, so 1,540 at the same compute.
-    train_steps: tuple[int, int, int] = (1540, 600, 600)
+    # Since the twenty-first, the base takes the SR lane's thread when that lane is done (about a third
+    # into its training; `train_concurrently`), and steps 1.32x faster on two threads: 2,000 steps in
+    # about the time 1,540 took (docs/benchmarks.md, "Both cores for the base").
+    train_steps: tuple[int, int, int] = (2000, 600, 600)
     validations: int = 4  # per stage, evenly spaced; the last one at the final step saves last.ckpt
     # the base stage's guidance "on"; the SR stages sample unguided. 2, not 3: on the networks of the
-    # ablation's 1.4x-compute yardstick (the demo's base length) exact +0.05 +- 0.02*, FID -1.0 +- 0.2*
-    # at 3 training seeds (docs/benchmarks.md, "Guidance for the longer base")
+    # ablation's 1.4x-compute yardstick (the demo's base length then) exact +0.05 +- 0.02*, FID -1.0 +- 0.2*
+    # at 3 training seeds (docs/benchmarks.md, "Guidance for the longer base"). With the gated layout
+    # choices, on the same yardstick's networks 3 gained shape +0.03 +- 0.01*, but at the demo's 1.3x
+    # their denoiser steps (its base since the twenty-first session) 3 against 2 leaves the alignment
+    # the same (shape -0.005 +- 0.009, relation +0.011 +- 0.013) and costs FID +0.40 +- 0.05*
+    # (docs/benchmarks.md, "Guidance for the gated choices")
     guidance: float = 2.0
     # ... applied only for log-SNR in this interval (Kynkaanniemi et al. 2024's EDM2 interval, sigma in
     # (0.28, 2.9]; None: every step): unguided at the highest noise levels, where the count is decided.
