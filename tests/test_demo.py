@@ -92,7 +92,7 @@ def test_a_failing_stage_is_named_with_its_log(tmp_path):
     broken.write_text("trainer:\n  max_stepz: 3\n")
     lanes = [[StageRun("base", broken, tmp_path / "base", 3, ())], [StageRun("sr1", broken, tmp_path / "sr1", 3, ())]]
     with pytest.raises(StageTrainingError, match=r"training the (base|sr1) stage failed .* its output is in .*train\.log"):
-        train_concurrently(lanes, threads_per_process=1, console=Console(file=io.StringIO()))
+        train_concurrently(lanes, threads=2, console=Console(file=io.StringIO()))
     assert "max_stepz" in (tmp_path / "base" / "train.log").read_text()
 
 
@@ -119,7 +119,7 @@ def test_training_names_each_log_and_prints_heartbeats_when_not_on_a_terminal(tm
 
     out = io.StringIO()
     run = Counting("base", tmp_path / "base.yaml", tmp_path / "base", 3, ())
-    training.train_concurrently([[run]], threads_per_process=1, console=Console(file=out), heartbeat_seconds=0.0)
+    training.train_concurrently([[run]], threads=1, console=Console(file=out), heartbeat_seconds=0.0)
     printed = out.getvalue()
     assert f"training base (3 steps): log in {tmp_path / 'base' / 'train.log'}" in printed
     assert "base: step 3/3" in printed
@@ -425,7 +425,7 @@ def test_a_smoke_run_shortens_only_the_bases_layout_pretraining(tmp_path):
 
 
 def test_when_a_lane_is_done_the_stage_still_training_is_granted_its_threads(tmp_path):
-    """Two lanes of one thread each: the SR lane's stage ends once the base has started, and the
+    """Two lanes sharing two threads: the SR lane's stage ends once the base has started, and the
     base, which started on one thread, is granted two (`StageRun.thread_grant`, read by
     `cascade.stages.ThreadGrant` in a real `cascade fit`)."""
 
@@ -448,6 +448,6 @@ def test_when_a_lane_is_done_the_stage_still_training_is_granted_its_threads(tmp
     sr = Scripted("sr1", tmp_path / "sr1.yaml", tmp_path / "sr1", 1, ())
     object.__setattr__(sr, "script", wait_for.format(condition="pathlib.Path({base_grant!r}).exists()") + finish)
 
-    train_concurrently([[base], [sr]], threads_per_process=1, console=Console(file=io.StringIO()))
+    train_concurrently([[base], [sr]], threads=2, console=Console(file=io.StringIO()))
     assert (tmp_path / "base" / "seen").read_text() == "1 then 2"
     assert (tmp_path / "sr1" / "threads").read_text() == "1"

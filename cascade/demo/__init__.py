@@ -255,7 +255,7 @@ def run_demo(out: Path, plan: DemoPlan, threads: int, fast: bool = False, ablati
     base, sr1, sr2 = stage_runs(out, data, plan)
     lanes = [[base], [sr1, sr2]]
     try:
-        trained = train_concurrently(lanes, max(1, threads // 2), console)
+        trained = train_concurrently(lanes, threads, console)
     except StageTrainingError as error:
         console.print(f"cascade demo: {error}", style="red", markup=False)
         return 1

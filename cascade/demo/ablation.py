@@ -958,7 +958,7 @@ def run_ablation(out: Path, plan: AblationPlan, threads: int, command: str, cons
     reference_dir = reference_renders(scenes, out / "reference32", 32)
     console.rule(f"ablation 2/4: training ({plan.lanes} processes at once, {plan.accelerator})")
     runs = training_runs(out, data, plan, {row.training for row in main_rows + sweep_rows})
-    train_concurrently(training_lanes(list(runs.values()), plan.lanes), max(1, threads // plan.lanes), console)
+    train_concurrently(training_lanes(list(runs.values()), plan.lanes), threads, console)
     console.rule("ablation 3/4: sampling and scoring every row")
     torch.set_num_threads(threads)
     extractor = build_extractor("random-inception", random_input_size=FEATURE_INPUT_SIZE, device="cpu")

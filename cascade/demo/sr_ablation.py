@@ -292,7 +292,7 @@ def run_sr_ablation(out: Path, base: Path, plan: SRAblationPlan, threads: int, c
     scenes = heldout_scenes(plan.dataset_plan)
     console.rule(f"SR ablation 2/3: training ({plan.lanes} processes at once)")
     runs = sr_training_runs(out, data, plan, {row.training for row in rows})
-    train_concurrently(training_lanes(list(runs.values()), plan.lanes), max(1, threads // plan.lanes), console)
+    train_concurrently(training_lanes(list(runs.values()), plan.lanes), threads, console)
     console.rule("SR ablation 3/3: sampling and scoring every row")
     torch.set_num_threads(threads)
     extractor, reference_stats = feature_space(data["reference"])

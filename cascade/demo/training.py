@@ -90,15 +90,15 @@ class StageTrainingError(RuntimeError):
     """A `cascade fit` of the demo failed; the message names the stage and its log."""
 
 
-def train_concurrently(lanes: list[list[StageRun]], threads_per_process: int, console: Console,
+def train_concurrently(lanes: list[list[StageRun]], threads: int, console: Console,
                        heartbeat_seconds: float = HEARTBEAT_SECONDS) -> dict[str, float]:
     """Run each lane's stages one after the other, the lanes at the same time; returns the
     seconds each stage trained in this call took (a stage trained before is skipped and left
     out). Raises StageTrainingError naming the
     first stage that failed and its log, after the other lanes have finished their stage.
 
-    The lanes share threads_per_process x len(lanes) threads: each stage starts with an equal share
-    of them among the lanes still training, and when a lane is done the stages still training are
+    The lanes share `threads` torch threads: each stage starts with an equal share of them among the
+    lanes still training (at least one), and when a lane is done the stages still training are
     granted the new share (`StageRun.thread_grant`). A stage's steps do not depend on its threads; its
     floating-point sums do, in their last bits (two threads add in another order), so a training
     granted threads at another step ends in different weights, as on another machine.
@@ -111,12 +111,11 @@ def train_concurrently(lanes: list[list[StageRun]], threads_per_process: int, co
                TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         tasks = {run.name: progress.add_task(f"train {run.name}", total=run.steps) for lane in lanes for run in lane}
-        total_threads = threads_per_process * len(lanes)
         training: dict[int, StageRun | None] = dict.fromkeys(range(len(lanes)))  # lane -> its stage in training
         lock = threading.Lock()
 
         def share() -> int:
-            return max(threads_per_process, total_threads // max(1, len(training)))
+            return max(1, threads // max(1, len(training)))
 
         def run_lane(index: int, lane: list[StageRun]) -> None:
             try:
@@ -151,10 +150,10 @@ def train_concurrently(lanes: list[list[StageRun]], threads_per_process: int, co
 
                 with lock:
                     training[index] = run
-                    threads = share()
+                    granted = share()
                     run.run_dir.mkdir(parents=True, exist_ok=True)
-                    write_text(run.thread_grant, str(threads))
-                code = _fit(run, threads, on_step)
+                    write_text(run.thread_grant, str(granted))
+                code = _fit(run, granted, on_step)
                 with lock:
                     training[index] = None
                 seconds[run.name] = time.perf_counter() - began
@@ -165,11 +164,11 @@ def train_concurrently(lanes: list[list[StageRun]], threads_per_process: int, co
                 run.done_marker.write_text(json.dumps({"steps": run.steps, "seconds": seconds[run.name]}))
                 progress.update(tasks[run.name], completed=run.steps)
 
-        threads = [threading.Thread(target=run_lane, args=(i, lane), name=f"lane-{i}") for i, lane in enumerate(lanes)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        workers = [threading.Thread(target=run_lane, args=(i, lane), name=f"lane-{i}") for i, lane in enumerate(lanes)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
     if failures:
         raise StageTrainingError("; ".join(failures))
     return seconds
