@@ -424,11 +424,23 @@ for _table in (TRAININGS, TRAINING_COMPUTE, TRAINING_STEP_COST, TRAINING_FIXED_C
 BASE_SAMPLING = {"sampler": "dpmpp_2m", "steps": 20, "guidance": 3.0, "time_grid": "uniform_t"}
 
 
+# Kynkaanniemi et al. 2024's interval for EDM2 at 512 px, sigma in (0.28, 2.9], in log-SNR
+EDM2_INTERVAL = (-2.13, 2.55)
+
+
+def _in_interval(weight: float) -> tuple[str, str, dict[str, Any]]:
+    """(row key suffix, label, sampling change) of guidance `weight` applied only for log-SNR in
+    `EDM2_INTERVAL` (the suffix "interval" alone at the base sampling's own weight)."""
+    key = "interval" if weight == BASE_SAMPLING["guidance"] else f"cfg{weight:g}+interval"
+    interval = list(EDM2_INTERVAL)
+    return key, f"guidance {weight:g} for log-SNR in {interval} only", {"guidance": weight, "guidance_interval": interval}
+
+
 def rows() -> list[Row]:
     """The ablation's rows: the baseline, each change alone, and all of them together."""
     grid = {**BASE_SAMPLING, "time_grid": "log_snr"}
-    # Kynkaanniemi et al. 2024's interval for EDM2 at 512 px, sigma in (0.28, 2.9], in log-SNR
-    interval = {**BASE_SAMPLING, "guidance_interval": [-2.13, 2.55]}
+    interval = {**BASE_SAMPLING, "guidance_interval": list(EDM2_INTERVAL)}
+    demo = {**BASE_SAMPLING, **_in_interval(2.0)[2]}  # the demo's base sampling: guidance 2 in the interval
     return [
         Row("baseline (min-SNR, dpmpp_2m uniform t, CFG 3, EMA 0.995)", "baseline", sampling=BASE_SAMPLING),
         Row("+ sigmoid weighting (b = -3)", "sigmoid", training="sigmoid", sampling=BASE_SAMPLING),
@@ -503,17 +515,14 @@ def rows() -> list[Row]:
           for training in _MUON_YARDSTICKS
           for key, label, change in (("cfg1", "unguided (half the NFE)", {"guidance": 1.0}),
                                      ("cfg2", "guidance 2", {"guidance": 2.0}),
-                                     ("interval", "guidance 3 for log-SNR in [-2.13, 2.55] only",
-                                      {"guidance_interval": [-2.13, 2.55]}),
-                                     # the demo's guidance 2 without guidance where the count is decided
-                                     ("cfg2+interval", "guidance 2 for log-SNR in [-2.13, 2.55] only",
-                                      {"guidance": 2.0, "guidance_interval": [-2.13, 2.55]}))),
+                                     _in_interval(3.0),
+                                     _in_interval(2.0))),  # the demo's guidance 2, none where the count is decided
         # ... and with four layout choices, one drawn per seed, sampled as the demo samples (`_CHOICE_TRAININGS`)
         *(Row("+ layout path fitted first, Muon at lr 4e-3, 1.4x the compute, four layout choices"
               + (" read below log-SNR -2" if choice.endswith("below-2") else "")
               + (" that move the map between cells (gates)" if choice.endswith("gates4") else "")
               + ", guidance 2 for log-SNR in [-2.13, 2.55] only (the same compute)", f"{choice}+cfg2+interval",
-              training=choice, sampling={**BASE_SAMPLING, "guidance": 2.0, "guidance_interval": [-2.13, 2.55]})
+              training=choice, sampling=demo)
           for choice in _CHOICE_TRAININGS),
         # ... the gated choices' networks (the demo's base) at other guidance weights, in EDM2's interval and
         # not: the demo's guidance 2 in it was chosen for the one map (`_MUON_YARDSTICKS` rows above). In the
@@ -524,28 +533,18 @@ def rows() -> list[Row]:
               f"{label} (its networks)", f"{choice}+{key}", training=choice, sampling={**BASE_SAMPLING, **change})
           for choice in _CHOICE_TRAININGS if choice.endswith("+gates4")
           for key, label, change in (("cfg2", "guidance 2", {"guidance": 2.0}),
-                                     ("cfg1.5+interval", "guidance 1.5 for log-SNR in [-2.13, 2.55] only",
-                                      {"guidance": 1.5, "guidance_interval": [-2.13, 2.55]}),
-                                     ("cfg2.5+interval", "guidance 2.5 for log-SNR in [-2.13, 2.55] only",
-                                      {"guidance": 2.5, "guidance_interval": [-2.13, 2.55]}),
-                                     ("interval", "guidance 3 for log-SNR in [-2.13, 2.55] only",
-                                      {"guidance_interval": [-2.13, 2.55]}),
-                                     ("cfg4+interval", "guidance 4 for log-SNR in [-2.13, 2.55] only",
-                                      {"guidance": 4.0, "guidance_interval": [-2.13, 2.55]}))),
+                                     *(_in_interval(weight) for weight in (1.5, 2.5, 3.0, 4.0)))),
         # ... and given the demo's 1.3x denoiser steps (`_DEMO_STEPS_TRAININGS`), at guidance 3 and 2 in the interval:
         # at 2, shape +0.040 +- 0.005*, exact +0.035 +- 0.001*, colour +0.010*, relation +0.05 +- 0.03
         *(Row("+ layout path fitted first, Muon at lr 4e-3, 1.4x the compute, four gated layout choices, 1.3x the "
               f"denoiser steps (a yardstick, not a recipe), {label}", f"{longer}+{key}", training=longer,
               sampling={**BASE_SAMPLING, **change})
           for longer in _DEMO_STEPS_TRAININGS
-          for key, label, change in (("interval", "guidance 3 for log-SNR in [-2.13, 2.55] only",
-                                      {"guidance_interval": [-2.13, 2.55]}),
-                                     ("cfg2+interval", "guidance 2 for log-SNR in [-2.13, 2.55] only",
-                                      {"guidance": 2.0, "guidance_interval": [-2.13, 2.55]}))),
+          for key, label, change in (_in_interval(3.0), _in_interval(2.0))),
         # ... and with the one layout map reading x_t (`_READS_X_T_TRAININGS`), sampled as the demo samples
         *(Row("+ layout path fitted first, Muon at lr 4e-3, 1.4x the compute, the layout map reads x_t, "
               "guidance 2 for log-SNR in [-2.13, 2.55] only (the same compute)", f"{xt}+cfg2+interval",
-              training=xt, sampling={**BASE_SAMPLING, "guidance": 2.0, "guidance_interval": [-2.13, 2.55]})
+              training=xt, sampling=demo)
           for xt in _READS_X_T_TRAININGS),
         # the demo's recipe given 16 and 64 times the compute at batch 256: yardsticks for a GPU (`_SCALE_YARDSTICKS`)
         *(Row(f"demo recipe, {factor}x the compute at batch 256 (a yardstick, not a recipe)",
